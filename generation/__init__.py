@@ -1,0 +1,1 @@
+"""PyTorch generation side of PA-VAD; never imports JAX for its own logic."""

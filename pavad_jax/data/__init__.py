@@ -1,0 +1,1 @@
+"""Feature datasets: importers, the embedded synthetic benchmark, input pipelines."""

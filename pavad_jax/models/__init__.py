@@ -1,0 +1,1 @@
+"""Detector models in Flax NNX."""
