@@ -285,7 +285,8 @@ class ShardWriter:
         where = f"{self.out_dir}: record {len(self._entries)} (id {getattr(record, 'id', None)!r})"
         problems = _record_problems(record) + _feature_problems(record.features, self.feature_dim)
         if not problems:
-            cast = record.features.astype(self.dtype, copy=False)
+            with np.errstate(over="ignore"):
+                cast = record.features.astype(self.dtype, copy=False)
             if not np.isfinite(cast).all():
                 problems.append(f"field 'features' overflows {self.dtype} (max |x| = {np.abs(record.features).max():g})")
         if record.id in self._ids:
@@ -551,7 +552,10 @@ def _open_reader(path: pathlib.Path, expected_records: int) -> ArrayRecordReader
         raise ShardError(f"{path}: cannot open as ArrayRecord ({e})") from e
     if not reader.ok() or reader.num_records() != expected_records:
         n = reader.num_records() if reader.ok() else "no readable"
-        reader.close()
+        try:
+            reader.close()
+        except RuntimeError:  # close() re-raises the error that made the reader not ok()
+            pass
         raise ShardError(f"{path}: field 'records': file has {n} records, manifest says {expected_records} "
                          "(truncated or corrupt)")
     return reader
