@@ -166,14 +166,19 @@ def tiny_tokenizer(words: Sequence[str]):
                                    bos_token="<s>", eos_token="</s>")
 
 
+def tiny_vocabulary() -> list[str]:
+    """Words and punctuation of the shipped element lists and prompts: the tiny models' vocabulary."""
+    text = " ".join([SYSTEM_PROMPT] + [path.read_text(encoding="utf-8")
+                                       for path in sorted(ELEMENTS_DIR.glob("*.json"))])
+    return sorted(set(re.findall(r"[A-Za-z]+|[^\sA-Za-z]", text)))
+
+
 def tiny_llm(seed: int = 0):
     """A randomly initialised 2-layer Llama and its tokenizer (vocabulary: the shipped elements)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    words = set(re.findall(r"[A-Za-z]+|[^\sA-Za-z]", (SYSTEM_PROMPT + " " + " ".join(
-        path.read_text(encoding="utf-8") for path in sorted(ELEMENTS_DIR.glob("*.json"))))))
-    tokenizer = tiny_tokenizer(sorted(words))
+    tokenizer = tiny_tokenizer(tiny_vocabulary())
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -1,0 +1,277 @@
+"""GV-VAD text-to-video: one MP4 per description, through a diffusers pipeline.
+
+Backends: ``wan`` (WanPipeline, the default; Wan 2.2 T2V A14B) and ``cogvideox``
+(CogVideoXPipeline; CogVideoX is the model the GV-VAD paper used). ``--model tiny`` builds a
+randomly initialised pipeline of the chosen backend from configs (a few hundred thousand
+parameters, no download), for tests and the ``gvvad_tiny`` config.
+
+Each description ``<id>`` of the repository gives ``<out_dir>/<id>.mp4`` and then, last,
+``<out_dir>/<id>.json`` (the description record plus what was generated and how: backend,
+model, size, frames, fps, steps, guidance, seed, seconds). Both are written atomically, and
+a description whose ``<id>.json`` exists is skipped, so a killed run resumes where it
+stopped. Work is split across processes with ``--shard-index/--num-shards`` (or the Slurm /
+Kubernetes environment; see generation/workers.py). The seed of a video depends only on the
+base seed and its id, so a video does not change when the sharding does.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from generation import workers
+
+TINY = "tiny"
+DEFAULT_MODELS = {
+    "wan": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    "cogvideox": "THUDM/CogVideoX-5b",
+}
+# Wan's recommended negative prompt, in English (the official one is Chinese; either works).
+WAN_NEGATIVE_PROMPT = (
+    "bright colors, overexposed, static, blurred details, subtitles, style, artwork, painting, "
+    "still picture, grey overall, worst quality, low quality, JPEG artifacts, ugly, deformed, "
+    "extra fingers, poorly drawn hands, poorly drawn face, disfigured, fused fingers, "
+    "motionless frame, cluttered background, three legs, walking backwards")
+
+
+@dataclasses.dataclass(frozen=True)
+class T2VSettings:
+    """How every video of a run is generated (the defaults are Wan 2.2 T2V A14B's)."""
+
+    backend: str = "wan"
+    model: str = DEFAULT_MODELS["wan"]
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    fps: int = 16
+    steps: int = 40
+    guidance_scale: float = 4.0
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    max_sequence_length: int = 512
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+
+    def check(self) -> None:
+        """Raise on settings the pipelines would reject late or silently change."""
+        if self.backend not in DEFAULT_MODELS:
+            raise ValueError(f"t2v: field 'backend' is {self.backend!r}, expected one of {sorted(DEFAULT_MODELS)}")
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"t2v: fields 'height'/'width' ({self.height}x{self.width}) must be multiples of 16")
+        if (self.num_frames - 1) % 4:
+            raise ValueError(f"t2v: field 'num_frames' is {self.num_frames}; both backends need 4k+1 frames")
+        if self.steps < 1 or self.fps < 1:
+            raise ValueError(f"t2v: fields 'steps' and 'fps' must be >= 1 (got {self.steps}, {self.fps})")
+
+
+# --------------------------------------------------------------------------- pipelines
+
+def _tiny_text_stack(encoder_cls, config_cls, seed: int):
+    """A word-level tokenizer over the shipped element vocabulary and a 2-layer T5-type encoder."""
+    import torch
+
+    from generation.gvvad.describe import tiny_tokenizer, tiny_vocabulary
+
+    tokenizer = tiny_tokenizer(tiny_vocabulary())
+    torch.manual_seed(seed)
+    encoder = encoder_cls(config_cls(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id)).eval()
+    return tokenizer, encoder
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """A randomly initialised WanPipeline built from configs (no download)."""
+    import torch
+    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline,
+                           WanTransformer3DModel)
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer, text_encoder = _tiny_text_stack(UMT5EncoderModel, UMT5Config, seed)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer,
+                       vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+
+
+def tiny_cogvideox_pipeline(seed: int = 0):
+    """A randomly initialised CogVideoXPipeline built from configs (no download)."""
+    import torch
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
+                           CogVideoXTransformer3DModel)
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer, text_encoder = _tiny_text_stack(T5EncoderModel, T5Config, seed)
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
+        time_embed_dim=2, text_embed_dim=32, num_layers=1, sample_width=8, sample_height=8,
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=32)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+        latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                             transformer=transformer, scheduler=CogVideoXDDIMScheduler())
+
+
+def load_pipeline(settings: T2VSettings):
+    """The diffusers pipeline of `settings`: tiny from configs, else from a hub id or folder."""
+    import torch
+
+    if settings.model == TINY:
+        builder = tiny_wan_pipeline if settings.backend == "wan" else tiny_cogvideox_pipeline
+        return builder(settings.seed).to(settings.device)
+    from diffusers import CogVideoXPipeline, WanPipeline
+
+    pipeline_cls = WanPipeline if settings.backend == "wan" else CogVideoXPipeline
+    dtype = getattr(torch, settings.dtype)
+    if settings.backend == "wan":
+        from diffusers import AutoencoderKLWan
+
+        # Wan's VAE decodes noticeably better in float32 (diffusers' recommendation).
+        vae = AutoencoderKLWan.from_pretrained(settings.model, subfolder="vae", torch_dtype=torch.float32)
+        pipe = pipeline_cls.from_pretrained(settings.model, vae=vae, torch_dtype=dtype)
+    else:
+        pipe = pipeline_cls.from_pretrained(settings.model, torch_dtype=dtype)
+        pipe.vae.enable_tiling()  # CogVideoX's VAE needs tiling to decode 49 frames in < 40 GB
+    return pipe.to(settings.device)
+
+
+def video_seed(base_seed: int, video_id: str) -> int:
+    """The seed of one video: a function of the base seed and the id only (stable under sharding)."""
+    return (zlib.crc32(video_id.encode("utf-8")) + 1_000_003 * base_seed) % (2**31)
+
+
+def generate_video(pipe, text: str, settings: T2VSettings, seed: int) -> np.ndarray:
+    """Generate one video for `text`: uint8 frames (num_frames, height, width, 3)."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    output = pipe(
+        prompt=text, negative_prompt=settings.negative_prompt, height=settings.height,
+        width=settings.width, num_frames=settings.num_frames, num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale, generator=generator, output_type="np",
+        max_sequence_length=settings.max_sequence_length)
+    frames = np.asarray(output.frames[0], dtype=np.float32)
+    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- videos on disk
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
+    """Write uint8 RGB frames (F, H, W, 3) as an H.264 MP4, atomically."""
+    import imageio.v3 as iio
+
+    with workers.atomic_path(path) as tmp:
+        # yuv420p needs even sizes; every size t2v accepts is a multiple of 16.
+        iio.imwrite(tmp, frames, plugin="pyav", codec="libx264", fps=fps,
+                    out_pixel_format="yuv420p")
+
+
+def read_video(path: str | Path) -> np.ndarray:
+    """Read all frames of a video file as uint8 RGB (F, H, W, 3), with PyAV."""
+    import imageio.v3 as iio
+
+    try:
+        return np.asarray(iio.imread(path, plugin="pyav"))
+    except Exception as error:
+        raise ValueError(f"{path}: cannot read video ({type(error).__name__}: {error})") from error
+
+
+def generate_one(pipe, item: Mapping[str, Any], settings: T2VSettings, out_dir: Path) -> dict:
+    """Generate, write `<id>.mp4`, then `<id>.json` (last: it marks the item done)."""
+    if not str(item.get("text", "")).strip():
+        raise ValueError(f"description {item.get('id')!r}: field 'text' is empty")
+    seed = video_seed(settings.seed, item["id"])
+    start = time.perf_counter()
+    frames = generate_video(pipe, item["text"], settings, seed)
+    write_mp4(out_dir / f"{item['id']}.mp4", frames, settings.fps)
+    meta = dict(item)
+    meta.update(
+        video=f"{item['id']}.mp4", num_frames=int(frames.shape[0]), height=int(frames.shape[1]),
+        width=int(frames.shape[2]), fps=settings.fps, seed=seed, backend=settings.backend,
+        model=settings.model, steps=settings.steps, guidance_scale=settings.guidance_scale,
+        seconds=round(time.perf_counter() - start, 3))
+    workers.atomic_write_json(workers.metadata_path(out_dir, item["id"]), meta)
+    return meta
+
+
+def run_t2v(*, descriptions: str, out_dir: str, settings: T2VSettings | None = None,
+            shard_index: int = 0, num_shards: int = 1) -> workers.RunSummary:
+    """Generate the videos of this shard's descriptions into `out_dir`; finished ones are skipped."""
+    settings = settings or T2VSettings()
+    settings.check()
+    items = workers.read_jsonl(descriptions)
+    workers.check_item_ids(items, source=str(descriptions))
+    mine = workers.items_for_shard(items, shard_index, num_shards)
+    out_dir = Path(out_dir)
+    todo = [item for item in mine if not workers.metadata_path(out_dir, item["id"]).exists()]
+    pipe = load_pipeline(settings) if todo else None  # a finished shard loads no model
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)  # one bar over videos, not one per video
+    summary = workers.run_items(mine, lambda item: generate_one(pipe, item, settings, out_dir),
+                                out_dir=out_dir, desc=f"gvvad t2v {shard_index}/{num_shards}")
+    print(f"gvvad t2v: {summary} -> {out_dir}")
+    return summary
+
+
+def settings_from_args(args: argparse.Namespace) -> T2VSettings:
+    """T2VSettings from parsed flags (the backend's defaults where a flag is not given)."""
+    base = T2VSettings() if args.backend == "wan" else COGVIDEOX_DEFAULTS
+    overrides = {name: getattr(args, name) for name in (
+        "model", "height", "width", "num_frames", "fps", "steps", "guidance_scale",
+        "negative_prompt", "max_sequence_length", "seed", "device", "dtype")
+        if getattr(args, name) is not None}
+    return dataclasses.replace(base, **overrides)
+
+
+# CogVideoX-5b's published settings: 720x480, 49 frames at 8 fps, 50 steps, guidance 6.
+COGVIDEOX_DEFAULTS = T2VSettings(
+    backend="cogvideox", model=DEFAULT_MODELS["cogvideox"], height=480, width=720, num_frames=49,
+    fps=8, steps=50, guidance_scale=6.0, negative_prompt="", max_sequence_length=226)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `gvvad-t2v` subcommand."""
+    parser = subparsers.add_parser(
+        "gvvad-t2v", help="GV-VAD: text-to-video (Wan or CogVideoX) for every description",
+        description=__doc__.split("\n\n")[0] + " Unset flags take the backend's defaults.")
+    parser.add_argument("--descriptions", required=True, help="descriptions.jsonl from gvvad-describe")
+    parser.add_argument("--out-dir", required=True, help="folder for <id>.mp4 and <id>.json")
+    parser.add_argument("--backend", choices=sorted(DEFAULT_MODELS), default="wan",
+                        help="wan (default, WanPipeline) or cogvideox (CogVideoXPipeline)")
+    parser.add_argument("--model", default=None,
+                        help=f"hub id or local folder (default per backend: {DEFAULT_MODELS}); '{TINY}' = random test model")
+    for name, kind, text in (("height", int, "frame height (multiple of 16)"),
+                             ("width", int, "frame width (multiple of 16)"),
+                             ("num-frames", int, "frames per video (4k+1)"),
+                             ("fps", int, "frame rate written to the MP4"),
+                             ("steps", int, "denoising steps"),
+                             ("guidance-scale", float, "classifier-free guidance scale"),
+                             ("max-sequence-length", int, "text tokens fed to the encoder"),
+                             ("seed", int, "base seed (each video: crc32(id) mixed with it)")):
+        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt ('' for none)")
+    parser.add_argument("--device", default=None, help="torch device (default cpu; use cuda)")
+    parser.add_argument("--dtype", default=None, help="weights dtype of real models (bfloat16)")
+    workers.add_shard_args(parser)
+
+    def main(args):
+        index, count = workers.resolve_shard(args)
+        return run_t2v(descriptions=args.descriptions, out_dir=args.out_dir,
+                       settings=settings_from_args(args), shard_index=index, num_shards=count)
+
+    parser.set_defaults(func=main)
+    return parser
