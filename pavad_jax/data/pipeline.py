@@ -1,0 +1,531 @@
+"""Input pipelines: training batches (grain, or device-resident) and bucketed evaluation batches.
+
+Training follows UR-DMU's loaders (shared/reference/urdmu.md, "Training and data"): every step
+draws a fixed number of videos per stream (normal, abnormal, pseudo-normal), takes one of each
+video's crops uniformly at random and resamples it to T segments (`resample_segments`). Each
+stream is a shuffled sequence of its videos, reshuffled every epoch with the remainder dropped
+(the reference's ``drop_last``), so no video repeats within an epoch.
+
+Two interchangeable training paths give batches of the same layout (docs/architecture.md,
+"Batches"):
+
+* `make_train_iterator`: grain on the host, checkpointable (``get_state``/``set_state``), each
+  host producing its slice of every stream for ``jax.make_array_from_process_local_data``.
+* `DeviceResidentSampler`: every (video, crop) resampled to T once and kept on the device;
+  ``sample(key)`` is jittable. Resampling depends only on the video and the crop, so drawing a
+  video and a crop and indexing the pre-resampled table is the same distribution as resampling
+  per sample.
+
+Evaluation (`make_eval_batches`) keeps test videos at full length, padded to a few bucket
+lengths with a mask, so a jitted scorer compiles once per bucket.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any, Sequence
+
+import grain
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+from tqdm import tqdm
+
+from pavad_jax.data.resample import resample_segments
+from pavad_jax.shards import STREAMS, ShardSet, align_labels, SEGMENT_FRAMES
+
+# config.data.batch keys, in batch-row order; stream id i is STREAMS[i].
+BATCH_KEYS = ("normal", "abnormal", "pseudo_normal")
+STREAM_IDS = {name: i for i, name in enumerate(STREAMS)}
+_SOURCES = {
+    "normal_source": ("real", "any"),
+    "abnormal_source": ("pseudo", "real", "any"),
+}
+GIB = 2**30
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `config.data` fields every training config starts from (UR-DMU's values)."""
+    c = ml_collections.ConfigDict()
+    # Dataset folder holding <train_split>/ and <test_split>/, each a shard set or a folder of
+    # shard sets (found recursively by manifest.json).
+    c.dir = ""
+    c.train_split = "train"
+    c.test_split = "test"
+    # T: every training video is resampled to this many segments (UR-DMU: 200).
+    c.segments = 200
+    # Videos per stream in one *global* batch (all hosts together); rows are ordered normal,
+    # abnormal, pseudo-normal. UR-DMU splits the batch in halves, so normal == abnormal.
+    # pseudo_normal > 0 only for runs that use pseudo-normal videos (0 = stream unused).
+    c.batch = ml_collections.ConfigDict(dict(normal=64, abnormal=64, pseudo_normal=0))
+    # Which records feed the normal stream: "real" (PA-VAD, UR-DMU) or "any" (also pseudo).
+    c.normal_source = "real"
+    # Which records feed the abnormal stream: "pseudo" (PA-VAD trains on synthetic anomalies
+    # only), "real" (the UR-DMU baseline) or "any" (GV-VAD mixes real and synthetic).
+    c.abnormal_source = "pseudo"
+    # Keep the pre-resampled training set on the device and sample inside the jitted step:
+    # "auto" (when it fits device_budget_gb), True / "true", or False / "false".
+    c.device_resident = config_dict.FieldReference("auto", field_type=object)
+    # Largest pre-resampled training table (GiB, float32) that "auto" puts on the device; also
+    # capped at half of the device memory where JAX reports it.
+    c.device_budget_gb = 2.0
+    # Test videos per evaluation batch in the shortest bucket; longer buckets hold fewer videos
+    # (about the same number of segments per batch), at least one.
+    c.eval_batch_size = 16
+    # Padded lengths (segments) of evaluation batches: a video goes to the smallest bucket that
+    # holds it; longer videos are padded to a multiple of the largest bucket.
+    c.eval_buckets = (128, 256, 512, 1024, 2048, 4096)
+    # grain worker processes for the training pipeline; 0 reads in this process (threads).
+    # Worker processes need a `if __name__ == "__main__":` guard in the launching script.
+    c.worker_count = 0
+    # Threads that read and resample in this process, and batches prefetched ahead of the step.
+    c.read_threads = 2
+    c.prefetch_batches = 2
+    # Seed of the shuffles and crop choices when make_train_iterator gets no explicit seed.
+    c.seed = 2022
+    return c
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def split_path(data_config: ml_collections.ConfigDict, split: str) -> pathlib.Path:
+    """`data.dir`/`split`, with a clear error when it is unset or missing."""
+    if not data_config.dir:
+        raise ValueError("config.data.dir is empty: set it to a dataset folder holding "
+                         f"{data_config.train_split}/ and {data_config.test_split}/")
+    path = pathlib.Path(data_config.dir) / split
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no folder for split {split!r} (config.data.dir={data_config.dir!r})")
+    return path
+
+
+def open_split(data_config: ml_collections.ConfigDict, split: str, *, verify: bool = True) -> ShardSet:
+    """The ShardSet of one split of `data.dir` (every shard set below it)."""
+    return ShardSet(split_path(data_config, split), verify=verify)
+
+
+def stream_counts(data_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """Global videos per step of each stream, (normal, abnormal, pseudo-normal), validated."""
+    counts = []
+    for key in BATCH_KEYS:
+        value = data_config.batch.get(key, 0)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"config.data.batch.{key} must be a non-negative int, got {value!r}")
+        counts.append(int(value))
+    if counts[0] == 0 or counts[1] == 0:
+        raise ValueError(f"config.data.batch needs normal > 0 and abnormal > 0, got {dict(zip(BATCH_KEYS, counts))}")
+    return tuple(counts)
+
+
+def _accepts(entry: dict, stream: str, data_config: ml_collections.ConfigDict) -> bool:
+    """Whether a record feeds `stream` under data.normal_source / data.abnormal_source."""
+    if entry["stream"] != stream:
+        return False
+    if stream == "pseudo-normal":
+        return True
+    source = data_config.normal_source if stream == "normal" else data_config.abnormal_source
+    return source == "any" or entry["source"] == source
+
+
+def select_streams(shards: ShardSet, data_config: ml_collections.ConfigDict) -> list[np.ndarray]:
+    """Record indices of each stream (normal, abnormal, pseudo-normal) in `shards`.
+
+    A stream with a zero count in data.batch gets no records; a used stream with none is an
+    error that names the split and the source filter.
+    """
+    for field, allowed in _SOURCES.items():
+        if data_config[field] not in allowed:
+            raise ValueError(f"config.data.{field} is {data_config[field]!r}, expected one of {allowed}")
+    counts = stream_counts(data_config)
+    selected = []
+    for stream, count in zip(STREAMS, counts):
+        indices = [i for i, e in enumerate(shards.entries) if _accepts(e, stream, data_config)] if count else []
+        if count and not indices:
+            have = sorted({(e["stream"], e["source"]) for e in shards.entries})
+            raise ValueError(f"{shards.path}: no records for stream {stream!r} (normal_source="
+                             f"{data_config.normal_source!r}, abnormal_source={data_config.abnormal_source!r}); "
+                             f"the split holds (stream, source) = {have}")
+        selected.append(np.asarray(indices, np.int64))
+    return selected
+
+
+def _stream_seeds(seed: int, stream_id: int) -> tuple[int, int]:
+    """Independent (shuffle, crop) seeds of one stream, derived from the run seed."""
+    shuffle_seed, crop_seed = np.random.SeedSequence([int(seed), stream_id]).generate_state(2)
+    return int(shuffle_seed), int(crop_seed)
+
+
+# ----------------------------------------------------------------------------- grain training path
+
+
+class _LoadSample(grain.transforms.RandomMap):
+    """Reads one video, picks one of its crops uniformly and resamples it to T segments."""
+
+    def __init__(self, shards: ShardSet, segments: int, stream_id: int):
+        self.shards = shards
+        self.segments = segments
+        self.stream_id = stream_id
+
+    def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        record = self.shards[index]
+        crop = rng.integers(record.features.shape[0])
+        return {
+            "features": resample_segments(record.features[crop], self.segments),
+            "label": np.float32(record.label),
+            "synthetic": np.float32(record.source == "pseudo"),
+            "stream": np.int32(self.stream_id),
+        }
+
+
+def host_count(global_count: int, process_count: int, name: str) -> int:
+    """Rows of one host in a stream of `global_count` rows; error unless it divides evenly."""
+    if global_count % process_count:
+        raise ValueError(f"config.data.batch.{name}={global_count} is not divisible by process_count="
+                         f"{process_count}: every host must take an equal slice of each stream")
+    return global_count // process_count
+
+
+def _stream_batches(shards: ShardSet, indices: np.ndarray, global_count: int, *, seed: int, stream_id: int,
+                    segments: int, process_index: int, process_count: int) -> grain.MapDataset:
+    """One stream as a MapDataset of this host's per-step slices (dicts of stacked arrays).
+
+    The global stream is an endless sequence of its videos, reshuffled every epoch; step s of
+    the global batch takes its elements [s*n, (s+1)*n). Batching that sequence into host-sized
+    pieces of n/P and taking every P-th piece from `process_index` gives each host its part of
+    every step, so the host slices concatenated in process order are the global batch.
+    """
+    shuffle_seed, crop_seed = _stream_seeds(seed, stream_id)
+    per_host = host_count(global_count, process_count, BATCH_KEYS[stream_id])
+    # Drop each epoch's remainder, as the reference loaders do (drop_last=True), unless the
+    # stream is smaller than one batch (tiny datasets): then batches wrap over epochs.
+    usable = len(indices) // global_count * global_count or len(indices)
+    ds = grain.MapDataset.source(indices.tolist()).shuffle(seed=shuffle_seed)[:usable].repeat()
+    ds = ds.random_map(_LoadSample(shards, segments, stream_id), seed=crop_seed)
+    # drop_remainder only changes len() of this endless dataset; without it grain computes the
+    # length with a float ceil that overflows sys.maxsize for batch size 1.
+    return ds.batch(per_host, drop_remainder=True)[process_index::process_count]
+
+
+class _ConcatRows(grain.MapDataset):
+    """Step i is the row-wise concatenation of step i of each parent (the stream order)."""
+
+    def __init__(self, parents: Sequence[grain.MapDataset]):
+        super().__init__(parents)
+
+    def __len__(self) -> int:
+        return min(len(p) for p in self.parents)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        parts = [p[index] for p in self.parents]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def __str__(self) -> str:
+        return f"_ConcatRows({len(self.parents)} streams)"
+
+
+def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | None = None, process_index: int = 0,
+                       process_count: int = 1, shards: ShardSet | None = None) -> grain.IterDataset:
+    """The training pipeline as a grain IterDataset of this host's batches (see make_train_iterator)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count})")
+    seed = data_config.seed if seed is None else seed
+    shards = shards if shards is not None else open_split(data_config, data_config.train_split)
+    counts = stream_counts(data_config)
+    streams = [
+        _stream_batches(shards, indices, count, seed=seed, stream_id=stream_id, segments=data_config.segments,
+                        process_index=process_index, process_count=process_count)
+        for stream_id, (indices, count) in enumerate(zip(select_streams(shards, data_config), counts)) if count
+    ]
+    read = grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch_batches)
+    ds = _ConcatRows(streams).to_iter_dataset(read)
+    if data_config.worker_count > 0:
+        # grain's worker processes read absl flags; outside absl.app.run nothing parsed them.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
+    return ds
+
+
+def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int | None = None, process_index: int = 0,
+                        process_count: int = 1, shards: ShardSet | None = None) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator of this host's training batches.
+
+    Each batch is a dict of numpy arrays with this host's rows of every stream, ordered normal,
+    abnormal, pseudo-normal: features (b, T, D) float32, label (b,) float32, synthetic (b,)
+    float32 (1 for source=pseudo), stream (b,) int32; b = global count / process_count per
+    stream. `get_state()` / `set_state()` save and restore the position. Deterministic given
+    `seed` (default data.seed); `shards` reuses an already opened training split.
+    """
+    return iter(make_train_dataset(data_config, seed=seed, process_index=process_index,
+                                   process_count=process_count, shards=shards))
+
+
+# ----------------------------------------------------------------------------- device-resident path
+
+
+@dataclasses.dataclass(frozen=True)
+class ResampledTable:
+    """Every (video, crop) of the training streams resampled to T, on the host (numpy)."""
+
+    table: np.ndarray  # (rows, T, D) float32; a video's crops are consecutive rows
+    first_row: tuple[np.ndarray, ...]  # per stream, (videos,) int32: table row of crop 0
+    crops: tuple[np.ndarray, ...]  # per stream, (videos,) int32
+    label: tuple[np.ndarray, ...]  # per stream, (videos,) float32
+    synthetic: tuple[np.ndarray, ...]  # per stream, (videos,) float32
+    record_index: tuple[np.ndarray, ...]  # per stream, (videos,) int64 index into the ShardSet
+
+
+def resampled_table_bytes(shards: ShardSet, streams: Sequence[np.ndarray], segments: int) -> int:
+    """Size in bytes of the float32 table `build_resampled_table` would make (from metadata only)."""
+    rows = sum(shards.entries[i]["crops"] for indices in streams for i in indices)
+    return rows * segments * (shards.feature_dim or 0) * 4
+
+
+def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segments: int) -> ResampledTable:
+    """Read every selected video once and resample all of its crops to `segments`."""
+    n_rows = sum(shards.entries[i]["crops"] for indices in streams for i in indices)
+    table = np.empty((n_rows, segments, shards.feature_dim), np.float32)
+    first_rows, crops, labels, synthetic = [], [], [], []
+    row = 0
+    with tqdm(total=sum(len(s) for s in streams), desc="resampling the training set", unit="video") as bar:
+        for indices in streams:
+            first, n_crops, label, synth = [], [], [], []
+            for i in indices:
+                record = shards[int(i)]
+                c = record.features.shape[0]
+                table[row:row + c] = resample_segments(record.features, segments)
+                first.append(row)
+                n_crops.append(c)
+                label.append(record.label)
+                synth.append(record.source == "pseudo")
+                row += c
+                bar.update()
+            first_rows.append(np.asarray(first, np.int32))
+            crops.append(np.asarray(n_crops, np.int32))
+            labels.append(np.asarray(label, np.float32))
+            synthetic.append(np.asarray(synth, np.float32))
+    return ResampledTable(table, tuple(first_rows), tuple(crops), tuple(labels), tuple(synthetic),
+                          tuple(np.asarray(s, np.int64) for s in streams))
+
+
+def _device_budget_bytes(data_config: ml_collections.ConfigDict) -> int:
+    """data.device_budget_gb, capped at half of the first device's memory when JAX reports it."""
+    budget = int(data_config.device_budget_gb * GIB)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        budget = min(budget, stats["bytes_limit"] // 2)
+    return budget
+
+
+def _resident_mode(value: Any) -> bool | str:
+    """data.device_resident as True, False or "auto" (strings from the command line accepted)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[text]
+    raise ValueError(f"config.data.device_resident is {value!r}, expected 'auto', true or false")
+
+
+def use_device_resident(data_config: ml_collections.ConfigDict, shards: ShardSet | None = None) -> bool:
+    """Whether training samples on the device: data.device_resident, or "auto" and it fits the budget."""
+    mode = _resident_mode(data_config.device_resident)
+    if mode != "auto":
+        return mode
+    shards = shards if shards is not None else open_split(data_config, data_config.train_split, verify=False)
+    nbytes = resampled_table_bytes(shards, select_streams(shards, data_config), data_config.segments)
+    return nbytes <= _device_budget_bytes(data_config)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DeviceResidentSampler:
+    """The pre-resampled training set on the device and a jittable `sample(key)`.
+
+    A pytree: pass it into the jitted train step as an argument (closing over it would bake the
+    table into the program as a constant). `sample` returns the *global* batch, laid out as the
+    grain iterator's: rows normal, abnormal, pseudo-normal with data.batch counts. Within a step
+    a stream draws distinct videos (when it has at least as many as it draws), each with one
+    crop chosen uniformly.
+    """
+
+    table: jax.Array  # (rows, T, D) float32
+    first_row: tuple[jax.Array, ...]
+    crops: tuple[jax.Array, ...]
+    label: tuple[jax.Array, ...]
+    synthetic: tuple[jax.Array, ...]
+    counts: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+    @classmethod
+    def from_table(cls, host: ResampledTable, counts: Sequence[int], *, sharding: jax.sharding.Sharding | None = None
+                   ) -> "DeviceResidentSampler":
+        """Move a host table to the device(s): `sharding` (e.g. replicated over the mesh) or the default device."""
+        put = lambda x: jax.device_put(x, sharding)
+        return cls(put(host.table), tuple(map(put, host.first_row)), tuple(map(put, host.crops)),
+                   tuple(map(put, host.label)), tuple(map(put, host.synthetic)), tuple(int(c) for c in counts))
+
+    @classmethod
+    def from_config(cls, data_config: ml_collections.ConfigDict, *, sharding: jax.sharding.Sharding | None = None,
+                    shards: ShardSet | None = None) -> "DeviceResidentSampler":
+        """Read and resample the training split of `data_config` and put it on the device(s)."""
+        shards = shards if shards is not None else open_split(data_config, data_config.train_split)
+        host = build_resampled_table(shards, select_streams(shards, data_config), data_config.segments)
+        return cls.from_table(host, stream_counts(data_config), sharding=sharding)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the resampled table (per device holding a full copy)."""
+        return self.table.size * self.table.dtype.itemsize
+
+    def sample(self, key: jax.Array) -> dict[str, jax.Array]:
+        """One global training batch drawn with `key` (jittable; the trainer passes fold_in(rng, step))."""
+        rows, labels, synthetic, streams = [], [], [], []
+        for stream_id, count in enumerate(self.counts):
+            if count == 0:
+                continue
+            video_key, crop_key = jax.random.split(jax.random.fold_in(key, stream_id))
+            n_videos = self.first_row[stream_id].shape[0]
+            videos = jax.random.choice(video_key, n_videos, (count,), replace=count > n_videos)
+            crop = jax.random.randint(crop_key, (count,), 0, self.crops[stream_id][videos])
+            rows.append(self.first_row[stream_id][videos] + crop)
+            labels.append(self.label[stream_id][videos])
+            synthetic.append(self.synthetic[stream_id][videos])
+            streams.append(jnp.full((count,), stream_id, jnp.int32))
+        return {
+            "features": jnp.take(self.table, jnp.concatenate(rows), axis=0),
+            "label": jnp.concatenate(labels),
+            "synthetic": jnp.concatenate(synthetic),
+            "stream": jnp.concatenate(streams),
+        }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """Metadata of the test videos, in the split's record order (the order of `video` indices)."""
+
+    ids: list[str]
+    lengths: np.ndarray  # (V,) int64: T of each video (segments)
+    labels: np.ndarray  # (V,) int64: video label
+    anomaly_classes: list[str]
+    frame_labels: list[np.ndarray]  # V arrays (T*16,) uint8, aligned to the features
+    crops: int
+    feature_dim: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def frame_ground_truth(self) -> np.ndarray:
+        """All videos' frame labels concatenated in order: the protocol's ground truth."""
+        return np.concatenate(self.frame_labels) if self.frame_labels else np.zeros(0, np.uint8)
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket holding `length`; beyond the largest, the next multiple of it."""
+    buckets = sorted(int(b) for b in buckets)
+    for b in buckets:
+        if length <= b:
+            return b
+    return math.ceil(length / buckets[-1]) * buckets[-1]
+
+
+def bucket_batch_size(bucket: int, data_config: ml_collections.ConfigDict, multiple: int = 1) -> int:
+    """Videos per batch of a bucket: eval_batch_size * shortest / bucket (>= 1), rounded up to `multiple`."""
+    shortest = min(int(b) for b in data_config.eval_buckets)
+    size = max(1, data_config.eval_batch_size * shortest // bucket)
+    return math.ceil(size / multiple) * multiple
+
+
+def _eval_frame_labels(record, shards: ShardSet, index: int) -> np.ndarray:
+    """Frame labels aligned to T*16: the stored ones, or zeros for a normal video without them."""
+    length = record.features.shape[1] * SEGMENT_FRAMES
+    if record.frame_labels is not None:
+        return align_labels(record.frame_labels, length)
+    if record.label == 0:
+        return np.zeros(length, np.uint8)
+    raise ValueError(f"{shards.path}: record {index} (id {record.id!r}): field 'frame_labels' is absent "
+                     "on an abnormal test video; evaluation needs its frame-level ground truth")
+
+
+def _plan_eval_batches(lengths: np.ndarray, data_config: ml_collections.ConfigDict, multiple: int
+                       ) -> list[tuple[int, np.ndarray]]:
+    """(bucket, video indices padded with -1 to the bucket's batch size) for every batch."""
+    buckets = np.asarray([bucket_length(int(t), data_config.eval_buckets) for t in lengths])
+    plan = []
+    for bucket in sorted(set(buckets.tolist())):
+        members = np.flatnonzero(buckets == bucket)
+        size = bucket_batch_size(bucket, data_config, multiple)
+        for start in range(0, len(members), size):
+            videos = np.full(size, -1, np.int32)
+            chunk = members[start:start + size]
+            videos[:len(chunk)] = chunk
+            plan.append((bucket, videos))
+    return plan
+
+
+def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | None = None, process_index: int = 0,
+                      process_count: int = 1, batch_multiple: int = 1, shards: ShardSet | None = None
+                      ) -> tuple[list[dict[str, np.ndarray]], EvalSet]:
+    """This host's evaluation batches of full-length test videos, and the test set's metadata.
+
+    Videos are grouped by bucket length (data.eval_buckets) and padded: features (b, crops,
+    T_bucket, D) float32, mask (b, T_bucket) bool, video (b,) int32 index into EvalSet (-1 for
+    padding rows). Each bucket has one fixed batch size, a multiple of `batch_multiple` (pass
+    the device count to shard rows over the mesh) and of `process_count`; every host gets the
+    same batches, each with its b = B / process_count rows, so
+    ``jax.make_array_from_process_local_data`` builds the global batch.
+    """
+    split = data_config.test_split if split is None else split
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count})")
+    if not data_config.eval_buckets or min(data_config.eval_buckets) <= 0:
+        raise ValueError(f"config.data.eval_buckets must be positive lengths, got {data_config.eval_buckets!r}")
+    if data_config.eval_batch_size <= 0:
+        raise ValueError(f"config.data.eval_batch_size must be > 0, got {data_config.eval_batch_size}")
+    shards = shards if shards is not None else open_split(data_config, split)
+    crop_counts = sorted({e["crops"] for e in shards.entries})
+    if len(crop_counts) != 1:
+        raise ValueError(f"{shards.path}: test videos must share one crop count, found crops={crop_counts}")
+    crops, dim = crop_counts[0], shards.feature_dim
+    lengths = np.asarray([e["T"] for e in shards.entries], np.int64)
+    multiple = math.lcm(batch_multiple, process_count)
+    plan = _plan_eval_batches(lengths, data_config, multiple)
+    rows_of_host = lambda videos: videos[process_index * len(videos) // process_count:
+                                         (process_index + 1) * len(videos) // process_count]
+    mine = {int(v) for _, videos in plan for v in rows_of_host(videos) if v >= 0}
+
+    features, frame_labels = {}, []
+    for i in tqdm(range(len(shards)), desc=f"loading {split} videos", unit="video"):
+        record = shards[i]
+        frame_labels.append(_eval_frame_labels(record, shards, i))
+        if i in mine:
+            features[i] = record.features
+    eval_set = EvalSet(
+        ids=[e["id"] for e in shards.entries], lengths=lengths,
+        labels=np.asarray([e["label"] for e in shards.entries], np.int64),
+        anomaly_classes=[e["anomaly_class"] for e in shards.entries], frame_labels=frame_labels,
+        crops=crops, feature_dim=dim)
+
+    batches = []
+    for bucket, videos in plan:
+        videos = rows_of_host(videos)
+        batch = {
+            "features": np.zeros((len(videos), crops, bucket, dim), np.float32),
+            "mask": np.zeros((len(videos), bucket), bool),
+            "video": videos.astype(np.int32),
+        }
+        for row, v in enumerate(videos):
+            if v >= 0:
+                batch["features"][row, :, :lengths[v]] = features[v]
+                batch["mask"][row, :lengths[v]] = True
+        batches.append(batch)
+    return batches, eval_set

@@ -1,0 +1,352 @@
+"""Input pipelines: reference resampling, grain training batches, device-resident sampling, eval buckets."""
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from pavad_jax.data import pipeline
+from pavad_jax.data.resample import resample_segments, segment_bounds
+from pavad_jax.shards import ShardSet, VideoRecord, write_shard_set
+
+D = 8
+T = 16
+# Every feature row carries its video number in dim 0 and its crop in dim 1, so a resampled
+# row (a mean over rows of one crop) still says which (video, crop) it came from.
+TRAIN_SPEC = [  # (stream, source, videos, crops)
+    ("normal", "real", 12, 3),
+    ("abnormal", "pseudo", 10, 1),
+    ("abnormal", "real", 6, 3),
+    ("pseudo-normal", "pseudo", 4, 1),
+]
+TEST_LENGTHS = [5, 17, 40, 64, 70, 130, 300, 9]
+
+
+def reference_process_feat(feat, length):
+    """UR-DMU's loop, as in the reference loaders (shared/reference/urdmu.md)."""
+    new_feat = np.zeros((length, feat.shape[1])).astype(np.float32)
+    r = np.linspace(0, len(feat), length + 1, dtype=int)
+    for i in range(length):
+        if r[i] != r[i + 1]:
+            new_feat[i, :] = np.mean(feat[r[i]:r[i + 1], :], 0)
+        else:
+            new_feat[i, :] = feat[r[i], :]
+    return new_feat
+
+
+def _video(number, stream, source, crops, length, rng, frame_labels=None):
+    features = rng.normal(size=(crops, length, D)).astype(np.float32)
+    features[:, :, 0] = number
+    features[:, :, 1] = np.arange(crops)[:, None]
+    label = int(stream == "abnormal")
+    return VideoRecord(id=f"{stream}-{source}-{number}", features=features, label=label, source=source,
+                       stream=stream, anomaly_class="Fighting" if label else "normal",
+                       num_frames=0 if frame_labels is None else len(frame_labels), frame_labels=frame_labels)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny dataset: train/ split over two shard sets (every stream and source), test/ one set."""
+    root = tmp_path_factory.mktemp("dataset")
+    rng = np.random.default_rng(0)
+    train, number = [], 0
+    for stream, source, videos, crops in TRAIN_SPEC:
+        for _ in range(videos):
+            train.append(_video(number, stream, source, crops, int(rng.integers(3, 60)), rng))
+            number += 1
+    write_shard_set(root / "train" / "worker-0", train[::2], records_per_file=5)
+    write_shard_set(root / "train" / "worker-1", train[1::2], records_per_file=5)
+    test = []
+    for i, length in enumerate(TEST_LENGTHS):
+        abnormal = i % 2 == 1
+        # Frame labels deliberately not T*16 long: some longer (truncated), some shorter (padded).
+        n_frames = length * 16 + (7 if i % 3 == 0 else -5)
+        labels = (np.arange(n_frames) > n_frames // 2).astype(np.uint8) if abnormal else None
+        test.append(_video(100 + i, "abnormal" if abnormal else "normal", "real", 3, length, rng, labels))
+    write_shard_set(root / "test", test, dtype="float32")
+    return root
+
+
+@pytest.fixture
+def config(dataset):
+    c = pipeline.default_data_config()
+    c.dir = str(dataset)
+    c.segments = T
+    c.batch.normal, c.batch.abnormal, c.batch.pseudo_normal = 4, 4, 2
+    c.eval_buckets = (16, 64, 128)
+    c.eval_batch_size = 4
+    c.seed = 7
+    return c
+
+
+def _row_ids(features):
+    """(video number, crop) of each row of a (b, T, D) batch."""
+    return [(int(v), int(c)) for v, c in features[:, 0, :2]]
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+@pytest.mark.parametrize("segments", [32, 200])
+@pytest.mark.parametrize("length", [1, 2, 3, 31, 199, 200, 201, 457, 1000])
+def test_resample_is_bit_identical_to_reference_loop(length, segments):
+    rng = np.random.default_rng(length)
+    features = (rng.normal(size=(2, length, 64)) * 3 + 1).astype(np.float16)  # stored dtype
+    out = resample_segments(features, segments)
+    assert out.shape == (2, segments, 64) and out.dtype == np.float32
+    for crop in range(2):
+        expected = reference_process_feat(features[crop].astype(np.float32), segments)
+        np.testing.assert_array_equal(out[crop], expected)
+
+
+def test_bins_never_start_past_the_end():
+    # The reference indexes feat[r[i]] for empty bins; that is valid only if r[i] < len.
+    for segments in (32, 200):
+        for length in range(1, 2001):
+            assert segment_bounds(length, segments)[:-1].max() < length, (length, segments)
+
+
+def test_short_video_repeats_rows_as_reference():
+    features = np.arange(3, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    out = resample_segments(features, 7)
+    # r = [0, 0, 0, 1, 1, 2, 2, 3]: empty bins copy feat[r[i]], full bins hold one row.
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 1, 1, 2, 2])
+
+
+def test_resample_rejects_empty_video():
+    with pytest.raises(ValueError, match="no time steps"):
+        resample_segments(np.zeros((0, 4), np.float32), 8)
+
+
+# ----------------------------------------------------------------------------- grain training path
+
+
+def test_default_config_has_documented_fields():
+    c = pipeline.default_data_config()
+    assert c.segments == 200 and c.batch.normal == c.batch.abnormal == 64 and c.batch.pseudo_normal == 0
+    assert c.abnormal_source == "pseudo" and c.normal_source == "real" and c.worker_count == 0
+    c.device_resident = False  # a bool is accepted as well as "auto"
+    assert pipeline._resident_mode(c.device_resident) is False
+
+
+def test_train_batch_layout_and_content(config, dataset):
+    shards = ShardSet(dataset / "train")
+    batch = next(pipeline.make_train_iterator(config, shards=shards))
+    b = 4 + 4 + 2
+    assert batch["features"].shape == (b, T, D) and batch["features"].dtype == np.float32
+    assert batch["label"].dtype == np.float32 and batch["synthetic"].dtype == np.float32
+    np.testing.assert_array_equal(batch["stream"], [0] * 4 + [1] * 4 + [2] * 2)
+    assert batch["stream"].dtype == np.int32
+    np.testing.assert_array_equal(batch["label"], [0] * 4 + [1] * 4 + [0] * 2)
+    # abnormal_source="pseudo": every abnormal row is synthetic; normals are real.
+    np.testing.assert_array_equal(batch["synthetic"], [0] * 4 + [1] * 4 + [1] * 2)
+    by_number = {int(r.features[0, 0, 0]): r for r in shards}
+    for row, (number, crop) in zip(batch["features"], _row_ids(batch["features"])):
+        record = by_number[number]
+        np.testing.assert_array_equal(row, reference_process_feat(record.features[crop].astype(np.float32), T))
+    streams = [by_number[n].stream for n, _ in _row_ids(batch["features"])]
+    assert streams == ["normal"] * 4 + ["abnormal"] * 4 + ["pseudo-normal"] * 2
+
+
+def test_sources_select_the_abnormal_stream(config):
+    config.abnormal_source = "real"
+    batch = next(pipeline.make_train_iterator(config))
+    np.testing.assert_array_equal(batch["synthetic"][4:8], 0)
+    config.abnormal_source = "any"
+    seen = {s for batch in _take(pipeline.make_train_iterator(config), 6) for s in batch["synthetic"][4:8]}
+    assert seen == {0.0, 1.0}
+
+
+def test_same_seed_same_batches_other_seed_differs(config):
+    first = _take(pipeline.make_train_iterator(config, seed=3), 3)
+    _assert_batches_equal(first, _take(pipeline.make_train_iterator(config, seed=3), 3))
+    other = _take(pipeline.make_train_iterator(config, seed=4), 3)
+    assert any(not np.array_equal(a["features"], b["features"]) for a, b in zip(first, other))
+
+
+def test_restored_iterator_continues_identically(config):
+    uninterrupted = _take(pipeline.make_train_iterator(config), 7)
+    it = pipeline.make_train_iterator(config)
+    _take(it, 3)
+    state = it.get_state()
+    restored = pipeline.make_train_iterator(config)
+    restored.set_state(state)
+    _assert_batches_equal(_take(restored, 4), uninterrupted[3:])
+
+
+def test_epoch_visits_each_video_once(config):
+    # 12 normal videos, 4 per step: 3 steps are exactly one epoch.
+    batches = _take(pipeline.make_train_iterator(config), 3)
+    normals = [n for b in batches for n, _ in _row_ids(b["features"][:4])]
+    assert sorted(normals) == list(range(12))
+
+
+def test_hosts_slices_concatenate_to_the_global_batch(config):
+    steps = 6
+    single = _take(pipeline.make_train_iterator(config), steps)
+    hosts = [_take(pipeline.make_train_iterator(config, process_index=p, process_count=2), steps) for p in (0, 1)]
+    for step in range(steps):
+        h0, h1 = hosts[0][step], hosts[1][step]
+        assert h0["features"].shape == (5, T, D)
+        for lo, hi, half in ((0, 4, 2), (4, 8, 2), (8, 10, 1)):  # per stream: host 0 rows, then host 1
+            for key in single[step]:
+                joined = np.concatenate([h0[key][lo // 2:lo // 2 + half], h1[key][lo // 2:lo // 2 + half]])
+                np.testing.assert_array_equal(joined, single[step][key][lo:hi], err_msg=f"{key} step {step}")
+    # Within one normal epoch (3 steps) the two hosts see disjoint videos.
+    seen = [{n for b in hosts[p][:3] for n, _ in _row_ids(b["features"][:2])} for p in (0, 1)]
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12
+
+
+def test_indivisible_counts_and_missing_streams_are_named(config, tmp_path):
+    with pytest.raises(ValueError, match="batch.pseudo_normal=2 is not divisible by process_count=4"):
+        next(pipeline.make_train_iterator(config, process_count=4))
+    config.dir = str(tmp_path)
+    (tmp_path / "train").mkdir()
+    write_shard_set(tmp_path / "train", [_video(0, "normal", "real", 1, 5, np.random.default_rng(0))])
+    with pytest.raises(ValueError, match="no records for stream 'abnormal'"):
+        pipeline.make_train_iterator(config)
+    config.dir = ""
+    with pytest.raises(ValueError, match="config.data.dir is empty"):
+        pipeline.make_train_iterator(config)
+
+
+def test_worker_processes_give_the_same_batches(config):
+    expected = _take(pipeline.make_train_iterator(config), 4)
+    config.worker_count = 2
+    it = pipeline.make_train_iterator(config)
+    try:
+        _assert_batches_equal(_take(it, 4), expected)
+    finally:
+        it.close()
+
+
+# ----------------------------------------------------------------------------- device-resident path
+
+
+def test_device_sampler_matches_grain_layout(config, dataset):
+    shards = ShardSet(dataset / "train")
+    streams = pipeline.select_streams(shards, config)
+    host = pipeline.build_resampled_table(shards, streams, T)
+    sampler = pipeline.DeviceResidentSampler.from_table(host, pipeline.stream_counts(config))
+    traces = []
+
+    @jax.jit
+    def sample(sampler, key):
+        traces.append(1)
+        return sampler.sample(key)
+
+    grain_batch = next(pipeline.make_train_iterator(config, shards=shards))
+    by_number = {int(shards.entries[i]["id"].rsplit("-", 1)[1]): (s, i) for s, idx in enumerate(streams) for i in idx}
+    batches = [jax.device_get(sample(sampler, jax.random.fold_in(jax.random.key(0), step))) for step in range(5)]
+    assert len(traces) == 1  # one compilation for every step
+    for batch in batches:
+        for key, value in grain_batch.items():
+            assert batch[key].shape == value.shape and batch[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(batch["stream"], grain_batch["stream"])
+        np.testing.assert_array_equal(batch["label"], grain_batch["label"])
+        np.testing.assert_array_equal(batch["synthetic"], grain_batch["synthetic"])
+        ids = _row_ids(batch["features"])
+        for row, stream_id, (number, crop) in zip(batch["features"], batch["stream"], ids):
+            s, record_index = by_number[number]
+            assert s == stream_id
+            expected = resample_segments(shards[int(record_index)].features[crop], T)
+            np.testing.assert_array_equal(row, expected)
+        for lo, hi in ((0, 4), (4, 8), (8, 10)):  # distinct videos within a stream
+            assert len({n for n, _ in ids[lo:hi]}) == hi - lo
+    assert not np.array_equal(batches[0]["features"], batches[1]["features"])
+    crops_seen = {c for b in batches for _, c in _row_ids(b["features"][:4])}
+    assert crops_seen == {0, 1, 2}
+
+
+def test_auto_device_resident_follows_the_budget(config):
+    shards = pipeline.open_split(config, "train")
+    nbytes = pipeline.resampled_table_bytes(shards, pipeline.select_streams(shards, config), T)
+    rows = 12 * 3 + 10 * 1 + 4 * 1  # abnormal_source="pseudo": real abnormals are not used
+    assert nbytes == rows * T * D * 4
+    config.device_budget_gb = nbytes / pipeline.GIB
+    assert pipeline.use_device_resident(config, shards)
+    config.device_budget_gb = (nbytes - 1) / pipeline.GIB
+    assert not pipeline.use_device_resident(config, shards)
+    config.device_resident = "true"
+    assert pipeline.use_device_resident(config, shards)
+    config.device_resident = "sometimes"
+    with pytest.raises(ValueError, match="device_resident"):
+        pipeline.use_device_resident(config, shards)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_bucket_lengths_and_batch_sizes(config):
+    assert [pipeline.bucket_length(t, (16, 64, 128)) for t in (1, 16, 17, 128, 129, 300)] == [16, 16, 64, 128, 256, 384]
+    assert [pipeline.bucket_batch_size(b, config) for b in (16, 64, 128)] == [4, 1, 1]
+    assert pipeline.bucket_batch_size(16, config, multiple=8) == 8
+
+
+def test_eval_batches_cover_every_video_once(config, dataset):
+    batches, eval_set = pipeline.make_eval_batches(config)
+    shards = ShardSet(dataset / "test")
+    assert len(eval_set) == len(TEST_LENGTHS) and eval_set.crops == 3
+    np.testing.assert_array_equal(eval_set.lengths, TEST_LENGTHS)
+    shapes = {(b["features"].shape[0], b["features"].shape[2]) for b in batches}
+    assert shapes == {(4, 16), (1, 64), (1, 128), (1, 256), (1, 384)}  # fixed B per bucket
+    seen = []
+    for batch in batches:
+        assert batch["features"].dtype == np.float32 and batch["mask"].dtype == bool
+        assert batch["video"].dtype == np.int32
+        for row, v in enumerate(batch["video"]):
+            if v < 0:
+                assert not batch["mask"][row].any() and not batch["features"][row].any()
+                continue
+            seen.append(int(v))
+            t = TEST_LENGTHS[v]
+            np.testing.assert_array_equal(batch["mask"][row], np.arange(batch["mask"].shape[1]) < t)
+            np.testing.assert_array_equal(batch["features"][row, :, :t], shards[int(v)].features)
+            assert not batch["features"][row, :, t:].any()
+    assert sorted(seen) == list(range(len(TEST_LENGTHS)))
+
+
+def test_eval_frame_labels_are_aligned(config, dataset):
+    _, eval_set = pipeline.make_eval_batches(config)
+    shards = ShardSet(dataset / "test")
+    for i, labels in enumerate(eval_set.frame_labels):
+        t = TEST_LENGTHS[i]
+        assert labels.shape == (t * 16,) and labels.dtype == np.uint8
+        stored = shards[i].frame_labels
+        if stored is None:  # normal test video without a mask
+            assert not labels.any()
+        elif len(stored) >= t * 16:
+            np.testing.assert_array_equal(labels, stored[:t * 16])
+        else:
+            np.testing.assert_array_equal(labels[:len(stored)], stored)
+            assert (labels[len(stored):] == stored[-1]).all()
+    assert eval_set.frame_ground_truth().shape == (16 * sum(TEST_LENGTHS),)
+
+
+def test_eval_hosts_split_rows_of_the_same_batches(config):
+    single, _ = pipeline.make_eval_batches(config, batch_multiple=2)
+    halves = [pipeline.make_eval_batches(config, process_index=p, process_count=2)[0] for p in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == len(single)
+    for whole, h0, h1 in zip(single, *halves):
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([h0[key], h1[key]]), whole[key], err_msg=key)
+
+
+def test_eval_rejects_mixed_crop_counts(config, tmp_path):
+    rng = np.random.default_rng(0)
+    write_shard_set(tmp_path / "test", [_video(0, "normal", "real", 1, 5, rng), _video(1, "normal", "real", 3, 5, rng)])
+    config.dir = str(tmp_path)
+    with pytest.raises(ValueError, match=r"share one crop count, found crops=\[1, 3\]"):
+        pipeline.make_eval_batches(config)
