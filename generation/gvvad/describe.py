@@ -316,8 +316,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
     parser.add_argument("--classes", nargs="*", default=None, help="restrict to these classes")
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing output")
-    parser.set_defaults(func=lambda args: run_describe(
-        elements=args.elements, out=args.out, num_pairs=args.num_pairs, seed=args.seed,
-        llm=args.llm, device=args.device, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, classes=args.classes, overwrite=args.overwrite))
+
+    def main(args) -> int:
+        run_describe(elements=args.elements, out=args.out, num_pairs=args.num_pairs, seed=args.seed,
+                     llm=args.llm, device=args.device, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, classes=args.classes, overwrite=args.overwrite)
+        return 0
+
+    parser.set_defaults(func=main)
     return parser

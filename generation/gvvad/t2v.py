@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from generation import workers
+from generation import video_io, workers
 
 TINY = "tiny"
 DEFAULT_MODELS = {
@@ -164,31 +164,10 @@ def generate_video(pipe, text: str, settings: T2VSettings, seed: int) -> np.ndar
         width=settings.width, num_frames=settings.num_frames, num_inference_steps=settings.steps,
         guidance_scale=settings.guidance_scale, generator=generator, output_type="np",
         max_sequence_length=settings.max_sequence_length)
-    frames = np.asarray(output.frames[0], dtype=np.float32)
-    return np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    return video_io.to_uint8_frames(output.frames[0])
 
 
-# --------------------------------------------------------------------------- videos on disk
-
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
-    """Write uint8 RGB frames (F, H, W, 3) as an H.264 MP4, atomically."""
-    import imageio.v3 as iio
-
-    with workers.atomic_path(path) as tmp:
-        # yuv420p needs even sizes; every size t2v accepts is a multiple of 16.
-        iio.imwrite(tmp, frames, plugin="pyav", codec="libx264", fps=fps,
-                    out_pixel_format="yuv420p")
-
-
-def read_video(path: str | Path) -> np.ndarray:
-    """Read all frames of a video file as uint8 RGB (F, H, W, 3), with PyAV."""
-    import imageio.v3 as iio
-
-    try:
-        return np.asarray(iio.imread(path, plugin="pyav"))
-    except Exception as error:
-        raise ValueError(f"{path}: cannot read video ({type(error).__name__}: {error})") from error
-
+# --------------------------------------------------------------------------- one item
 
 def generate_one(pipe, item: Mapping[str, Any], settings: T2VSettings, out_dir: Path) -> dict:
     """Generate, write `<id>.mp4`, then `<id>.json` (last: it marks the item done)."""
@@ -197,7 +176,7 @@ def generate_one(pipe, item: Mapping[str, Any], settings: T2VSettings, out_dir: 
     seed = video_seed(settings.seed, item["id"])
     start = time.perf_counter()
     frames = generate_video(pipe, item["text"], settings, seed)
-    write_mp4(out_dir / f"{item['id']}.mp4", frames, settings.fps)
+    video_io.write_mp4(out_dir / f"{item['id']}.mp4", frames, fps=settings.fps)
     meta = dict(item)
     meta.update(
         video=f"{item['id']}.mp4", num_frames=int(frames.shape[0]), height=int(frames.shape[1]),
@@ -268,10 +247,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, help="weights dtype of real models (bfloat16)")
     workers.add_shard_args(parser)
 
-    def main(args):
+    def main(args) -> int:
         index, count = workers.resolve_shard(args)
-        return run_t2v(descriptions=args.descriptions, out_dir=args.out_dir,
-                       settings=settings_from_args(args), shard_index=index, num_shards=count)
+        summary = run_t2v(descriptions=args.descriptions, out_dir=args.out_dir,
+                          settings=settings_from_args(args), shard_index=index, num_shards=count)
+        return int(bool(summary.failed))
 
     parser.set_defaults(func=main)
     return parser

@@ -1,0 +1,238 @@
+"""GV-VAD features: CLIP features per 16-frame segment, written as feature shards.
+
+GV-VAD (Sec. III-A) cuts every video into 16-frame segments and describes each by CLIP-L
+(768-d) features: here the CLIP image embeddings of the segment's frames, averaged, so a
+video of F frames gives features of shape (1, ceil(F / 16), D) (one crop; the last segment
+averages the frames it has).
+
+Inputs are the kept videos of ``gvvad-filter`` (decisions.jsonl) and, optionally, real
+videos listed in a JSON-lines file (``id``, ``path``, ``split`` train|test, ``label``,
+``anomaly_class``, and for test videos ``abnormal_frames``: [[start, end), ...]).
+Features are cached one ``<id>.npy`` per video (resumable, sharded); once every video has
+them, the dataset is written:
+
+* ``<dataset>/train/gvvad-synthetic``: kept generated videos, ``source="pseudo"``;
+  abnormal ones in stream ``abnormal`` with their class, normal ones in stream ``normal``.
+  GV-VAD's synthetic normal videos are ordinary normal training data with a synthetic flag
+  (they get the loss scale lambda like synthetic abnormal ones), *not* PA-VAD's
+  ``pseudo-normal`` domain-alignment stream.
+* ``<dataset>/train/real`` and ``<dataset>/test/real``: the real videos (``source="real"``;
+  test records carry frame labels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from generation import video_io, workers
+
+SEGMENT_FRAMES = 16
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP-L: GV-VAD's 768-d features
+SYNTHETIC_SET = "gvvad-synthetic"
+REAL_SET = "real"
+_REAL_FIELDS = ("id", "path", "split", "label", "anomaly_class")
+
+
+# --------------------------------------------------------------------------- features
+
+def segment_means(frame_features: np.ndarray, segment_frames: int = SEGMENT_FRAMES) -> np.ndarray:
+    """Average (F, D) per-frame features over consecutive segments: (ceil(F / segment_frames), D)."""
+    frame_features = np.asarray(frame_features, np.float32)
+    count = math.ceil(len(frame_features) / segment_frames)
+    return np.stack([frame_features[i * segment_frames:(i + 1) * segment_frames].mean(axis=0)
+                     for i in range(count)])
+
+
+def video_segment_features(path: str | Path, encoder, segment_frames: int = SEGMENT_FRAMES,
+                           batch_size: int = 64) -> tuple[np.ndarray, int]:
+    """CLIP features (1, ceil(F / 16), D) float32 of a video file and its frame count F.
+
+    `encoder` maps (N, H, W, 3) uint8 torch frames to (N, D) embeddings
+    (generation.clip_features.ClipFrameEncoder). Frames are streamed in batches of
+    `batch_size` and summed per segment, so a long real video never sits in memory whole.
+    """
+    import torch
+
+    sums, counts, batch, num_frames = [], [], [], 0
+
+    def flush():
+        embeddings = encoder(torch.from_numpy(np.stack(batch))).cpu().numpy().astype(np.float64)
+        for offset, row in enumerate(embeddings):
+            segment = (num_frames - len(batch) + offset) // segment_frames
+            if segment == len(sums):
+                sums.append(np.zeros_like(row))
+                counts.append(0)
+            sums[segment] += row
+            counts[segment] += 1
+        batch.clear()
+
+    for frame in video_io.iter_frames(path):
+        batch.append(frame)
+        num_frames += 1
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not num_frames:
+        raise ValueError(f"{path}: no frames decoded")
+    means = np.stack([total / count for total, count in zip(sums, counts)])
+    return means[None].astype(np.float32), num_frames
+
+
+# --------------------------------------------------------------------------- inputs
+
+def load_real_videos(path: str | Path) -> list[dict]:
+    """Read and check a real-video list (JSON lines); errors name the file, line and field."""
+    rows = workers.read_jsonl(path)
+    for number, row in enumerate(rows, start=1):
+        where = f"{path}:{number}"
+        missing = [key for key in _REAL_FIELDS if key not in row]
+        if missing:
+            raise ValueError(f"{where}: fields {missing} are missing")
+        if row["split"] not in ("train", "test"):
+            raise ValueError(f"{where}: field 'split' is {row['split']!r}, expected 'train' or 'test'")
+        if row["label"] not in (0, 1):
+            raise ValueError(f"{where}: field 'label' is {row['label']!r}, expected 0 or 1")
+        if (row["label"] == 0) != (row["anomaly_class"] == "normal"):
+            raise ValueError(f"{where}: field 'anomaly_class' is {row['anomaly_class']!r} "
+                             f"but label is {row['label']} (normal videos have class 'normal')")
+        for span in row.get("abnormal_frames", []):
+            if len(span) != 2 or not 0 <= span[0] < span[1]:
+                raise ValueError(f"{where}: field 'abnormal_frames' has {span!r}, expected [start, end)")
+        if not Path(row["path"]).is_file():
+            raise FileNotFoundError(f"{where}: field 'path': {row['path']} does not exist")
+    workers.check_item_ids(rows, source=str(path))
+    return rows
+
+
+def frame_labels(num_frames: int, abnormal_frames: Iterable[Sequence[int]]) -> np.ndarray:
+    """uint8 per-frame labels: 1 inside any [start, end) span, else 0."""
+    labels = np.zeros(num_frames, np.uint8)
+    for start, end in abnormal_frames:
+        labels[start:min(end, num_frames)] = 1
+    return labels
+
+
+def synthetic_items(decisions_path: str | Path, videos_dir: str | Path | None = None) -> list[dict]:
+    """The kept generated videos of a decisions.jsonl, as feature items (`videos_dir` overrides paths)."""
+    items = []
+    for row in workers.read_jsonl(decisions_path):
+        if row.get("kept"):
+            path = Path(videos_dir) / row["video"] if videos_dir else Path(row["path"])
+            items.append({"id": row["id"], "path": str(path),
+                          "split": "train", "label": int(row["label"]),
+                          "anomaly_class": row["anomaly_class"], "source": "pseudo"})
+    return items
+
+
+# --------------------------------------------------------------------------- records
+
+def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int):
+    """The VideoRecord of one video (stream from label; test videos get frame labels)."""
+    from pavad_jax.shards import VideoRecord
+
+    labels = None
+    if item["split"] == "test":
+        labels = frame_labels(num_frames, item.get("abnormal_frames", []))
+    return VideoRecord(
+        id=item["id"], features=features, label=int(item["label"]),
+        source=item.get("source", "real"), stream="abnormal" if item["label"] else "normal",
+        anomaly_class=item["anomaly_class"], num_frames=int(num_frames), frame_labels=labels)
+
+
+def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_dir: Path,
+                  dtype: str = "float16") -> dict[str, int]:
+    """Write the shard sets of a dataset from cached features; return records per set."""
+    from pavad_jax.shards import write_shard_set
+
+    groups: dict[tuple[str, str], list] = {}
+    for item in items:
+        name = SYNTHETIC_SET if item.get("source") == "pseudo" else REAL_SET
+        groups.setdefault((item["split"], name), []).append(item)
+    counts = {}
+    for (split, name), members in sorted(groups.items()):
+        def records(members=members):
+            for item in members:
+                meta = json.loads(workers.metadata_path(cache_dir, item["id"]).read_text())
+                yield to_record(item, np.load(cache_dir / f"{item['id']}.npy"), meta["num_frames"])
+
+        write_shard_set(dataset_dir / split / name, records(), dtype=dtype, overwrite=True)
+        counts[f"{split}/{name}"] = len(members)
+    return counts
+
+
+def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = None,
+                 videos_dir: str | None = None, real_videos: str | None = None,
+                 clip_model: str = DEFAULT_CLIP, device: str = "cpu", batch_size: int = 64, dtype: str = "float16",
+                 shard_index: int = 0, num_shards: int = 1) -> dict | None:
+    """Cache this shard's segment features; once all are cached, write the dataset's shard sets."""
+    from generation.clip_features import ClipFrameEncoder
+
+    items = []
+    if decisions:
+        items += synthetic_items(decisions, videos_dir)
+    if real_videos:
+        items += load_real_videos(real_videos)
+    if not items:
+        raise ValueError("gvvad features: nothing to extract (no kept videos and no real videos)")
+    workers.check_item_ids(items, source="gvvad features")
+    cache_dir, dataset_dir = Path(cache_dir), Path(dataset_dir)
+    mine = workers.items_for_shard(items, shard_index, num_shards)
+    todo = [item for item in mine if not workers.metadata_path(cache_dir, item["id"]).exists()]
+    encoder = ClipFrameEncoder(clip_model, device=device) if todo else None
+
+    def extract(item):
+        features, num_frames = video_segment_features(item["path"], encoder, batch_size=batch_size)
+        workers.atomic_save_npy(cache_dir / f"{item['id']}.npy", features)
+        workers.atomic_write_json(workers.metadata_path(cache_dir, item["id"]), {
+            "id": item["id"], "path": item["path"], "num_frames": num_frames,
+            "shape": list(features.shape), "clip": clip_model})
+
+    summary = workers.run_items(mine, extract, out_dir=cache_dir,
+                                desc=f"gvvad features {shard_index}/{num_shards}")
+    print(f"gvvad features: {summary}")
+    missing = [i["id"] for i in items if not workers.metadata_path(cache_dir, i["id"]).exists()]
+    if missing:
+        print(f"gvvad features: {len(missing)} of {len(items)} videos are not extracted yet; "
+              "the shard sets are written once all are")
+        return None
+    counts = write_dataset(items, cache_dir, dataset_dir, dtype=dtype)
+    print(f"gvvad features: wrote {counts} -> {dataset_dir}")
+    return counts
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `gvvad-extract` subcommand."""
+    parser = subparsers.add_parser(
+        "gvvad-extract", help="GV-VAD: CLIP features per 16-frame segment, written as feature shards",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset-dir", required=True, help="output dataset (train/ and test/ shard sets)")
+    parser.add_argument("--cache-dir", required=True, help="per-video feature cache (<id>.npy)")
+    parser.add_argument("--decisions", default=None, help="gvvad-filter decisions.jsonl (kept videos)")
+    parser.add_argument("--videos-dir", default=None, help="gvvad-t2v folder, if moved since filtering (default: the paths in decisions.jsonl)")
+    parser.add_argument("--real-videos", default=None,
+                        help="JSON lines of real videos: id, path, split, label, anomaly_class, abnormal_frames")
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP,
+                        help="CLIP hub id, local folder or 'tiny' (GV-VAD: CLIP-L, 768-d)")
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward pass")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored feature dtype")
+    workers.add_shard_args(parser)
+
+    def main(args) -> int:
+        index, count = workers.resolve_shard(args)
+        run_features(dataset_dir=args.dataset_dir, cache_dir=args.cache_dir,
+                     decisions=args.decisions, videos_dir=args.videos_dir,
+                     real_videos=args.real_videos, clip_model=args.clip_model,
+                     device=args.device, batch_size=args.batch_size, dtype=args.dtype,
+                     shard_index=index, num_shards=count)
+        return 0  # failures are in <cache-dir>/errors.jsonl; shards wait for every video
+
+    parser.set_defaults(func=main)
+    return parser
