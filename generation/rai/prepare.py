@@ -1,0 +1,181 @@
+"""Everything the one-class detector trains and evaluates on, written to one data folder.
+
+Layout (the contract with pavad_jax/occ/data.py; see docs/occ.md):
+
+    DATA/prepared.json           settings and counts, written last: its presence marks a finished run
+    DATA/train/clips.npy         (M, T, S, S, C) uint8    normal clips of T frames
+    DATA/train/spatial_pa.npy    (M, T, S, S, C) uint8    the same clips, masked region inpainted
+    DATA/train/masks.npy         (M, S, S) bool           the inpainting mask of each clip
+    DATA/train/flows.npy         (M, T, S, S, 2) float16  TV-L1 flow of frame t -> t+1 of each clip
+    DATA/train/temporal_pa.npy   (M, T, S, S, 2) float16  the same flows after patch mixup
+    DATA/train/clip_shards/      shard set: CLIP features of normal videos and spatial PA clips
+    DATA/test/frames/ID.npy      (N, S, S, C) uint8
+    DATA/test/flows/ID.npy       (N, S, S, 2) float16     flow of frame t -> t+1 (last one repeated)
+    DATA/test/clip_shards/       shard set: CLIP features and frame labels of every test video
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from generation.rai import clip_features, flow, inpaint, masks, mixup, testset, video
+from pavad_jax.shards import VideoRecord, write_shard_set
+
+SPATIAL_CLASS = "spatial-inpaint"
+
+
+def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+    """np.save through a temp file and os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_json(path: pathlib.Path, obj: Any) -> None:
+    """json.dump through a temp file and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
+    """Starts of the training clips: each needs clip_len frames plus one more for its last flow."""
+    return list(range(0, num_frames - clip_len, stride))
+
+
+def _segmentation_for(spec: dict, video_id: str, frame: int) -> np.ndarray | None:
+    """The label map of one training frame from generation.segmentation_dir/ID/, if configured."""
+    root = spec["generation"].get("segmentation_dir")
+    if not root:
+        return None
+    files = sorted(p for p in pathlib.Path(root, video_id).iterdir() if p.suffix.lower() in (".png", ".npy"))
+    if frame >= len(files):
+        raise ValueError(f"{root}/{video_id}: no segmentation mask for frame {frame} ({len(files)} files)")
+    size = spec["data"]["frame_size"]
+    return masks.load_segmentation_mask(files[frame], size, size).astype(np.uint8)
+
+
+def _video_entries(spec: dict, split: str) -> list[dict]:
+    """The data.{split}_videos list of the spec, with a clear error when it is empty."""
+    entries = spec["data"].get(f"{split}_videos") or []
+    if not entries:
+        raise ValueError(f"spec field 'data.{split}_videos' is empty: nothing to prepare")
+    for i, e in enumerate(entries):
+        for key in ("id", "path"):
+            if key not in e:
+                raise ValueError(f"spec field 'data.{split}_videos[{i}].{key}' is missing")
+    return entries
+
+
+def _read(spec: dict, entry: dict) -> np.ndarray:
+    """Frames of one spec video entry at the configured size and channel count."""
+    data = spec["data"]
+    return video.read_frames(entry["path"], data["frame_size"], data["channels"],
+                             entry.get("start", 0), entry.get("stop"))
+
+
+def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
+    """Normal clips, their spatial and temporal pseudo-anomalies, and CLIP feature shards."""
+    data, gen = spec["data"], spec["generation"]
+    rng = np.random.default_rng(gen["seed"])
+    clip_len, size = data["clip_len"], data["frame_size"]
+    clips, spatial, clip_masks, flows, temporal, records = [], [], [], [], [], []
+    for entry in _video_entries(spec, "train"):
+        frames = _read(spec, entry)
+        video_flow = flow.video_flow(frames, gen["flow_method"])
+        starts = clip_starts(len(frames), clip_len, data["clip_stride"])
+        if not starts:
+            raise ValueError(f"train video {entry['id']!r}: {len(frames)} frames, need more than clip_len={clip_len}")
+        records.append(VideoRecord(
+            id=entry["id"], features=clip_features.frame_features(clip_model, frames)[None], label=0,
+            source="real", stream="normal", anomaly_class="normal", num_frames=len(frames)))
+        for start in tqdm(starts, desc=f"pseudo-anomalies {entry['id']}", leave=False):
+            clip = frames[start:start + clip_len]
+            mask = masks.make_mask(gen["mask_type"], size, size, rng, _segmentation_for(spec, entry["id"], start))
+            pa = inpaint.inpaint_frames(pipe, clip, mask, seed=int(rng.integers(2**31)), steps=gen["inpaint_steps"],
+                                        guidance_scale=gen["guidance_scale"], prompt=gen["prompt"],
+                                        resolution=gen["inpaint_resolution"] or None)
+            clip_flow = video_flow[start:start + clip_len]
+            mixed, _ = mixup.patch_mixup(clip_flow, masks.mask_bbox(mask), rng, gen["mixup_alpha"])
+            clips.append(clip), spatial.append(pa), clip_masks.append(mask)
+            flows.append(clip_flow), temporal.append(mixed)
+            records.append(VideoRecord(
+                id=f"{entry['id']}/pa-{start:06d}", features=clip_features.frame_features(clip_model, pa)[None],
+                label=1, source="pseudo", stream="abnormal", anomaly_class=SPATIAL_CLASS, num_frames=clip_len))
+    train = out / "train"
+    save_npy(train / "clips.npy", np.stack(clips))
+    save_npy(train / "spatial_pa.npy", np.stack(spatial))
+    save_npy(train / "masks.npy", np.stack(clip_masks))
+    save_npy(train / "flows.npy", np.stack(flows).astype(np.float16))
+    save_npy(train / "temporal_pa.npy", np.stack(temporal).astype(np.float16))
+    write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True)
+    return {"clips": len(clips), "videos": len(records) - len(clips)}
+
+
+def _test_video(spec: dict, entry: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Frames and labels of one test video: real labels from a file, or pasted anomalies."""
+    frames = _read(spec, entry)
+    if entry.get("labels"):
+        return frames, testset.load_labels(entry["labels"], len(frames))
+    intervals = []
+    for anomaly in entry.get("anomalies", []):
+        side = max(4, spec["data"]["frame_size"] // 4)
+        source = _read(spec, {"path": anomaly["source"], "start": anomaly.get("source_frame", 0),
+                              "stop": anomaly.get("source_frame", 0) + 1})[0]
+        top, left = rng.integers(0, source.shape[0] - side + 1, size=2)
+        patch = source[top:top + side, left:left + side]
+        frames = testset.paste_moving_patch(frames, patch, anomaly["start"], anomaly["stop"], rng)
+        intervals.append((anomaly["start"], anomaly["stop"]))
+    return frames, testset.frame_labels(len(frames), intervals)
+
+
+def prepare_test(spec: dict, out: pathlib.Path, clip_model) -> dict:
+    """Test frames, flows (one per frame) and CLIP features with frame labels."""
+    gen = spec["generation"]
+    rng = np.random.default_rng(gen["seed"] + 1)
+    records, anomalous = [], 0
+    for entry in tqdm(_video_entries(spec, "test"), desc="test videos", leave=False):
+        frames, labels = _test_video(spec, entry, rng)
+        flows = flow.video_flow(frames, gen["flow_method"])
+        flows = np.concatenate([flows, flows[-1:]])  # one flow per frame, as frames are scored
+        save_npy(out / "test" / "frames" / f"{entry['id']}.npy", frames)
+        save_npy(out / "test" / "flows" / f"{entry['id']}.npy", flows.astype(np.float16))
+        is_abnormal = int(labels.any())
+        anomalous += int(labels.sum())
+        records.append(VideoRecord(
+            id=entry["id"], features=clip_features.frame_features(clip_model, frames)[None], label=is_abnormal,
+            source="real", stream="abnormal" if is_abnormal else "normal",
+            anomaly_class=entry.get("anomaly_class", "pasted-object") if is_abnormal else "normal",
+            num_frames=len(frames), frame_labels=labels))
+    write_shard_set(out / "test" / "clip_shards", records, dtype="float32", overwrite=True)
+    return {"videos": len(records), "anomalous_frames": anomalous,
+            "frames": int(sum(r.num_frames for r in records))}
+
+
+def prepare(spec: dict, out: str | pathlib.Path) -> dict:
+    """Runs the whole preparation; returns (and writes as prepared.json) what was made."""
+    out = pathlib.Path(out)
+    gen = spec["generation"]
+    began = time.time()
+    pipe = inpaint.load_inpaint_pipeline(gen["inpaint_model"], gen.get("device", "cpu"))
+    clip_model = clip_features.load_clip(gen["clip_model"], gen.get("device", "cpu"))
+    summary = {"spec": spec, "train": prepare_train(spec, out, pipe, clip_model),
+               "test": prepare_test(spec, out, clip_model),
+               "feature_dim": int(clip_model.config.projection_dim), "seconds": round(time.time() - began, 1)}
+    save_json(out / "prepared.json", summary)
+    return summary
