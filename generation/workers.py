@@ -18,6 +18,8 @@ Public API
     Round-robin slice ``items[index::count]``: shards differ by at most one item.
 ``read_jsonl(path) -> list[dict]`` / ``write_jsonl(path, rows)``
     Plans are JSON lines, one item per line; writes are atomic.
+``plan_file_path(plan_path, value) -> Path``
+    Paths inside a plan (``image``) are relative to the plan's folder, so a workdir can move.
 ``atomic_write_bytes / atomic_write_text / atomic_write_json / atomic_save_npy``
     Write to a temporary file in the same folder, then ``os.replace`` onto the target, so a
     reader (or a rerun) never sees a half-written file.
@@ -199,6 +201,12 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> N
     """Write dicts as JSON lines to `path` atomically."""
     text = "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows)
     atomic_write_text(path, text)
+
+
+def plan_file_path(plan_path: str | os.PathLike, value: str) -> Path:
+    """A path stored in a plan (e.g. ``image``): absolute, or relative to the plan's folder."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(plan_path).parent / path
 
 
 def check_item_ids(items: Sequence[Mapping[str, Any]], source: str = "items") -> None:
