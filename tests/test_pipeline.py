@@ -1,5 +1,5 @@
 """Input pipelines: reference resampling, grain training batches, device-resident sampling, eval buckets."""
-import itertools
+import json
 
 import jax
 import numpy as np
@@ -182,7 +182,7 @@ def test_restored_iterator_continues_identically(config):
     _take(it, 3)
     state = it.get_state()
     restored = pipeline.make_train_iterator(config)
-    restored.set_state(state)
+    restored.set_state(json.loads(json.dumps(state)))  # what a checkpoint stores
     _assert_batches_equal(_take(restored, 4), uninterrupted[3:])
 
 
@@ -191,6 +191,15 @@ def test_epoch_visits_each_video_once(config):
     batches = _take(pipeline.make_train_iterator(config), 3)
     normals = [n for b in batches for n, _ in _row_ids(b["features"][:4])]
     assert sorted(normals) == list(range(12))
+
+
+def test_stream_smaller_than_its_count_wraps_over_epochs(config):
+    # 4 pseudo-normal videos, 6 per step: no epoch holds a whole batch, so batches span epochs.
+    config.batch.pseudo_normal = 6
+    batches = _take(pipeline.make_train_iterator(config), 2)
+    rows = [n for b in batches for n, _ in _row_ids(b["features"][8:])]
+    assert len(rows) == 12 and set(rows) == set(range(28, 32))
+    assert all(rows.count(n) == 3 for n in set(rows))  # still every video once per epoch
 
 
 def test_hosts_slices_concatenate_to_the_global_batch(config):
@@ -270,14 +279,24 @@ def test_device_sampler_matches_grain_layout(config, dataset):
     assert crops_seen == {0, 1, 2}
 
 
+def test_device_sampler_draws_with_replacement_past_the_stream_size(config):
+    config.batch.pseudo_normal = 6  # only 4 pseudo-normal videos
+    sampler = pipeline.DeviceResidentSampler.from_config(config)
+    batch = jax.jit(lambda s, k: s.sample(k))(sampler, jax.random.key(1))
+    assert batch["features"].shape == (14, T, D)
+    assert {n for n, _ in _row_ids(np.asarray(batch["features"][8:]))} <= set(range(28, 32))
+
+
 def test_auto_device_resident_follows_the_budget(config):
     shards = pipeline.open_split(config, "train")
     nbytes = pipeline.resampled_table_bytes(shards, pipeline.select_streams(shards, config), T)
     rows = 12 * 3 + 10 * 1 + 4 * 1  # abnormal_source="pseudo": real abnormals are not used
     assert nbytes == rows * T * D * 4
-    config.device_budget_gb = nbytes / pipeline.GIB
+    # On CPU every simulated device keeps a copy in the same RAM: the budget is shared.
+    copies = jax.local_device_count()
+    config.device_budget_gb = nbytes * copies / pipeline.GIB
     assert pipeline.use_device_resident(config, shards)
-    config.device_budget_gb = (nbytes - 1) / pipeline.GIB
+    config.device_budget_gb = (nbytes * copies - copies) / pipeline.GIB
     assert not pipeline.use_device_resident(config, shards)
     config.device_resident = "true"
     assert pipeline.use_device_resident(config, shards)
