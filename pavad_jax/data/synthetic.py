@@ -339,20 +339,22 @@ def is_valid(path: os.PathLike | str, size: str, seed: int) -> bool:
     return len(train) == want_train and len(test) == spec.test_normal + spec.test_abnormal
 
 
-def ensure_synthetic(root: os.PathLike | str, size: str = "default", seed: int = 0) -> pathlib.Path:
-    """The path of the (size, seed) benchmark under `root`, generated on first use.
+def build(out_dir: os.PathLike | str, size: str = "default", seed: int = 0, *, force: bool = False) -> bool:
+    """Make `out_dir` hold the (size, seed) benchmark; False when a valid copy was already there.
 
-    An existing valid copy is reused; an invalid one is replaced. Generation goes to a temporary
-    folder renamed into place at the end, so concurrent callers never see a partial dataset.
+    Generation goes to a temporary folder beside `out_dir`, renamed into place at the end, so
+    neither a crash nor a concurrent builder ever leaves a partial dataset at `out_dir`.
     """
-    final = dataset_dir(root, size, seed)
-    if is_valid(final, size, seed):
-        return final
+    final = pathlib.Path(out_dir).expanduser()
+    if not force and is_valid(final, size, seed):
+        return False
+    if final.exists() and any(final.iterdir()) and not (final / INFO_FILE).exists() and not force:
+        raise FileExistsError(f"{final} exists and does not hold a synthetic dataset; choose another folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         generate(tmp, size, seed)
-        if final.exists() and not is_valid(final, size, seed):
+        if final.exists() and (force or not is_valid(final, size, seed)):
             shutil.rmtree(final)
         try:
             os.rename(tmp, final)
@@ -362,4 +364,15 @@ def ensure_synthetic(root: os.PathLike | str, size: str = "default", seed: int =
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return final
+    return True
+
+
+def ensure_synthetic(root: os.PathLike | str, size: str = "default", seed: int = 0) -> pathlib.Path:
+    """The path of the (size, seed) benchmark under `root`, generated on first use (see `build`).
+
+    An existing valid copy is reused; an invalid one (truncated, corrupt, older generator) is
+    replaced.
+    """
+    path = dataset_dir(root, size, seed)
+    build(path, size, seed)
+    return path
