@@ -105,8 +105,12 @@ def tiny_wan_pipeline(seed: int = 0):
                        vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
 
 
-def tiny_cogvideox_pipeline(seed: int = 0):
-    """A randomly initialised CogVideoXPipeline built from configs (no download)."""
+def tiny_cogvideox_pipeline(seed: int = 0, max_text_seq_length: int = 32):
+    """A randomly initialised CogVideoXPipeline built from configs (no download).
+
+    CogVideoX's positional embedding is sized for a fixed text length, so the pipeline must
+    be called with max_sequence_length == max_text_seq_length.
+    """
     import torch
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
@@ -117,7 +121,8 @@ def tiny_cogvideox_pipeline(seed: int = 0):
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
         time_embed_dim=2, text_embed_dim=32, num_layers=1, sample_width=8, sample_height=8,
-        sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=32)
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=max_text_seq_length)
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
@@ -131,8 +136,9 @@ def load_pipeline(settings: T2VSettings):
     import torch
 
     if settings.model == TINY:
-        builder = tiny_wan_pipeline if settings.backend == "wan" else tiny_cogvideox_pipeline
-        return builder(settings.seed).to(settings.device)
+        if settings.backend == "wan":
+            return tiny_wan_pipeline(settings.seed).to(settings.device)
+        return tiny_cogvideox_pipeline(settings.seed, settings.max_sequence_length).to(settings.device)
     from diffusers import CogVideoXPipeline, WanPipeline
 
     pipeline_cls = WanPipeline if settings.backend == "wan" else CogVideoXPipeline

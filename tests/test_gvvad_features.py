@@ -1,0 +1,100 @@
+"""GV-VAD CLIP segment features: shapes, segment means, records and shard sets."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from generation import video_io, workers
+from generation.clip_features import ClipFrameEncoder
+from generation.gvvad import features
+from pavad_jax import shards
+
+
+def mean_colour_encoder(frames: torch.Tensor) -> torch.Tensor:
+    """A controlled encoder: a frame's embedding is its mean RGB (so segment means are checkable)."""
+    return frames.float().mean(dim=(1, 2))
+
+
+def ramp_video(path, num_frames, size=16):
+    """Frames whose brightness rises with the frame index (each segment has a distinct mean)."""
+    frames = np.stack([np.full((size, size, 3), 5 * i % 250, np.uint8) for i in range(num_frames)])
+    video_io.write_mp4(path, frames, fps=8)
+    return video_io.read_frames(path)  # decoded frames, as the extractor sees them
+
+
+@pytest.mark.parametrize("num_frames, batch_size", [(16, 64), (17, 5), (40, 16)])
+def test_segment_features_are_means_over_16_frames(tmp_path, num_frames, batch_size):
+    decoded = ramp_video(tmp_path / "v.mp4", num_frames)
+    got, count = features.video_segment_features(tmp_path / "v.mp4", mean_colour_encoder,
+                                                 batch_size=batch_size)
+    assert count == num_frames
+    assert got.shape == (1, math.ceil(num_frames / 16), 3) and got.dtype == np.float32
+    expected = features.segment_means(decoded.reshape(num_frames, -1, 3).mean(1))
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
+    last = decoded[16 * (got.shape[1] - 1):].reshape(-1, 3).mean(0)  # a short last segment
+    np.testing.assert_allclose(got[0, -1], last, rtol=1e-5)
+
+
+def test_tiny_clip_features_have_shape_1_t_d(tmp_path):
+    ramp_video(tmp_path / "v.mp4", 33, size=48)
+    encoder = ClipFrameEncoder("tiny")
+    got, count = features.video_segment_features(tmp_path / "v.mp4", encoder)
+    assert (count, got.shape) == (33, (1, 3, encoder.feature_dim))
+    assert np.isfinite(got).all() and not np.allclose(got[0, 0], got[0, 2])
+
+
+def test_records_follow_gvvad_mixing():
+    """Synthetic normal videos are ordinary normal training data with source 'pseudo'."""
+    feats = np.zeros((1, 2, 4), np.float32)
+    abnormal = features.to_record({"id": "a", "split": "train", "label": 1, "anomaly_class": "Arson",
+                                   "source": "pseudo"}, feats, 20)
+    normal = features.to_record({"id": "n", "split": "train", "label": 0, "anomaly_class": "normal",
+                                 "source": "pseudo"}, feats, 20)
+    test = features.to_record({"id": "t", "split": "test", "label": 1, "anomaly_class": "Fighting",
+                               "abnormal_frames": [[4, 8], [15, 99]]}, feats, 20)
+    assert (abnormal.stream, abnormal.source, abnormal.label) == ("abnormal", "pseudo", 1)
+    assert (normal.stream, normal.source, normal.anomaly_class) == ("normal", "pseudo", "normal")
+    assert abnormal.frame_labels is None and test.source == "real"
+    assert test.frame_labels.tolist() == [0] * 4 + [1] * 4 + [0] * 7 + [1] * 5
+
+
+def test_step_writes_valid_train_and_test_shard_sets(tmp_path, monkeypatch):
+    for name, frames in (("syn-a", 20), ("syn-n", 17), ("real-a", 33), ("real-t", 16)):
+        ramp_video(tmp_path / f"{name}.mp4", frames)
+    workers.write_jsonl(tmp_path / "decisions.jsonl", [
+        {"id": "syn-a", "video": "syn-a.mp4", "path": str(tmp_path / "syn-a.mp4"), "kept": True,
+         "label": 1, "anomaly_class": "Explosion", "score": 0.3},
+        {"id": "syn-n", "video": "syn-n.mp4", "path": str(tmp_path / "syn-n.mp4"), "kept": True,
+         "label": 0, "anomaly_class": "normal", "score": 0.25},
+        {"id": "syn-x", "video": "gone.mp4", "path": str(tmp_path / "gone.mp4"), "kept": False,
+         "label": 1, "anomaly_class": "Arson", "score": 0.1}])  # rejected: never read
+    workers.write_jsonl(tmp_path / "real.jsonl", [
+        {"id": "real-a", "path": str(tmp_path / "real-a.mp4"), "split": "train", "label": 1,
+         "anomaly_class": "Robbery"},
+        {"id": "real-t", "path": str(tmp_path / "real-t.mp4"), "split": "test", "label": 1,
+         "anomaly_class": "Robbery", "abnormal_frames": [[8, 16]]}])
+    monkeypatch.setattr("generation.clip_features.ClipFrameEncoder", lambda *a, **k: mean_colour_encoder)
+    counts = features.run_features(dataset_dir=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"),
+                                   decisions=str(tmp_path / "decisions.jsonl"),
+                                   real_videos=str(tmp_path / "real.jsonl"), clip_model="colour")
+    assert counts == {"train/gvvad-synthetic": 2, "train/real": 1, "test/real": 1}
+    assert shards.validate(tmp_path / "ds" / "train") == [] and shards.validate(tmp_path / "ds" / "test") == []
+    synthetic = {r.id: r for r in shards.ShardSet(tmp_path / "ds" / "train" / "gvvad-synthetic")}
+    assert synthetic["syn-a"].features.shape == (1, 2, 3) and synthetic["syn-a"].num_frames == 20
+    assert (synthetic["syn-n"].stream, synthetic["syn-n"].source) == ("normal", "pseudo")
+    test = shards.ShardSet(tmp_path / "ds" / "test")[0]
+    assert test.frame_labels.tolist() == [0] * 8 + [1] * 8 and test.source == "real"
+
+
+def test_real_video_lists_name_the_bad_field(tmp_path):
+    video = tmp_path / "v.mp4"
+    ramp_video(video, 4)
+    good = {"id": "v", "path": str(video), "split": "test", "label": 0, "anomaly_class": "normal"}
+    for change, message in ((dict(split="val"), "field 'split'"),
+                            (dict(anomaly_class="Arson"), "field 'anomaly_class'"),
+                            (dict(abnormal_frames=[[5, 2]]), "field 'abnormal_frames'"),
+                            (dict(path=str(tmp_path / "none.mp4")), "field 'path'")):
+        workers.write_jsonl(tmp_path / "real.jsonl", [dict(good, **change)])
+        with pytest.raises((ValueError, FileNotFoundError), match=rf"real.jsonl:1: {message}"):
+            features.load_real_videos(tmp_path / "real.jsonl")
