@@ -76,15 +76,19 @@ def local_attention_matrix(length: int, lengths: jax.Array | None = None, *, col
   return raw / row_sums[..., :, None]
 
 
-def topk_mean(values: jax.Array, k: jax.Array | int, valid: jax.Array | None = None) -> jax.Array:
+def topk_mean(values: jax.Array, k: jax.Array | int, valid: jax.Array | None = None,
+              k_max: int | None = None) -> jax.Array:
   """Mean of the k largest entries along the last axis, skipping entries where not `valid`.
 
-  Written as sort + mask (not lax.top_k) so that k may be a traced integer.
+  k may be a traced integer: the static `k_max` >= k largest (default: all) are taken with
+  lax.top_k and the first k kept by a mask. (lax.top_k rather than jnp.sort: the gradient of a
+  sort on a batch-sharded array crashes XLA's SPMD partitioner in jaxlib 0.10.)
   """
   if valid is not None:
     values = jnp.where(valid, values, -jnp.inf)
-  ordered = -jnp.sort(-values, axis=-1)
-  chosen = jnp.arange(values.shape[-1]) < k
+  k_max = values.shape[-1] if k_max is None else min(k_max, values.shape[-1])
+  ordered = jax.lax.top_k(values, k_max)[0]
+  chosen = jnp.arange(k_max) < k
   return jnp.where(chosen, ordered, 0.0).sum(-1) / k
 
 
@@ -176,7 +180,7 @@ class MemoryUnit(nnx.Module):
     active = self.slot_mask[...]
     att = jax.nn.sigmoid(jnp.einsum("btd,kd->btk", x, self.memory_block[...]) / math.sqrt(self.dim))
     att = jnp.where(active, att, 0.0)
-    score = topk_mean(att, self.active_slots() // 16 + 1, active)
+    score = topk_mean(att, self.active_slots() // 16 + 1, active, k_max=att.shape[-1] // 16 + 1)
     readout = jnp.einsum("btk,kd->btd", att, self.memory_block[...])
     return score, readout
 
