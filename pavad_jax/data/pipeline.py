@@ -22,8 +22,11 @@ lengths with a mask, so a jitted scorer compiles once per bucket.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import pathlib
+import sys
 from typing import Any, Sequence
 
 import grain
@@ -71,9 +74,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # "auto" (when it fits device_budget_gb), True / "true", or False / "false".
     c.device_resident = config_dict.FieldReference("auto", field_type=object)
     # Largest pre-resampled training table (GiB, float32, one full copy per device) that "auto"
-    # puts on the device; also capped at half of the device memory where JAX reports it, and
-    # shared by the simulated devices of a CPU host. UCF-Crime's 1610 x 10 crops need 13 GiB.
-    c.device_budget_gb = 4.0
+    # puts on the device; also capped at half of the device memory where JAX reports it (on a
+    # CPU: a quarter of the RAM, shared by its simulated devices). UCF-Crime's 1610 videos x 10
+    # crops at T=200, D=1024 take 13 GiB.
+    c.device_budget_gb = 16.0
     # Test videos per evaluation batch in the shortest bucket; longer buckets hold fewer videos
     # (about the same number of segments per batch), at least one.
     c.eval_batch_size = 16
@@ -83,9 +87,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # grain worker processes for the training pipeline; 0 reads in this process (threads).
     # Worker processes need a `if __name__ == "__main__":` guard in the launching script.
     c.worker_count = 0
-    # Threads that read and resample in this process, and batches prefetched ahead of the step.
-    c.read_threads = 2
-    c.prefetch_batches = 2
+    # Threads that read and resample in this process, and batches prefetched ahead of the step
+    # (each thread builds a whole batch, so at most min(threads, prefetch) are built at once).
+    c.read_threads = 4
+    c.prefetch_batches = 4
     # Seed of the shuffles and crop choices when make_train_iterator gets no explicit seed.
     c.seed = 2022
     return c
@@ -164,6 +169,29 @@ def _stream_seeds(seed: int, stream_id: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- grain training path
 
 
+class _ShuffledEpochs(grain.transforms.Map):
+    """Position k of an endless stream -> record index, in a fresh permutation every epoch.
+
+    Epoch e is the first `usable` entries of a permutation drawn from (seed, e). Used instead
+    of grain's MapDataset.shuffle, whose per-index cipher costs ~1 ms per element on a
+    stream of a few dozen videos.
+    """
+
+    def __init__(self, indices: np.ndarray, usable: int, seed: int):
+        self.indices = indices
+        self.usable = usable
+        self.seed = seed
+
+    @functools.lru_cache(maxsize=64)  # keyed by (self, epoch): a few epochs of each stream
+    def _epoch(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))
+        return self.indices[order[:self.usable]]
+
+    def map(self, position: int) -> int:
+        epoch, offset = divmod(position, self.usable)
+        return int(self._epoch(epoch)[offset])
+
+
 class _LoadSample(grain.transforms.RandomMap):
     """Reads one video, picks one of its crops uniformly and resamples it to T segments."""
 
@@ -191,41 +219,50 @@ def host_count(global_count: int, process_count: int, name: str) -> int:
     return global_count // process_count
 
 
-def _stream_batches(shards: ShardSet, indices: np.ndarray, global_count: int, *, seed: int, stream_id: int,
-                    segments: int, process_index: int, process_count: int) -> grain.MapDataset:
-    """One stream as a MapDataset of this host's per-step slices (dicts of stacked arrays).
+def _stream_samples(shards: ShardSet, indices: np.ndarray, global_count: int, *, seed: int, stream_id: int,
+                    segments: int) -> grain.MapDataset:
+    """One stream as an endless MapDataset of samples: position k -> a resampled crop of a video.
 
-    The global stream is an endless sequence of its videos, reshuffled every epoch; step s of
-    the global batch takes its elements [s*n, (s+1)*n). Batching that sequence into host-sized
-    pieces of n/P and taking every P-th piece from `process_index` gives each host its part of
-    every step, so the host slices concatenated in process order are the global batch.
+    The sequence is the same on every host; step s of the global batch takes its positions
+    [s*n, (s+1)*n), and `_HostSteps` gives each host its part of that range.
     """
     shuffle_seed, crop_seed = _stream_seeds(seed, stream_id)
-    per_host = host_count(global_count, process_count, BATCH_KEYS[stream_id])
     # Drop each epoch's remainder, as the reference loaders do (drop_last=True), unless the
     # stream is smaller than one batch (tiny datasets): then batches wrap over epochs.
     usable = len(indices) // global_count * global_count or len(indices)
-    ds = grain.MapDataset.source(indices.tolist()).shuffle(seed=shuffle_seed)[:usable].repeat()
-    ds = ds.random_map(_LoadSample(shards, segments, stream_id), seed=crop_seed)
-    # drop_remainder only changes len() of this endless dataset; without it grain computes the
-    # length with a float ceil that overflows sys.maxsize for batch size 1.
-    return ds.batch(per_host, drop_remainder=True)[process_index::process_count]
+    ds = grain.MapDataset.range(sys.maxsize).map(_ShuffledEpochs(indices, usable, shuffle_seed))
+    return ds.random_map(_LoadSample(shards, segments, stream_id), seed=crop_seed)
 
 
-class _ConcatRows(grain.MapDataset):
-    """Step i is the row-wise concatenation of step i of each parent (the stream order)."""
+class _HostSteps(grain.MapDataset):
+    """Step i -> this host's batch: its slice of step i of every stream, rows in stream order.
+
+    With n global rows of a stream and P hosts, host p takes positions [i*n + p*n/P, i*n +
+    (p+1)*n/P), so the host slices concatenated in process order are the global batch.
+    """
+
+    def __init__(self, streams: Sequence[grain.MapDataset], counts: Sequence[int], process_index: int,
+                 process_count: int):
+        super().__init__(streams)
+        self._counts = [int(c) for c in counts]
+        self._process_index = process_index
+        self._process_count = process_count
 
     def __len__(self) -> int:
-        return min(len(p) for p in self.parents)
+        return sys.maxsize // max(self._counts)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        parts = [p[index] for p in self.parents]
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    def __getitem__(self, step):
+        if isinstance(step, slice):
+            return self.slice(step)
+        samples = []
+        for stream, n in zip(self.parents, self._counts):
+            per_host = n // self._process_count
+            first = step * n + self._process_index * per_host
+            samples += [stream[k] for k in range(first, first + per_host)]
+        return {key: np.stack([sample[key] for sample in samples]) for key in samples[0]}
 
     def __str__(self) -> str:
-        return f"_ConcatRows({len(self.parents)} streams)"
+        return f"_HostSteps(counts={self._counts}, process {self._process_index} of {self._process_count})"
 
 
 def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | None = None, process_index: int = 0,
@@ -236,13 +273,15 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | No
     seed = data_config.seed if seed is None else seed
     shards = shards if shards is not None else open_split(data_config, data_config.train_split)
     counts = stream_counts(data_config)
-    streams = [
-        _stream_batches(shards, indices, count, seed=seed, stream_id=stream_id, segments=data_config.segments,
-                        process_index=process_index, process_count=process_count)
-        for stream_id, (indices, count) in enumerate(zip(select_streams(shards, data_config), counts)) if count
-    ]
+    for key, count in zip(BATCH_KEYS, counts):
+        host_count(count, process_count, key)
+    used = [(stream_id, indices, count)
+            for stream_id, (indices, count) in enumerate(zip(select_streams(shards, data_config), counts)) if count]
+    streams = [_stream_samples(shards, indices, count, seed=seed, stream_id=stream_id, segments=data_config.segments)
+               for stream_id, indices, count in used]
+    steps = _HostSteps(streams, [count for _, _, count in used], process_index, process_count)
     read = grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch_batches)
-    ds = _ConcatRows(streams).to_iter_dataset(read)
+    ds = steps.to_iter_dataset(read)
     if data_config.worker_count > 0:
         # grain's worker processes read absl flags; outside absl.app.run nothing parsed them.
         if not flags.FLAGS.is_parsed():
@@ -319,7 +358,8 @@ def _device_budget_bytes(data_config: ml_collections.ConfigDict) -> int:
     budget = int(data_config.device_budget_gb * GIB)
     device = jax.local_devices()[0]
     if device.platform == "cpu":  # simulated CPU devices all hold their copy in one host's RAM
-        return budget // jax.local_device_count()
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return min(budget, ram // 4) // jax.local_device_count()
     stats = device.memory_stats() or {}
     if "bytes_limit" in stats:
         budget = min(budget, stats["bytes_limit"] // 2)

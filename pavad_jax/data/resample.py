@@ -16,12 +16,25 @@ end (checked for n up to 5000 and several T in tests); the clamp below only guar
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
 def segment_bounds(length: int, segments: int) -> np.ndarray:
     """The reference bin edges: linspace(0, length, segments + 1) cast to int, (segments + 1,)."""
     return np.linspace(0, length, segments + 1, dtype=int)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(length: int, segments: int) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """Bin starts, the bins still open at each row offset 1.., multi-row bins and their sizes."""
+    bounds = segment_bounds(length, segments)
+    starts = np.minimum(bounds[:-1], length - 1)  # a no-op (r[i] < n for i < T), kept as a guard
+    counts = np.diff(bounds)
+    open_bins = tuple(np.flatnonzero(counts > offset) for offset in range(1, int(counts.max())))
+    multi = np.flatnonzero(counts > 1)
+    return starts, open_bins, multi, counts[multi, None].astype(np.float64)
 
 
 def resample_segments(features: np.ndarray, segments: int) -> np.ndarray:
@@ -34,14 +47,10 @@ def resample_segments(features: np.ndarray, segments: int) -> np.ndarray:
         raise ValueError(f"resample_segments: features have no time steps (shape {features.shape})")
     if segments <= 0:
         raise ValueError(f"resample_segments: segments must be > 0, got {segments}")
-    bounds = segment_bounds(length, segments)
-    starts = np.minimum(bounds[:-1], length - 1)  # a no-op (r[i] < n for i < T), kept as a guard
-    counts = np.diff(bounds)
+    starts, open_bins, multi, sizes = _plan(length, segments)
     # Row 0 of every bin; an empty bin keeps it, which is the reference's feat[r[i]].
-    out = features[..., starts, :].copy()
-    for offset in range(1, int(counts.max())):
-        longer = np.flatnonzero(counts > offset)
-        out[..., longer, :] += features[..., starts[longer] + offset, :]
-    multi = np.flatnonzero(counts > 1)
-    out[..., multi, :] = out[..., multi, :] / counts[multi, None].astype(np.float64)
+    out = features[..., starts, :]
+    for offset, bins in enumerate(open_bins, start=1):
+        out[..., bins, :] += features[..., starts[bins] + offset, :]
+    out[..., multi, :] = out[..., multi, :] / sizes
     return out
