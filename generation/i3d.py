@@ -71,10 +71,9 @@ class FrozenBatchNorm3d(nn.Module):
         self.register_buffer("bias", torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise with the stored statistics; broadcasting over (T, H, W)."""
-        scale = torch.rsqrt(self.running_var + self.eps)
-        shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1)
+        """Normalise with the stored statistics (one fused kernel)."""
+        return F.batch_norm(x, self.running_mean, self.running_var, weight=None, bias=self.bias,
+                            training=False, eps=self.eps)
 
 
 class Unit3D(nn.Module):
@@ -89,7 +88,7 @@ class Unit3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad, convolve, normalise, rectify."""
         x = self.conv(_pad_same(x, self.kernel, self.stride, 0.0))
-        return F.relu(self.bn(x))
+        return F.relu(self.bn(x), inplace=True)
 
 
 class MaxPool3dSame(nn.Module):

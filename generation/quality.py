@@ -24,7 +24,7 @@ Feature networks:
     (the 1024-d Mixed_5c mean the detector is trained on).
 
 Values depend on the feature network: only compare numbers computed with the same one.
-Per-video features are cached under ``<cache>/<key>/<set>/<id>.npz`` through
+Per-video features are cached under ``<cache>/<key>/<stem>-<path hash>.npz`` through
 generation/workers.py, so an interrupted run resumes and a second run only recomputes the
 reduction. See docs/features.md.
 """
@@ -311,7 +311,7 @@ def video_items(sources: Sequence[str | os.PathLike]) -> list[dict]:
 def set_features(name: str, sources: Sequence[str], cache_dir: Path, make_networks) -> tuple[np.ndarray, np.ndarray, workers.RunSummary]:
     """Frame and clip features of one video set, computed per video (cached) then stacked."""
     items = video_items(sources)
-    out_dir = cache_dir / name
+    out_dir = cache_dir  # keyed by video path, not by set: a video in both sets is computed once
 
     def compute(item):
         frame_features, clip_features = make_networks().video(item["path"])
