@@ -16,6 +16,7 @@ JAX_SIDE = [
     "grain==0.2.18",
     "ml_collections>=1.1",
     "clu>=0.0.12",
+    "tensorflow-cpu",  # clu's TensorBoard SummaryWriter imports TensorFlow
     "absl-py",
     "tensorboard",
     "tqdm",

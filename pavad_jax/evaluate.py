@@ -1,0 +1,198 @@
+"""pavad-eval: the UR-DMU evaluation protocol, batched and jitted.
+
+  pavad-eval --workdir runs/synthetic                       # best checkpoint, the run's test set
+  pavad-eval --workdir runs/synthetic --checkpoint last --data /data/ucf --videos 4
+
+Test videos are scored at full length in length buckets (one compiled program per bucket),
+crop scores averaged, each segment score repeated for its 16 frames, and all videos
+concatenated in test-set order against the concatenated frame ground truth. Writes
+metrics.json, roc.png and score-trace PNGs (ground-truth intervals shaded) under
+WORKDIR/eval/<checkpoint>/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from pavad_jax import metrics
+from pavad_jax.data import pipeline
+from pavad_jax.distributed import DATA_AXIS
+
+
+@dataclasses.dataclass
+class EvalData:
+    """This host's padded, length-bucketed test batches, and the whole test set's metadata."""
+
+    batches: list[dict]
+    evalset: pipeline.EvalSet
+    mesh: jax.sharding.Mesh
+
+    @classmethod
+    def load(cls, data_config, mesh, split: str | None = None) -> "EvalData":
+        batches, evalset = pipeline.make_eval_batches(
+            data_config, split=split, process_index=jax.process_index(), process_count=jax.process_count(),
+            batch_multiple=mesh.size)
+        return cls(batches=batches, evalset=evalset, mesh=mesh)
+
+
+def make_scorer(graphdef, rest):
+    """jit(params, features, mask) -> (B, T) test-mode scores; compiles once per bucket shape."""
+
+    @jax.jit
+    def score(params, features, mask):
+        return nnx.merge(graphdef, params, rest).scores(features, mask)
+
+    return score
+
+
+def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
+    """The global value of a batch-sharded array (rows of every host, in process order)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def video_scores(scorer, params, data: EvalData) -> list[np.ndarray]:
+    """Per-video segment scores (T,) in test-set order; batch rows sharded over the mesh."""
+    sharding = NamedSharding(data.mesh, P(DATA_AXIS))
+    lengths = data.evalset.lengths
+    scores: list[np.ndarray | None] = [None] * len(data.evalset)
+    for batch in data.batches:
+        features, mask = (jax.make_array_from_process_local_data(sharding, batch[k]) for k in ("features", "mask"))
+        out, videos = _gather(scorer(params, features, mask)), _gather(batch["video"])
+        for row, video in enumerate(videos):
+            if video >= 0:
+                scores[video] = out[row, : lengths[video]]
+    missing = [data.evalset.ids[i] for i, s in enumerate(scores) if s is None]
+    if missing:
+        raise RuntimeError(f"evaluation batches skipped {len(missing)} videos, e.g. {missing[:3]}")
+    return scores
+
+
+def evaluate(scorer, params, data: EvalData, *, return_scores: bool = False):
+    """Frame-level AUC, both APs and per-class AUC over the whole test set."""
+    scores = video_scores(scorer, params, data)
+    result = metrics.video_metrics(scores, data.evalset.frame_labels, data.evalset.anomaly_classes)
+    return (result, scores) if return_scores else result
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots.
+
+def _intervals(labels: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame intervals where labels are 1."""
+    edges = np.diff(np.r_[0, (np.asarray(labels) > 0).astype(np.int8), 0])
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+
+
+def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr = metrics.roc_curve(frame_labels, frame_scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Frame-level ROC",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_score_trace(path: pathlib.Path, video_id: str, segment_scores, frame_labels) -> None:
+    """Frame scores over time, ground-truth anomalies shaded (PA-VAD Fig. 8 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = metrics.frame_scores(segment_scores)
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    for start, end in _intervals(frame_labels):
+        ax.axvspan(start, end, color="tab:red", alpha=0.2, lw=0)
+    ax.plot(np.arange(frames.size), frames, c="tab:blue", lw=1.5)
+    ax.set(xlim=(0, frames.size), ylim=(0, 1.02), xlabel="frame", ylabel="anomaly score", title=video_id)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def choose_trace_videos(evalset: pipeline.EvalSet, count: int) -> list[int]:
+    """Abnormal videos first (where the shading says something), then normal ones."""
+    abnormal = [i for i, y in enumerate(evalset.frame_labels) if np.any(y)]
+    normal = [i for i, y in enumerate(evalset.frame_labels) if not np.any(y)]
+    return (abnormal[: max(1, count - count // 4)] + normal)[:count]
+
+
+def write_report(out_dir: pathlib.Path, result: dict, scores, evalset: pipeline.EvalSet, videos: list[int]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out_dir / "metrics.json")
+    all_scores = np.concatenate([metrics.frame_scores(s) for s in scores])
+    plot_roc(out_dir / "roc.png", evalset.frame_ground_truth(), all_scores, result["auc"])
+    for i in videos:
+        plot_score_trace(out_dir / f"trace_{evalset.ids[i].replace('/', '_')}.png", evalset.ids[i], scores[i],
+                         evalset.frame_labels[i])
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="pavad-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a pavad-train run folder")
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (default), last, or a step number saved in WORKDIR/checkpoints")
+    parser.add_argument("--data", default=None, help="dataset folder to evaluate on (default: the run's)")
+    parser.add_argument("--split", default=None, help="split folder inside the dataset (default: config.data.test_split)")
+    parser.add_argument("--videos", type=int, default=4, help="how many score-trace PNGs to draw")
+    parser.add_argument("--video-ids", nargs="*", default=None, help="draw traces for these test video ids instead")
+    args = parser.parse_args(argv)
+
+    from pavad_jax import checkpoint, distributed
+    from pavad_jax.train import split_model
+
+    workdir = pathlib.Path(args.workdir)
+    try:
+        detector, config = checkpoint.load_run(workdir, args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"pavad-eval: {e}") from None
+    if args.data:
+        config.data.dir = args.data
+    data = EvalData.load(config.data, distributed.make_mesh(), split=args.split)
+    evalset = data.evalset
+    graphdef, params, rest = split_model(detector)
+    result, scores = evaluate(make_scorer(graphdef, rest), params, data, return_scores=True)
+    result |= {"checkpoint": args.checkpoint, "data_dir": str(config.data.dir), "videos": len(evalset)}
+    if args.video_ids:
+        unknown = sorted(set(args.video_ids) - set(evalset.ids))
+        if unknown:
+            raise SystemExit(f"pavad-eval: --video-ids not in the test set: {unknown}")
+        videos = [evalset.ids.index(v) for v in args.video_ids]
+    else:
+        videos = choose_trace_videos(evalset, args.videos)
+    out_dir = workdir / "eval" / str(args.checkpoint)
+    write_report(out_dir, result, scores, evalset, videos)
+    print(f"AUC {result['auc']:.4f}  AP(trapezoid) {result['ap_pr_trapezoid']:.4f}  "
+          f"AP(average precision) {result['average_precision']:.4f}  over {len(evalset)} videos")
+    for name, auc in sorted(result.get("per_class_auc", {}).items()):
+        print(f"  {name:<20s} AUC {auc:.4f}")
+    print(f"wrote {out_dir}/metrics.json, roc.png and {len(videos)} score traces")
+
+
+if __name__ == "__main__":
+    main()
