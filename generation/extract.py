@@ -448,6 +448,10 @@ def run_extract(*, workdir: str | os.PathLike | None = None, videos_dir: str | o
             out_dir=split_dir, desc=f"extract {split} {shard_index}/{num_shards}")
         finished = [i["id"] for i in split_items if workers.metadata_path(split_dir, i["id"]).exists()]
         target = shard_set_dir(out_dir, split, shard_index, num_shards)
+        stale = sorted(p.name for p in target.parent.glob("part-*-of-*") if not p.name.endswith(f"-of-{num_shards:05d}"))
+        if stale:  # left by a run with another shard count: the reader would see those videos twice
+            print(f"extract {split}: warning: {target.parent} also holds {stale[:3]} from a run with a different "
+                  "--num-shards; delete them or the videos appear twice")
         if finished:
             manifest = write_shard_set(target, (load_record(split_dir, i) for i in finished),
                                        dtype=settings.dtype, records_per_file=records_per_file, overwrite=True)
