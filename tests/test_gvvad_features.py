@@ -6,42 +6,53 @@ import pytest
 import torch
 
 from generation import video_io, workers
-from generation.clip_features import ClipFrameEncoder
 from generation.gvvad import features
 from pavad_jax import shards
 
 
-def mean_colour_encoder(frames: torch.Tensor) -> torch.Tensor:
-    """A controlled encoder: a frame's embedding is its mean RGB (so segment means are checkable)."""
-    return frames.float().mean(dim=(1, 2))
+class MeanColourEncoder:
+    """A controlled CLIP image encoder: a frame's embedding is its mean RGB."""
+
+    image_size = 32
+    feature_dim = 3
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.float().mean(dim=(1, 2))
 
 
-def ramp_video(path, num_frames, size=16):
-    """Frames whose brightness rises with the frame index (each segment has a distinct mean)."""
+def mean_colour_featurizer():
+    """`pavad-gen extract`'s CLIP segment featuriser with the controlled encoder inside."""
+    featurize, resize = features.clip_segment_featurizer("tiny")
+    featurize.encoder = MeanColourEncoder()
+    return featurize, resize
+
+
+def ramp_video(path, num_frames, size=32):
+    """Uniform frames whose brightness rises with the frame index: each segment has its own mean."""
     frames = np.stack([np.full((size, size, 3), 5 * i % 250, np.uint8) for i in range(num_frames)])
     video_io.write_mp4(path, frames, fps=8)
     return video_io.read_frames(path)  # decoded frames, as the extractor sees them
 
 
-@pytest.mark.parametrize("num_frames, batch_size", [(16, 64), (17, 5), (40, 16)])
+@pytest.mark.parametrize("num_frames, batch_size", [(16, 8), (17, 1), (40, 2)])
 def test_segment_features_are_means_over_16_frames(tmp_path, num_frames, batch_size):
     decoded = ramp_video(tmp_path / "v.mp4", num_frames)
-    got, count = features.video_segment_features(tmp_path / "v.mp4", mean_colour_encoder,
-                                                 batch_size=batch_size)
+    featurize, resize = mean_colour_featurizer()
+    got, count = features.video_segment_features(tmp_path / "v.mp4", featurize, resize, batch_size)
     assert count == num_frames
     assert got.shape == (1, math.ceil(num_frames / 16), 3) and got.dtype == np.float32
-    expected = features.segment_means(decoded.reshape(num_frames, -1, 3).mean(1))
-    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
-    last = decoded[16 * (got.shape[1] - 1):].reshape(-1, 3).mean(0)  # a short last segment
-    np.testing.assert_allclose(got[0, -1], last, rtol=1e-5)
+    per_frame = decoded.reshape(num_frames, -1, 3).mean(1)
+    expected = [per_frame[i:i + 16].mean(0) for i in range(0, num_frames, 16)]  # last may be short
+    np.testing.assert_allclose(got[0], np.stack(expected), rtol=1e-4)
 
 
-def test_tiny_clip_features_have_shape_1_t_d(tmp_path):
-    ramp_video(tmp_path / "v.mp4", 33, size=48)
-    encoder = ClipFrameEncoder("tiny")
-    got, count = features.video_segment_features(tmp_path / "v.mp4", encoder)
-    assert (count, got.shape) == (33, (1, 3, encoder.feature_dim))
-    assert np.isfinite(got).all() and not np.allclose(got[0, 0], got[0, 2])
+@pytest.mark.parametrize("num_frames", [17, 33])
+def test_tiny_clip_features_have_shape_1_t_d(tmp_path, num_frames):
+    ramp_video(tmp_path / "v.mp4", num_frames, size=48)
+    featurize, resize = features.clip_segment_featurizer("tiny")
+    got, count = features.video_segment_features(tmp_path / "v.mp4", featurize, resize)
+    assert (count, got.shape) == (num_frames, (1, math.ceil(num_frames / 16), featurize.feature_dim))
+    assert np.isfinite(got).all() and not np.allclose(got[0, 0], got[0, -1])
 
 
 def test_records_follow_gvvad_mixing():
@@ -74,7 +85,8 @@ def test_step_writes_valid_train_and_test_shard_sets(tmp_path, monkeypatch):
          "anomaly_class": "Robbery"},
         {"id": "real-t", "path": str(tmp_path / "real-t.mp4"), "split": "test", "label": 1,
          "anomaly_class": "Robbery", "abnormal_frames": [[8, 16]]}])
-    monkeypatch.setattr("generation.clip_features.ClipFrameEncoder", lambda *a, **k: mean_colour_encoder)
+    controlled = mean_colour_featurizer()
+    monkeypatch.setattr(features, "clip_segment_featurizer", lambda *a, **k: controlled)
     counts = features.run_features(dataset_dir=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"),
                                    decisions=str(tmp_path / "decisions.jsonl"),
                                    real_videos=str(tmp_path / "real.jsonl"), clip_model="colour")

@@ -1,9 +1,11 @@
 """GV-VAD features: CLIP features per 16-frame segment, written as feature shards.
 
 GV-VAD (Sec. III-A) cuts every video into 16-frame segments and describes each by CLIP-L
-(768-d) features: here the CLIP image embeddings of the segment's frames, averaged, so a
-video of F frames gives features of shape (1, ceil(F / 16), D) (one crop; the last segment
-averages the frames it has).
+(768-d) features: here the CLIP image embeddings of the segment's frames (shorter side
+resized to CLIP's input size, centre crop), averaged, so a video of F frames gives features
+of shape (1, ceil(F / 16), D) (one crop; the last segment averages the frames it has). The
+featuriser is `pavad-gen extract`'s CLIP one (generation/extract.py), so GV-VAD's synthetic
+videos and real videos extracted by either step share one definition of the features.
 
 Inputs are the kept videos of ``gvvad-filter`` (decisions.jsonl) and, optionally, real
 videos listed in a JSON-lines file (``id``, ``path``, ``split`` train|test, ``label``,
@@ -23,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from generation import video_io, workers
+from generation import workers
 
-SEGMENT_FRAMES = 16
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP-L: GV-VAD's 768-d features
 SYNTHETIC_SET = "gvvad-synthetic"
 REAL_SET = "real"
@@ -41,48 +41,25 @@ _REAL_FIELDS = ("id", "path", "split", "label", "anomaly_class")
 
 # --------------------------------------------------------------------------- features
 
-def segment_means(frame_features: np.ndarray, segment_frames: int = SEGMENT_FRAMES) -> np.ndarray:
-    """Average (F, D) per-frame features over consecutive segments: (ceil(F / segment_frames), D)."""
-    frame_features = np.asarray(frame_features, np.float32)
-    count = math.ceil(len(frame_features) / segment_frames)
-    return np.stack([frame_features[i * segment_frames:(i + 1) * segment_frames].mean(axis=0)
-                     for i in range(count)])
+def clip_segment_featurizer(clip_model: str = DEFAULT_CLIP, device: str = "cpu"):
+    """The CLIP segment featuriser of `pavad-gen extract`, one centre crop: (featurize, resize)."""
+    from generation.extract import ClipSegmentFeatures
+
+    featurize = ClipSegmentFeatures(device=device, crops=1, model=clip_model)
+    return featurize, featurize.encoder.image_size
 
 
-def video_segment_features(path: str | Path, encoder, segment_frames: int = SEGMENT_FRAMES,
-                           batch_size: int = 64) -> tuple[np.ndarray, int]:
-    """CLIP features (1, ceil(F / 16), D) float32 of a video file and its frame count F.
+def video_segment_features(path: str | Path, featurize, resize: int,
+                           batch_size: int = 8) -> tuple[np.ndarray, int]:
+    """Features (1, ceil(F / 16), D) float32 of a video file and its frame count F.
 
-    `encoder` maps (N, H, W, 3) uint8 torch frames to (N, D) embeddings
-    (generation.clip_features.ClipFrameEncoder). Frames are streamed in batches of
-    `batch_size` and summed per segment, so a long real video never sits in memory whole.
+    Shared with `pavad-gen extract` (generation/extract.py): frames are streamed, the shorter
+    side resized to `resize`, centre-cropped, embedded, and averaged over the real frames of
+    each 16-frame segment (the last segment may be shorter).
     """
-    import torch
+    from generation.extract import video_features
 
-    sums, counts, batch, num_frames = [], [], [], 0
-
-    def flush():
-        embeddings = encoder(torch.from_numpy(np.stack(batch))).cpu().numpy().astype(np.float64)
-        for offset, row in enumerate(embeddings):
-            segment = (num_frames - len(batch) + offset) // segment_frames
-            if segment == len(sums):
-                sums.append(np.zeros_like(row))
-                counts.append(0)
-            sums[segment] += row
-            counts[segment] += 1
-        batch.clear()
-
-    for frame in video_io.iter_frames(path):
-        batch.append(frame)
-        num_frames += 1
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    if not num_frames:
-        raise ValueError(f"{path}: no frames decoded")
-    means = np.stack([total / count for total, count in zip(sums, counts)])
-    return means[None].astype(np.float32), num_frames
+    return video_features(path, featurize, resize=resize, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -172,8 +149,6 @@ def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = No
                  clip_model: str = DEFAULT_CLIP, device: str = "cpu", batch_size: int = 64, dtype: str = "float16",
                  shard_index: int = 0, num_shards: int = 1) -> dict | None:
     """Cache this shard's segment features; once all are cached, write the dataset's shard sets."""
-    from generation.clip_features import ClipFrameEncoder
-
     items = []
     if decisions:
         items += synthetic_items(decisions, videos_dir)
@@ -185,10 +160,10 @@ def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = No
     cache_dir, dataset_dir = Path(cache_dir), Path(dataset_dir)
     mine = workers.items_for_shard(items, shard_index, num_shards)
     todo = [item for item in mine if not workers.metadata_path(cache_dir, item["id"]).exists()]
-    encoder = ClipFrameEncoder(clip_model, device=device) if todo else None
+    featurize, resize = clip_segment_featurizer(clip_model, device) if todo else (None, 0)
 
     def extract(item):
-        features, num_frames = video_segment_features(item["path"], encoder, batch_size=batch_size)
+        features, num_frames = video_segment_features(item["path"], featurize, resize, batch_size)
         workers.atomic_save_npy(cache_dir / f"{item['id']}.npy", features)
         workers.atomic_write_json(workers.metadata_path(cache_dir, item["id"]), {
             "id": item["id"], "path": item["path"], "num_frames": num_frames,
@@ -221,7 +196,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--clip-model", default=DEFAULT_CLIP,
                         help="CLIP hub id, local folder or 'tiny' (GV-VAD: CLIP-L, 768-d)")
     parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward pass")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="16-frame segments per CLIP forward pass")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored feature dtype")
     workers.add_shard_args(parser)
 
