@@ -369,3 +369,12 @@ def test_eval_rejects_mixed_crop_counts(config, tmp_path):
     config.dir = str(tmp_path)
     with pytest.raises(ValueError, match=r"share one crop count, found crops=\[1, 3\]"):
         pipeline.make_eval_batches(config)
+
+
+def test_command_line_reports_both_paths(dataset, capsys):
+    pipeline.main([str(dataset), "--segments", "16", "--batch", "4,4,2", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert "streams [12, 10, 4] videos" in out and "grain:" in out and "ms/step" in out
+    rows = 12 * 3 + 10 + 4
+    assert f"device table {rows * 16 * D * 4 / 2**20:.1f} MiB" in out
+    assert f"eval: {len(TEST_LENGTHS)} videos" in out

@@ -21,12 +21,14 @@ lengths with a mask, so a jitted scorer compiles once per bucket.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import math
 import os
 import pathlib
 import sys
+import time
 from typing import Any, Sequence
 
 import grain
@@ -571,3 +573,56 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
                 batch["mask"][row, :lengths[v]] = True
         batches.append(batch)
     return batches, eval_set
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _time_per_step(next_batch, steps: int) -> float:
+    """Mean wall seconds of `steps` calls after one warm-up call."""
+    jax.block_until_ready(next_batch())
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = next_batch()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Times both training paths and the evaluation loading on a dataset folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pavad_jax.data.pipeline",
+        description="Measure the input pipelines on a dataset folder (train/ and test/ shard sets): "
+                    "grain ms/step, device-resident table size and sample ms/step, evaluation buckets.")
+    parser.add_argument("data", help="dataset folder holding train/ and test/")
+    parser.add_argument("--segments", type=int, default=200, help="T, segments per training video (default 200)")
+    parser.add_argument("--batch", default="64,64,0", help="normal,abnormal,pseudo_normal videos per step")
+    parser.add_argument("--abnormal_source", default="pseudo", choices=_SOURCES["abnormal_source"])
+    parser.add_argument("--steps", type=int, default=10, help="steps to time per path")
+    parser.add_argument("--workers", type=int, default=0, help="grain worker processes (data.worker_count)")
+    parser.add_argument("--threads", type=int, default=4, help="grain read threads (data.read_threads)")
+    args = parser.parse_args(argv)
+    config = default_data_config()
+    config.dir, config.segments, config.abnormal_source = args.data, args.segments, args.abnormal_source
+    config.worker_count, config.read_threads = args.workers, args.threads
+    try:
+        config.batch.normal, config.batch.abnormal, config.batch.pseudo_normal = map(int, args.batch.split(","))
+    except ValueError:
+        parser.error(f"--batch must be three comma-separated ints, got {args.batch!r}")
+    shards = open_split(config, config.train_split)
+    print(f"{shards}; streams {[len(s) for s in select_streams(shards, config)]} videos")
+    iterator = make_train_iterator(config, shards=shards)
+    print(f"grain: {_time_per_step(lambda: next(iterator), args.steps) * 1e3:.1f} ms/step")
+    print(f"device-resident under data.device_resident='auto': {use_device_resident(config, shards)}")
+    sampler = DeviceResidentSampler.from_config(config, shards=shards)
+    sample = jax.jit(lambda s, key: s.sample(key))
+    keys = iter(jax.random.split(jax.random.key(0), args.steps + 1))
+    print(f"device table {sampler.nbytes / 2**20:.1f} MiB on {jax.devices()[0].platform}, "
+          f"sample: {_time_per_step(lambda: sample(sampler, next(keys)), args.steps) * 1e3:.2f} ms/step")
+    batches, eval_set = make_eval_batches(config, batch_multiple=jax.device_count())
+    shapes = sorted({b["features"].shape for b in batches}, key=lambda s: s[2])
+    print(f"eval: {len(eval_set)} videos in {len(batches)} batches of shapes {shapes}")
+
+
+if __name__ == "__main__":
+    main()
