@@ -44,7 +44,7 @@ _PREFIX = struct.Struct("<4sI")
 # One record per riegeli chunk (random access) and no compression: float features barely
 # compress, and zstd makes reads ~6x slower.
 _WRITER_OPTIONS = "group_size:1,uncompressed"
-_READER_OPTIONS = "readahead_buffer_size:0"
+_READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
 _LABEL_OF_STREAM = {"normal": 0, "abnormal": 1, "pseudo-normal": 0}
 
 
