@@ -32,18 +32,18 @@ import time
 from typing import Any, Sequence
 
 import grain
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from ml_collections import config_dict
 from tqdm import tqdm
 
 from pavad_jax.data.resample import resample_segments
-from pavad_jax.shards import STREAMS, ShardSet, align_labels, SEGMENT_FRAMES
+from pavad_jax.shards import SEGMENT_FRAMES, STREAMS, ShardSet, align_labels
 
-# config.data.batch keys, in batch-row order; stream id i is STREAMS[i].
+# config.data.batch keys, in batch-row order; a batch's `stream` value i means STREAMS[i].
 BATCH_KEYS = ("normal", "abnormal", "pseudo_normal")
 STREAM_IDS = {name: i for i, name in enumerate(STREAMS)}
 _SOURCES = {
@@ -356,7 +356,7 @@ def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segme
 
 
 def _device_budget_bytes(data_config: ml_collections.ConfigDict) -> int:
-    """data.device_budget_gb, capped at half of the first device's memory when JAX reports it."""
+    """data.device_budget_gb per device: capped at half its memory, or on CPU at RAM/4 over all devices."""
     budget = int(data_config.device_budget_gb * GIB)
     device = jax.local_devices()[0]
     if device.platform == "cpu":  # simulated CPU devices all hold their copy in one host's RAM
