@@ -127,23 +127,26 @@ def test_xd_labels_and_classes_from_names():
     assert importers.video_label("Normal_Videos_003_x264", "ucf") == 0
 
 
-def test_urdmu_xd_test_list_with_per_video_gt(annotations_dir, tmp_path):
+@pytest.fixture(scope="module")
+def xd_test_features(annotations_dir, tmp_path_factory):
     xd = annotations_dir / "xd"
-    # The first 30 videos of the test list (150 crop lines, 5 crops), T from their GT length.
-    lines = importers.read_list(xd / "XD_Test.list")[:150]
-    (tmp_path / "sub.list").write_text("\n".join(lines))
+    # XD's per-video GT files hold exactly T*16 labels: they give the real per-video T.
     gt_files = {p.name.rsplit("__", 1)[0]: p for p in (xd / "per_video_gt").glob("*.npy")}
     lengths = {n: len(np.load(p)) // 16 for n, p in gt_files.items()}
-    write_urdmu_features(tmp_path / "f", tmp_path / "sub.list", lengths, crops=5)
-    importers.import_urdmu(tmp_path / "sub.list", tmp_path / "f", tmp_path / "out", dataset="xd",
-                           gt=xd / "per_video_gt")
-    data = shards.ShardSet(tmp_path / "out")
-    assert len(data) == 30 and data.entries[0]["crops"] == 5
-    for i in (0, 29):
-        record = data[i]
-        want = np.load(gt_files[record.id])[: record.features.shape[1] * 16]
-        np.testing.assert_array_equal(shards.aligned_frame_labels(record), want)
-        assert record.label == int("_label_A" not in record.id)
+    root = tmp_path_factory.mktemp("xd_features")
+    write_urdmu_features(root, xd / "XD_Test.list", lengths, crops=5)
+    return root
+
+
+@pytest.mark.parametrize("gt", ["per_video_gt", "XD_Annotation.txt"])
+def test_urdmu_xd_test_set_reproduces_xd_gt(annotations_dir, xd_test_features, tmp_path, gt):
+    xd = annotations_dir / "xd"
+    manifest = importers.import_urdmu(xd / "XD_Test.list", xd_test_features, tmp_path / "out", dataset="xd",
+                                      gt=xd / gt)
+    labels, data = concatenated_labels(tmp_path / "out")
+    np.testing.assert_array_equal(np.concatenate(labels), np.load(xd / "xd_gt.npy").astype(np.uint8))
+    assert len(data) == 800 and manifest["crops"] == [5]
+    assert all(e["label"] == int("_label_A" not in e["id"]) for e in data.entries)
 
 
 def test_folder_layout_with_csv(tmp_path):

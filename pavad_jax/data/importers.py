@@ -181,7 +181,8 @@ def read_temporal_annotations(path: os.PathLike | str) -> dict[str, np.ndarray]:
     """Temporal annotations -> {video: frame labels}; intervals are [start, end) in frames.
 
     UCF form `Arson/Arson022_x264.mp4 8640 Arson 3500 4000 -1 -1` (frame count known) or XD
-    form `name s1 e1 s2 e2 ...` (labels end at the last abnormal frame; padding extends them).
+    form `name s1 e1 s2 e2 ...` (frame count unknown: the labels stop one normal frame after
+    the last event, so that aligning them to T*16 pads with normal frames).
     """
     labels = {}
     for n, line in enumerate(read_list(path), 1):
@@ -197,7 +198,8 @@ def read_temporal_annotations(path: os.PathLike | str) -> dict[str, np.ndarray]:
         if len(bounds) % 2:
             raise ImporterError(f"{path}: line {n}: odd number of interval bounds")
         pairs = [(s, e) for s, e in zip(bounds[::2], bounds[1::2]) if s >= 0]
-        length = frames if frames is not None else max([e for _, e in pairs], default=0)
+        # Without a frame count, end one frame after the last event: alignment then pads with 0.
+        length = frames if frames is not None else max([e for _, e in pairs], default=0) + 1
         video = np.zeros(length, np.uint8)
         for s, e in pairs:
             video[s:e] = 1
