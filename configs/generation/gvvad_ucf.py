@@ -43,6 +43,6 @@ def get_config(arg=None):
         threshold=0.22, clip_model="openai/clip-vit-large-patch14", clip_backend="transformers",
         num_samples=8, device="cuda"))
     config.features = ml_collections.ConfigDict(dict(
-        clip_model="openai/clip-vit-large-patch14", device="cuda", batch_size=64, dtype="float16"))
+        clip_model="openai/clip-vit-large-patch14", device="cuda", batch_size=8, dtype="float16"))
     config.real = ml_collections.ConfigDict(dict(videos=""))
     return config

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from generation import workers
+from generation.gvvad import resolve_device
 
 ELEMENTS_DIR = Path(__file__).resolve().parent / "elements"
 DEFAULT_LLM = "Qwen/Qwen2.5-7B-Instruct"
@@ -191,7 +192,7 @@ def tiny_llm(seed: int = 0):
 class DescriptionLLM:
     """An instruct causal LM that answers prompts by greedy decoding (deterministic)."""
 
-    def __init__(self, model_id: str = DEFAULT_LLM, device: str = "cpu",
+    def __init__(self, model_id: str = DEFAULT_LLM, device: str | None = None,
                  max_new_tokens: int = 80, dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -201,8 +202,8 @@ class DescriptionLLM:
         else:  # a hub id or a local folder; HF_HUB_OFFLINE=1 makes a missing one fail fast
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
             self.model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).eval()
-        self.model.to(device)
-        self.device = device
+        self.device = resolve_device(device)
+        self.model.to(self.device)
         self.max_new_tokens = max_new_tokens
         self.tokenizer.padding_side = "left"  # decoder-only batches continue from the right end
         if self.tokenizer.pad_token is None:
@@ -278,7 +279,7 @@ def build_repository(tuples: Sequence[Elements], llm, *, dataset: str = "gvvad",
 
 
 def run_describe(*, elements: str, out: str, num_pairs: int, seed: int = 0,
-                 llm: str = DEFAULT_LLM, device: str = "cpu", max_new_tokens: int = 80,
+                 llm: str = DEFAULT_LLM, device: str | None = None, max_new_tokens: int = 80,
                  batch_size: int = 8, classes: Sequence[str] | None = None,
                  overwrite: bool = False) -> Path:
     """Build the description repository and write it to `out` (JSON lines); return its path."""
@@ -311,7 +312,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the element draw")
     parser.add_argument("--llm", default=DEFAULT_LLM,
                         help=f"instruct LLM: hub id or local folder, or '{TINY_LLM}' for a random test model")
-    parser.add_argument("--device", default="cpu", help="torch device (cuda, cuda:1, cpu)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
     parser.add_argument("--max-new-tokens", type=int, default=80, help="answer length cap in tokens")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
     parser.add_argument("--classes", nargs="*", default=None, help="restrict to these classes")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from generation import workers
+from generation.gvvad import resolve_device
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP-L: GV-VAD's 768-d features
 SYNTHETIC_SET = "gvvad-synthetic"
@@ -41,11 +42,11 @@ _REAL_FIELDS = ("id", "path", "split", "label", "anomaly_class")
 
 # --------------------------------------------------------------------------- features
 
-def clip_segment_featurizer(clip_model: str = DEFAULT_CLIP, device: str = "cpu"):
+def clip_segment_featurizer(clip_model: str = DEFAULT_CLIP, device: str | None = None):
     """The CLIP segment featuriser of `pavad-gen extract`, one centre crop: (featurize, resize)."""
     from generation.extract import ClipSegmentFeatures
 
-    featurize = ClipSegmentFeatures(device=device, crops=1, model=clip_model)
+    featurize = ClipSegmentFeatures(device=resolve_device(device), crops=1, model=clip_model)
     return featurize, featurize.encoder.image_size
 
 
@@ -146,8 +147,8 @@ def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_d
 
 def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = None,
                  videos_dir: str | None = None, real_videos: str | None = None,
-                 clip_model: str = DEFAULT_CLIP, device: str = "cpu", batch_size: int = 64, dtype: str = "float16",
-                 shard_index: int = 0, num_shards: int = 1) -> dict | None:
+                 clip_model: str = DEFAULT_CLIP, device: str | None = None, batch_size: int = 8,
+                 dtype: str = "float16", shard_index: int = 0, num_shards: int = 1) -> dict | None:
     """Cache this shard's segment features; once all are cached, write the dataset's shard sets."""
     items = []
     if decisions:
@@ -195,7 +196,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="JSON lines of real videos: id, path, split, label, anomaly_class, abnormal_frames")
     parser.add_argument("--clip-model", default=DEFAULT_CLIP,
                         help="CLIP hub id, local folder or 'tiny' (GV-VAD: CLIP-L, 768-d)")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="16-frame segments per CLIP forward pass")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored feature dtype")

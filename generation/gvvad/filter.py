@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from generation import video_io, workers
+from generation.gvvad import resolve_device
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP-L, GV-VAD's encoder
 DEFAULT_THRESHOLD = 0.22
@@ -117,7 +118,7 @@ def _read_json(path: Path) -> dict:
 
 def run_filter(*, videos_dir: str, out_dir: str, threshold: float = DEFAULT_THRESHOLD,
                clip_model: str = DEFAULT_CLIP, clip_backend: str = "transformers",
-               num_samples: int = DEFAULT_SAMPLES, device: str = "cpu",
+               num_samples: int = DEFAULT_SAMPLES, device: str | None = None,
                shard_index: int = 0, num_shards: int = 1) -> dict | None:
     """Score this shard's videos, then (once all are scored) decide them; return the summary."""
     from generation.models import load_clip
@@ -127,7 +128,7 @@ def run_filter(*, videos_dir: str, out_dir: str, threshold: float = DEFAULT_THRE
     scores_dir = out_dir / "scores"
     mine = workers.items_for_shard(items, shard_index, num_shards)
     todo = [item for item in mine if not workers.metadata_path(scores_dir, item["id"]).exists()]
-    clip = load_clip(clip_model, backend=clip_backend, device=device) if todo else None
+    clip = load_clip(clip_model, backend=clip_backend, device=resolve_device(device)) if todo else None
 
     def score_one(item):
         score = score_video(clip, videos_dir / item["video"], item["num_frames"], item["text"],
@@ -164,7 +165,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="CLIP implementation (see generation/models.py)")
     parser.add_argument("--num-samples", type=int, default=DEFAULT_SAMPLES,
                         help="frames sampled uniformly per video")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
     workers.add_shard_args(parser)
 
     def main(args) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from generation import video_io, workers
+from generation.gvvad import resolve_device
 
 TINY = "tiny"
 DEFAULT_MODELS = {
@@ -55,7 +56,7 @@ class T2VSettings:
     negative_prompt: str = WAN_NEGATIVE_PROMPT
     max_sequence_length: int = 512
     seed: int = 0
-    device: str = "cpu"
+    device: str | None = None  # None: cuda if visible, else cpu
     dtype: str = "bfloat16"
 
     def check(self) -> None:
@@ -135,10 +136,11 @@ def load_pipeline(settings: T2VSettings):
     """The diffusers pipeline of `settings`: tiny from configs, else from a hub id or folder."""
     import torch
 
+    device = resolve_device(settings.device)
     if settings.model == TINY:
         if settings.backend == "wan":
-            return tiny_wan_pipeline(settings.seed).to(settings.device)
-        return tiny_cogvideox_pipeline(settings.seed, settings.max_sequence_length).to(settings.device)
+            return tiny_wan_pipeline(settings.seed).to(device)
+        return tiny_cogvideox_pipeline(settings.seed, settings.max_sequence_length).to(device)
     from diffusers import CogVideoXPipeline, WanPipeline
 
     pipeline_cls = WanPipeline if settings.backend == "wan" else CogVideoXPipeline
@@ -152,7 +154,7 @@ def load_pipeline(settings: T2VSettings):
     else:
         pipe = pipeline_cls.from_pretrained(settings.model, torch_dtype=dtype)
         pipe.vae.enable_tiling()  # CogVideoX's VAE needs tiling to decode 49 frames in < 40 GB
-    return pipe.to(settings.device)
+    return pipe.to(device)
 
 
 def video_seed(base_seed: int, video_id: str) -> int:
@@ -249,7 +251,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                              ("seed", int, "base seed (each video: crc32(id) mixed with it)")):
         parser.add_argument(f"--{name}", type=kind, default=None, help=text)
     parser.add_argument("--negative-prompt", default=None, help="negative prompt ('' for none)")
-    parser.add_argument("--device", default=None, help="torch device (default cpu; use cuda)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
     parser.add_argument("--dtype", default=None, help="weights dtype of real models (bfloat16)")
     workers.add_shard_args(parser)
 
