@@ -60,6 +60,13 @@ def _pad_same(x: torch.Tensor, kernel: tuple[int, int, int], stride: tuple[int, 
     return F.pad(x, flat, value=value)
 
 
+def static_padding(kernel: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The symmetric padding 'SAME' always means for stride 1 and odd kernels; None when it depends on the input."""
+    if all(s == 1 and k % 2 == 1 for k, s in zip(kernel, stride)):
+        return tuple((k - 1) // 2 for k in kernel)
+    return None
+
+
 class FrozenBatchNorm3d(nn.Module):
     """Inference batch norm without a scale (Sonnet v1 style): (x - mean) / sqrt(var + eps) + beta."""
 
@@ -82,13 +89,16 @@ class Unit3D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel=(1, 1, 1), stride=(1, 1, 1)):
         super().__init__()
         self.kernel, self.stride = tuple(kernel), tuple(stride)
-        self.conv = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, bias=False)
+        self.padding = static_padding(self.kernel, self.stride)  # the conv pads itself when it can
+        self.conv = nn.Conv3d(in_channels, out_channels, self.kernel, self.stride, padding=self.padding or 0,
+                              bias=False)
         self.bn = FrozenBatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad, convolve, normalise, rectify."""
-        x = self.conv(_pad_same(x, self.kernel, self.stride, 0.0))
-        return F.relu(self.bn(x), inplace=True)
+        if self.padding is None:
+            x = _pad_same(x, self.kernel, self.stride, 0.0)
+        return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
 class MaxPool3dSame(nn.Module):
@@ -99,9 +109,11 @@ class MaxPool3dSame(nn.Module):
         self.kernel, self.stride = tuple(kernel), tuple(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad with -inf and pool."""
-        x = _pad_same(x, self.kernel, self.stride, float("-inf"))
-        return F.max_pool3d(x, self.kernel, self.stride)
+        """Pad with -inf and pool (max_pool3d's own padding is -inf too)."""
+        padding = static_padding(self.kernel, self.stride)
+        if padding is not None:
+            return F.max_pool3d(x, self.kernel, self.stride, padding=padding)
+        return F.max_pool3d(_pad_same(x, self.kernel, self.stride, float("-inf")), self.kernel, self.stride)
 
 
 class InceptionBlock(nn.Module):

