@@ -270,7 +270,7 @@ def _tiny_wan_pipeline():
         text_encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
             relative_attention_num_buckets=8)).eval()
-        vae = AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        vae = AutoencoderKLWan(base_dim=4, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True],
                                latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
 

@@ -305,6 +305,9 @@ def candidate_videos(videos: str) -> list[Path]:
     """Candidate videos: a folder (recursive) or a text file listing one path per line."""
     from generation.video_io import list_videos
 
+    if not videos:
+        raise ValueError("select: no candidate videos given: pass --videos (or set "
+                         "--config.select.videos) to the folder of normal training videos")
     path = Path(videos)
     if path.is_file() and path.suffix in (".txt", ".list"):
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,208 @@
+"""`pavad-gen run`: chain select -> refine -> synthesize -> extract from one config file.
+
+    pavad-gen run --config configs/generation/tiny.py --workdir /tmp/pavad_tiny
+    pavad-gen run --config configs/generation/sht.py --workdir runs/gen_sht \\
+        --config.select.videos=/data/sht/train_normal --config.synthesize.device=cuda
+
+The config (ml_collections, ``get_config(arg)``; ``--config FILE:ARG`` picks a variant) has one
+section per step whose fields are the keyword arguments of ``run_select``, ``run_refine``,
+``run_synthesize`` and ``run_extract``; any field can be overridden with
+``--config.SECTION.FIELD=VALUE`` (VALUE is read as a Python literal, else as a string).
+
+Outputs under ``--workdir``: plan.jsonl, init_images/, prompts/, videos/ and the dataset
+``features/`` with ``train/`` (real normal, pseudo-abnormal, pseudo-normal streams) and
+``test/``, ready for ``pavad-train --config.data.dir=<workdir>/features``. The dataset path is
+printed last and written to ``<workdir>/dataset.txt``.
+
+A config may ask for a *synthetic test split* (section ``test_set``, used by the tiny config
+where no labelled real test videos exist): for a few abnormal plan items a second clip is
+synthesised (ids ``test-<id>``, own seeds), and each test video is ``real_frames`` frames of
+a real normal video (labels 0) followed by that clip (labels 1), written to
+``<workdir>/test_videos/`` with per-frame labels in ``<workdir>/test_labels.json``.
+
+Each step skips what is finished, so rerunning the same command resumes. ``--steps`` runs a
+subset; with ``--shard-index/--num-shards`` (or the scheduler's environment) each step takes
+its shard's items, which is how the launch/ templates run one step on many workers.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+from pathlib import Path
+
+from generation import workers
+
+STEPS = ("select", "refine", "synthesize", "extract")
+
+
+# --------------------------------------------------------------------------- config
+
+def load_config(spec: str, overrides: list[str] = ()):
+    """`get_config(arg)` of a config file ("path.py" or "path.py:arg"), with --config.* overrides."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"pavad_gen_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"{path}: a config file must define get_config(arg=None)")
+    config = module.get_config(arg or None)
+    for key, value in parse_overrides(overrides).items():
+        section, _, field = key.partition(".")
+        if section not in config or (field and field.split(".")[0] not in config[section]):
+            raise KeyError(f"{path}: --config.{key}: no such field in the config")
+        config.update_from_flattened_dict({key: value})
+    return config
+
+
+def parse_overrides(tokens: list[str]) -> dict:
+    """`--config.a.b=v` / `--config.a.b v` tokens -> {"a.b": literal value}."""
+    overrides, tokens = {}, list(tokens)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("--config."):
+            raise ValueError(f"unexpected argument {token!r} (overrides look like --config.SECTION.FIELD=VALUE)")
+        key, eq, raw = token[len("--config."):].partition("=")
+        if not eq:
+            if not tokens:
+                raise ValueError(f"{token}: missing value")
+            raw = tokens.pop(0)
+        try:
+            overrides[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            overrides[key] = raw  # a bare string such as a path
+    return overrides
+
+
+def section(config, name: str) -> dict:
+    """A config section as plain keyword arguments (ConfigDicts and tuples unwrapped)."""
+    if name not in config:
+        return {}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in config[name].to_dict().items()}
+
+
+# --------------------------------------------------------------------------- synthetic test split
+
+def build_synthetic_test_set(workdir: Path, *, count: int, real_videos: str, real_frames: int,
+                             synthesize: dict, shard: tuple[int, int]) -> None:
+    """Make `count` labelled test videos: real normal frames, then a freshly synthesised clip."""
+    from generation.select import candidate_videos
+    from generation.synthesize import run_synthesize
+    from generation.video_io import read_frames, write_mp4
+
+    plan = [item for item in workers.read_jsonl(workdir / "plan.jsonl") if item["kind"] == "abnormal"]
+    test_plan = [{**item, "id": f"test-{item['id']}"} for item in plan[:count]]
+    test_dir = workdir / "test_synth"
+    workers.write_jsonl(test_dir / "plan.jsonl", [{**item, "image": str(workers.plan_file_path(
+        workdir / "plan.jsonl", item["image"]).resolve())} for item in test_plan])
+    run_synthesize(**{**synthesize, "workdir": str(test_dir), "shard": shard})
+    reals = candidate_videos(real_videos)
+    labels = {}
+    for number, item in enumerate(test_plan):  # every shard writes every finished test video
+        meta_path = workers.metadata_path(test_dir / "videos", item["id"])
+        if not meta_path.exists():
+            continue  # not synthesised yet (another shard) or failed (test_synth/videos/errors.jsonl)
+        target = workdir / "test_videos" / f"{item['id']}.mp4"
+        clip_frames = json.loads(meta_path.read_text())["frames"]
+        if not target.exists():
+            clip = read_frames(test_dir / "videos" / f"{item['id']}.mp4")
+            prefix = _resize_frames(read_frames(reals[number % len(reals)], range(real_frames)),
+                                    clip.shape[1:3])
+            write_mp4(target, _concat(prefix, clip), fps=synthesize.get("fps", 16))
+        labels[item["id"]] = [0] * real_frames + [1] * clip_frames
+    workers.atomic_write_json(workdir / "test_labels.json", labels)
+
+
+def _resize_frames(frames, size):
+    """Resize (T, H, W, 3) uint8 frames to `size` = (H, W)."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = size
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames])
+
+
+def _concat(first, second):
+    """Stack two frame arrays along time."""
+    import numpy as np
+
+    return np.concatenate([first, second], axis=0)
+
+
+# --------------------------------------------------------------------------- the chain
+
+def run_all(config, workdir: str | Path, steps=STEPS, shard: tuple[int, int] = (0, 1)) -> Path:
+    """Run the chosen steps of `config` in order in `workdir`; return the dataset folder."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown steps {sorted(unknown)}: choose from {STEPS}")
+    if "select" in steps:
+        from generation.select import run_select
+
+        if run_select(workdir=str(workdir), shard=shard, **section(config, "select")) is None:
+            return _stop(workdir, "select")
+    if "refine" in steps:
+        from generation.refine import run_refine
+
+        if run_refine(workdir=str(workdir), shard=shard, **section(config, "refine")) is None:
+            return _stop(workdir, "refine")
+    if "synthesize" in steps:
+        from generation.synthesize import run_synthesize
+
+        run_synthesize(workdir=str(workdir), shard=shard, **section(config, "synthesize"))
+        test_set = section(config, "test_set")
+        if test_set.pop("synthetic", False):
+            build_synthetic_test_set(workdir, synthesize=section(config, "synthesize"), shard=shard,
+                                     **test_set)
+    dataset = workdir / "features"
+    if "extract" in steps:
+        from generation.extract import ExtractSettings, run_extract
+
+        options = section(config, "extract")
+        if not all(options.get("real_normal") or [""]):
+            raise ValueError("run: extract.real_normal is empty: set --config.extract.real_normal to "
+                             "the real normal training videos (the 'normal' stream of train/)")
+        io_fields = ("real_normal", "test_videos", "test_labels", "records_per_file")
+        io = {k: options.pop(k) for k in io_fields if k in options}
+        if config.get("test_set") and config.test_set.get("synthetic"):
+            io["test_videos"] = tuple(io.get("test_videos", ())) + (str(workdir / "test_videos"),)
+            io["test_labels"] = str(workdir / "test_labels.json")
+        run_extract(workdir=str(workdir), out_dir=str(dataset), settings=ExtractSettings(**options),
+                    shard_index=shard[0], num_shards=shard[1], **io)
+        workers.atomic_write_text(workdir / "dataset.txt", f"{dataset.resolve()}\n")
+        print(f"run: dataset -> {dataset.resolve()}")
+    return dataset
+
+
+def _stop(workdir: Path, step: str) -> Path:
+    """Report that a step is waiting for other shards and return the (unfinished) dataset path."""
+    print(f"run: {step} is not complete yet (other shards, or failed items); rerun when it is")
+    return workdir / "features"
+
+
+def register(subparsers) -> None:
+    """Add the `run` subcommand."""
+    parser = subparsers.add_parser(
+        "run", help="all steps from a config file -> <workdir>/features/{train,test}",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True,
+                        help="config file, e.g. configs/generation/tiny.py (FILE:ARG picks a variant); "
+                             "fields are overridden with --config.SECTION.FIELD=VALUE")
+    parser.add_argument("--workdir", required=True, help="output folder; rerunning the same one resumes")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                        help="run only these steps (in the fixed order select, refine, synthesize, extract)")
+    workers.add_shard_args(parser)
+    parser.set_defaults(func=_main, accepts_config_overrides=True)
+
+
+def _main(args) -> int:
+    """Entry of `pavad-gen run`."""
+    config = load_config(args.config, args.config_overrides)
+    run_all(config, args.workdir, steps=tuple(args.steps), shard=workers.resolve_shard(args))
+    return 0
+
