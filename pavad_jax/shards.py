@@ -466,8 +466,8 @@ class ShardSet:
             self.verify()
 
     def verify(self) -> None:
-        """Check every file's existence, sha256 and record count against its manifest."""
-        for s, (d, m) in enumerate(zip(self.set_dirs, self.manifests)):
+        """Check every file against its manifest: present, sha256, record count; entry dims."""
+        for d, m in zip(self.set_dirs, self.manifests):
             for f in m["files"]:
                 path = d / f["name"]
                 if not path.is_file():
@@ -475,6 +475,12 @@ class ShardSet:
                 if file_sha256(path) != f["sha256"]:
                     raise ShardError(f"{path}: field 'sha256' does not match the manifest (corrupt or truncated; "
                                      f"{path.stat().st_size} bytes, manifest says {f.get('bytes')})")
+        for i, (path, expected) in enumerate(self._files):
+            self._readers.setdefault(i, _open_reader(path, expected))
+        for entry in self.entries:
+            if not all(isinstance(entry.get(k), int) and entry[k] > 0 for k in ("crops", "T")):
+                raise ShardError(f"{self.set_dirs[entry['set']] / MANIFEST}: record {entry.get('id')!r}: fields "
+                                 f"'crops'/'T' must be positive ints, got {entry.get('crops')!r}/{entry.get('T')!r}")
 
     def __len__(self) -> int:
         return len(self.entries)

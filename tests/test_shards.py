@@ -251,3 +251,16 @@ def test_aligned_frame_labels_truncates_or_pads_with_the_last_label():
     record.frame_labels = np.array([1] * 40, np.uint8)
     record.num_frames = 40
     np.testing.assert_array_equal(shards.aligned_frame_labels(record), [1] * 32)
+
+
+def test_concurrent_reads_from_threads_agree(shard_dir):
+    """grain reads with several threads from one ShardSet."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = ShardSet(shard_dir)
+    want = {i: data[i].features.copy() for i in range(len(data))}
+    order = np.random.default_rng(0).integers(0, len(data), 400)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: (i, data[i].features), order))
+    for i, features in got:
+        np.testing.assert_array_equal(features, want[i])
