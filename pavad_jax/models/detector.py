@@ -97,10 +97,9 @@ class Detector(nnx.Module):
     self.urdmu = URDMU(model_cfg, rngs=rngs)
     self.discriminator = DomainDiscriminator(int(model_cfg.hidden), tuple(loss_cfg.darm.discriminator_hidden),
                                              rngs=rngs)
-    self.gv_lambda_raw = None
-    if loss_cfg.gv.learnable:
-      init = inverse_softplus(float(loss_cfg.weights.gv_lambda))
-      self.gv_lambda_raw = nnx.Param(jnp.asarray(init, jnp.float32))
+    # A positive lambda = softplus(raw), initialised at the configured gv_lambda.
+    init = inverse_softplus(float(loss_cfg.weights.gv_lambda))
+    self.gv_lambda_raw = nnx.Param(jnp.asarray(init, jnp.float32)) if loss_cfg.gv.learnable else None
 
   @property
   def feature_dim(self) -> int:
