@@ -1,0 +1,63 @@
+"""A λ1 x λ2 sweep of PA-VAD's DARM on the embedded synthetic benchmark.
+
+  pavad-sweep --config configs/sweeps/synthetic_lambda.py:runlocal --workdir /tmp/sweep_local
+  pavad-sweep --config configs/sweeps/synthetic_lambda.py --workdir runs/sweep_synthetic
+
+runlocal: 8 members (λ1 ∈ {0, 1} x λ2 ∈ {0, 0.1} x 2 seeds) of a small UR-DMU + DARM on the
+"small" synthetic benchmark (D = 64), one vmapped program, seconds on a CPU. The default
+variant sweeps λ1 x λ2 x λ_dist x seed (36 members) on the "default" benchmark (D = 1024,
+UR-DMU's architecture) in groups of 12. Expected: every member reaches a frame AUC well above
+0.5; sweep_results.csv, auc_vs_*.png and a λ1 x λ2 heatmap land in the workdir.
+"""
+import ml_collections
+
+from pavad_jax.config_base import base_config, parse_variants
+
+
+def get_config(arg=None):
+    words = parse_variants(arg, {"runlocal"})
+    config = base_config()
+    config.data.synthetic = "small" if "runlocal" in words else "default"
+    config.data.segments = 32
+    config.data.batch.normal = 4
+    config.data.batch.abnormal = 4
+    config.data.batch.pseudo_normal = 4
+    config.data.device_resident = True
+    config.data.eval_buckets = (128, 512)
+    config.optim.learning_rate = 1e-4
+    config.train.steps = 300
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 100
+    config.train.log_every = 10
+    config.train.steps_per_dispatch = 10
+    sweep = ml_collections.ConfigDict()
+    sweep.kind = "grid"
+    sweep.axes = ml_collections.ConfigDict({
+        "lambda1": [0.0, 1.0],
+        "lambda2": [0.0, 0.1],
+        "lambda_dist": [0.0, 0.01, 0.1],
+        "seed": [0, 1, 2],
+    })
+    sweep.members_per_group = 12
+    if "runlocal" in words:
+        config.model.feature_dim = 64
+        config.model.hidden = 32
+        config.model.mlp_dim = 32
+        config.model.cls_hidden = 16
+        config.model.heads = 2
+        config.model.a_slots = 10
+        config.model.n_slots = 10
+        config.model.dropout = 0.1
+        config.loss.darm.discriminator_hidden = (16,)
+        config.data.segments = 16
+        config.data.eval_buckets = (32, 128)
+        config.optim.learning_rate = 1e-3
+        config.train.steps = 40
+        config.train.eval_every = 20
+        config.train.checkpoint_every = 20
+        config.train.log_every = 10
+        config.train.steps_per_dispatch = 10
+        sweep.axes = ml_collections.ConfigDict({"lambda1": [0.0, 1.0], "lambda2": [0.0, 0.1], "seed": [0, 1]})
+        sweep.members_per_group = 0
+    config.sweep = sweep
+    return config

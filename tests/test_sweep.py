@@ -1,0 +1,213 @@
+"""pavad-sweep: member expansion, grouping, equivalence with pavad-train, padded slots, resume, results."""
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from pavad_jax import sweep, train
+from pavad_jax.config_checks import ConfigError
+from pavad_jax.losses import compute_loss
+from train_fixtures import tiny_config, write_easy_dataset
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory):
+    return write_easy_dataset(tmp_path_factory.mktemp("easy"))
+
+
+def sweep_config(data_dir, sweep_fields: dict, steps: int = 4):
+    config = tiny_config(data_dir, steps=steps)
+    config.sweep = ml_collections.ConfigDict(sweep_fields)
+    return config
+
+
+# ------------------------------------------------------------------------------ definitions
+
+def test_expand_grid_list_random():
+    grid = sweep.expand_members(ml_collections.ConfigDict({"kind": "grid", "axes": {"lambda1": [0.0, 1.0],
+                                                                                       "seed": [1, 2, 3]}}))
+    assert len(grid) == 6 and grid[0] == {"lambda1": 0.0, "seed": 1} and grid[-1] == {"lambda1": 1.0, "seed": 3}
+    listed = sweep.expand_members(ml_collections.ConfigDict({"kind": "list", "members": [{"tau": 0.2}, {"beta": 2.0}]}))
+    assert listed == [{"tau": 0.2}, {"beta": 2.0}]
+    spec = {"kind": "random", "count": 50, "random_seed": 3,
+            "axes": {"learning_rate": ("loguniform", 1e-5, 1e-3), "a_slots": ("randint", 4, 8),
+                     "lambda2": ("choice", [0.0, 0.1]), "beta": 1.5}}
+    drawn = sweep.expand_members(ml_collections.ConfigDict(spec))
+    assert drawn == sweep.expand_members(ml_collections.ConfigDict(spec))  # seeded
+    lrs = np.array([m["learning_rate"] for m in drawn])
+    assert lrs.min() >= 1e-5 and lrs.max() <= 1e-3 and len(set(lrs)) == 50
+    assert {m["a_slots"] for m in drawn} <= set(range(4, 9)) and {m["lambda2"] for m in drawn} == {0.0, 0.1}
+    assert {m["beta"] for m in drawn} == {1.5}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "grid", "axes": {"lambda9": [1.0]}}, "unknown axis"),
+    ({"kind": "grid", "axes": {"lambda1": []}}, "non-empty list"),
+    ({"kind": "mesh"}, "'grid', 'list' or 'random'"),
+    ({"kind": "random", "axes": {"tau": ("uniform", 0.1, 1.0)}}, "count >= 1"),
+    ({"kind": "list", "members": [{"seed": 1}, {"lr": 1e-3}]}, "members[1]"),
+])
+def test_bad_sweep_definitions_name_the_field(fields, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        sweep.expand_members(ml_collections.ConfigDict(fields))
+
+
+def test_groups_split_structure_pad_to_the_mesh_and_share_slot_padding(easy_data):
+    base = tiny_config(easy_data)
+    members = ([{"gv_lambda": v, "gv_learnable": False, "a_slots": 4 + i} for i, v in enumerate([0.1, 0.5, 1, 2, 3])]
+               + [{"gv_lambda": 0.5, "gv_learnable": True, "a_slots": 3}])
+    base.loss.gv.mode = "sample"
+    groups = sweep.plan_groups(base, members, members_per_group=2, device_count=8)
+    assert [g.members for g in groups] == [[0, 1], [2, 3], [4], [5]]
+    assert [g.padding for g in groups] == [0, 0, 1, 0]  # chunks of one structure share one shape
+    assert [g.a_slots for g in groups] == [8, 8, 8, 3]  # padded to the structure's largest K
+    assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, False, False, True]
+    assert sweep.padded_group_size(13, 8) == 14 and sweep.padded_group_size(12, 8) == 12
+    assert sweep.member_mesh(12).devices.size == 6
+
+
+def test_member_config_is_a_standalone_config(easy_data):
+    base = tiny_config(easy_data)
+    config = sweep.member_config(base, {"learning_rate": 3e-3, "seed": 7, "a_slots": 5, "abnormal_clips": 4})
+    assert config.optim.learning_rate == 3e-3 and config.train.seed == 7 and config.model.a_slots == 5
+    assert config.data.abnormal_clips == 4 and base.optim.learning_rate != 3e-3  # the base is untouched
+
+
+# ------------------------------------------------------------------------------ the vmapped program
+
+def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data):
+    base = tiny_config(easy_data)
+    base.loss.weights.lambda2 = 1.0  # L_upd acts on the abnormal memory directly
+    members = [{"a_slots": 8, "n_slots": 8, "seed": 0}, {"a_slots": 3, "n_slots": 5, "seed": 1}]
+    group = sweep.plan_groups(base, members, 0, jax.device_count())[0]
+    mesh = sweep.member_mesh(group.size)
+    state = sweep.init_group_state(group, members, base, mesh)
+    graphdef, _, _ = train.split_model(sweep.padded_template(base, 8, 8))
+    data = sweep.SweepData(base, mesh)
+    params1 = jax.tree.map(lambda x: np.asarray(x)[1], state["params"])
+    rest1 = jax.tree.map(lambda x: np.asarray(x)[1], state["rest"])
+    weights1 = {k: v[1] for k, v in state["weights"].items()}
+    batch = data.sampler.sample(jax.random.key(0))
+
+    def loss(p):
+        return compute_loss(nnx.merge(graphdef, p, rest1), batch, weights1, jax.random.key(1), config=base)[0]
+
+    grads = jax.grad(loss)(params1)
+    a_grad, n_grad = (np.asarray(grads["urdmu"][bank]["memory_block"][...]) for bank in ("a_memory", "n_memory"))
+    assert np.all(a_grad[3:] == 0.0) and np.all(n_grad[5:] == 0.0)
+    assert np.abs(a_grad[:3]).sum() > 0 and np.abs(n_grad[:5]).sum() > 0
+
+    step = jax.jit(sweep.make_sweep_step(graphdef, train.make_optimizer(base.optim), base))
+    before = jax.tree.map(np.asarray, state["params"])
+    for _ in range(3):
+        state, terms = step(state, None, data.sampler)
+    after = jax.tree.map(np.asarray, state["params"])
+    a_after = after["urdmu"]["a_memory"]["memory_block"][...]
+    assert np.all(a_after[1, 3:] == 0.0) and np.all(after["urdmu"]["n_memory"]["memory_block"][...][1, 5:] == 0.0)
+    assert not np.allclose(a_after[1, :3], before["urdmu"]["a_memory"]["memory_block"][...][1, :3])
+    assert np.all(np.isfinite(np.asarray(terms["total"]))) and terms["total"].shape == (2, 1)
+
+
+def _standalone_losses(config, workdir) -> list[float]:
+    summary = train.train_and_evaluate(config, workdir)
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/total"] for r in rows if "train/total" in r]
+    assert len(losses) == config.train.steps
+    return losses, summary
+
+
+@pytest.mark.slow
+def test_a_member_trains_exactly_as_a_standalone_pavad_train(easy_data, tmp_path):
+    members = [{"lambda1": 0.5, "learning_rate": 3e-3, "seed": 5, "a_slots": 5},
+               {"lambda2": 0.3, "weight_decay": 1e-3, "tau": 0.2, "seed": 6, "n_slots": 8, "a_slots": 8},
+               {"lambda_da": 0.4, "lambda_dist": 0.1, "beta": 2.0, "seed": 7, "a_slots": 6, "n_slots": 4}]
+    config = sweep_config(easy_data, {"kind": "list", "members": members}, steps=4)
+    rows = sweep.run_sweep(config, tmp_path / "sweep")
+    log = [json.loads(line) for line in (tmp_path / "sweep" / "groups" / "000" / "metrics.jsonl").read_text().splitlines()]
+    for m in (0, 2):  # one padded in each bank
+        standalone = sweep.member_config(sweep.base_of(config), members[m])
+        expected, summary = _standalone_losses(standalone, tmp_path / f"standalone{m}")
+        got = [r["total"] for r in sorted((r for r in log if r["member"] == m), key=lambda r: r["step"])]
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
+        assert abs(rows[m]["best_auc"] - summary["auc"]) < 1e-3
+    assert len({r["params_sha256"] for r in rows}) == 3
+
+
+@pytest.mark.slow
+def test_resume_after_preemption_matches_an_uninterrupted_sweep(easy_data, tmp_path, monkeypatch):
+    members = {"kind": "grid", "axes": {"lambda1": [0.0, 1.0], "seed": [1, 2]}, "members_per_group": 2}
+    config = sweep_config(easy_data, members, steps=4)
+    config.train.checkpoint_every = 2
+    config.train.eval_every = 2
+    whole = sweep.run_sweep(config, tmp_path / "whole")
+
+    class StopAfterFirstCheckpoint:
+        """Asks to stop once the second group has a checkpoint (as a SIGTERM would)."""
+
+        @property
+        def requested(self):
+            return pathlib.Path(tmp_path / "cut" / "groups" / "001" / "checkpoints").exists()
+
+    monkeypatch.setattr(train, "PreemptionFlag", StopAfterFirstCheckpoint)
+    assert sweep.run_sweep(config, tmp_path / "cut") == []
+    progress = json.loads((tmp_path / "cut" / sweep.PROGRESS_JSON).read_text())
+    assert list(progress["groups"]) == ["0"]  # group 0 finished, group 1 stopped at step 2
+    monkeypatch.undo()
+
+    ran = []
+    original = sweep.train_group
+    monkeypatch.setattr(sweep, "train_group", lambda group, *a: ran.append(group.index) or original(group, *a))
+    resumed = sweep.run_sweep(config, tmp_path / "cut")
+    assert ran == [1]  # the finished group is not rerun
+    assert [r["params_sha256"] for r in resumed] == [r["params_sha256"] for r in whole]
+    assert [r["best_auc"] for r in resumed] == [r["best_auc"] for r in whole]
+
+    changed = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.0, 2.0]}}, steps=4)
+    with pytest.raises(ConfigError, match="different sweep"):
+        sweep.run_sweep(changed, tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "pavad_jax.sweep", "--config", "configs/sweeps/synthetic_lambda.py:runlocal",
+               "--workdir", str(run), f"--config.data.synthetic_root={tmp_path / 'cache'}",
+               "--config.train.steps=20", "--config.train.eval_every=20", "--config.train.checkpoint_every=20"]
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "8 members; best AUC" in done.stdout
+    with open(run / sweep.RESULTS_CSV) as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["member"]) for r in table] == list(range(8))
+    assert {(float(r["lambda1"]), float(r["lambda2"])) for r in table} == {(a, b) for a in (0, 1) for b in (0, 0.1)}
+    assert all(0.5 < float(r["best_auc"]) <= 1.0 for r in table)
+    results = json.loads((run / sweep.RESULTS_JSON).read_text())
+    assert results["best"]["best_auc"] == max(float(r["best_auc"]) for r in table)
+    for name in ("auc_vs_lambda1.png", "auc_vs_lambda2.png", "auc_vs_seed.png", "auc_heatmap_lambda1_lambda2.png"):
+        assert (run / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name, arg, count", [("synthetic_lambda", None, 36), ("synthetic_lambda", "runlocal", 8),
+                                               ("pavad_table5", None, 12), ("pavad_table5", "ucf", 12),
+                                               ("pavad_table6", None, 18), ("gvvad_lambda", None, 12)])
+def test_sweep_configs_expand_and_group(name, arg, count):
+    config = sweep.load_config_file(REPO / "configs" / "sweeps" / f"{name}.py", arg)
+    members = sweep.expand_members(config.sweep)
+    assert len(members) == count
+    groups = sweep.plan_groups(sweep.base_of(config), members, config.sweep.members_per_group, 8)
+    assert sorted(i for g in groups for i in g.members) == list(range(count))
+    if name == "gvvad_lambda":  # the learnable lambda compiles apart from the fixed ones
+        assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, True]
+    if name == "pavad_table6":
+        assert sorted(g.config.data.abnormal_clips for g in groups) == [14, 35, 70, 105, 140, 175]
