@@ -68,10 +68,49 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 
     try:
         with av.open(str(path)) as container:
+            container.streams.video[0].thread_type = "AUTO"  # frame + slice threads in the decoder
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as error:
         raise ValueError(f"{path}: cannot decode video ({error})") from error
+
+
+def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
+    """Iterate in a background thread, `depth` items ahead (decoding overlaps the device work)."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for value in iterable:
+                if stop.is_set():
+                    return
+                buffer.put((value, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            buffer.put((None, error))
+        buffer.put((done, None))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, error = buffer.get()
+            if error is not None:
+                raise error
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 def iter_segments(frames: Iterable[np.ndarray], length: int = SEGMENT_FRAMES) -> Iterator[tuple[np.ndarray, int]]:
@@ -178,7 +217,7 @@ def video_features(path: str | os.PathLike, featurize, *, resize: int, batch_siz
 
     frames = itertools.islice(iter_video_frames(path), max_frames)
     frames = (resize_short_side(frame, resize) for frame in frames)
-    for segment, count in iter_segments(frames):
+    for segment, count in prefetch(iter_segments(frames), depth=2 * batch_size):
         batch.append(segment)
         valid.append(count)
         num_frames += count
@@ -292,13 +331,18 @@ def read_frame_labels(path: str | os.PathLike) -> dict[str, dict]:
 
 
 def frame_labels_for(entry: dict | None, num_frames: int) -> np.ndarray:
-    """Per-frame uint8 labels of length num_frames (longer lists are cut, shorter ones padded with 0)."""
+    """Per-frame uint8 labels of length num_frames.
+
+    A per-frame list longer than the video is cut, a shorter one padded with its last label
+    (the convention of the public ground-truth files); intervals are clipped to the video.
+    """
     labels = np.zeros(num_frames, np.uint8)
     if entry is None:
         return labels
-    if "labels" in entry:
+    if entry.get("labels"):
         given = np.asarray(entry["labels"], np.uint8)[:num_frames]
         labels[: len(given)] = given
+        labels[len(given):] = given[-1]
     for start, end in entry.get("intervals", []):
         labels[max(start, 0):min(end, num_frames)] = 1
     return labels

@@ -183,6 +183,7 @@ class I3DNetwork:
         frames = np.stack([resize_short_side(f, 256) for f in frames])
         crops = spatial_crops(torch.from_numpy(frames)[:, None], 224, 1)[:, 0, 0].numpy()  # (N, 224, 224, 3)
         static = np.repeat(crops[:, None], CLIP_FRAMES, axis=1)
+        # Each frame becomes a 16-frame clip: a quarter of the batch keeps the memory in bounds.
         return self.clip_features(static, "pool", max(1, batch_size // 4))
 
 

@@ -35,6 +35,22 @@ def test_segments_pad_the_last_one_with_its_last_frame():
     np.testing.assert_array_equal(last, [32, 33, 34, 35, 36] + [36] * 11)
 
 
+def test_prefetch_keeps_order_and_raises_errors_of_the_producer():
+    assert list(extract.prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise RuntimeError("decoder broke")
+
+    stream = extract.prefetch(failing())
+    assert next(stream) == 1
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        next(stream)
+    early = extract.prefetch(iter(range(1000)), depth=2)
+    assert next(early) == 0
+    early.close()  # stopping early must not hang on the producer's full queue
+
+
 def test_resize_short_side_keeps_aspect():
     frame = np.zeros((144, 176, 3), np.uint8)
     assert extract.resize_short_side(frame, 256).shape == (256, 313, 3)
@@ -69,7 +85,8 @@ def test_temporal_annotations_and_json_labels(tmp_path):
     js = tmp_path / "labels.json"
     js.write_text(json.dumps({"a.mp4": [0, 1, 1], "b": {"intervals": [[1, 3]], "class": "Fight"}}))
     labels = extract.read_frame_labels(js)
-    np.testing.assert_array_equal(extract.frame_labels_for(labels["a"], 5), [0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(extract.frame_labels_for(labels["a"], 5), [0, 1, 1, 1, 1])  # last label repeated
+    np.testing.assert_array_equal(extract.frame_labels_for(labels["a"], 2), [0, 1])
     np.testing.assert_array_equal(extract.frame_labels_for(labels["b"], 4), [0, 1, 1, 0])
 
 
