@@ -128,8 +128,8 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="pavad-import-urdmu",
-      description="Convert a UR-DMU PyTorch checkpoint (a WSAD state_dict saved with torch.save, e.g. "
-      "the released ucf_trans_2022.pkl) into a model directory that pavad-score, pavad-eval and "
+      description="Convert a UR-DMU PyTorch checkpoint (a WSAD state_dict saved with torch.save, "
+      "such as the released UCF-Crime and XD-Violence models) into a model directory that pavad-score, pavad-eval and "
       "pavad-train read. Feature dimension, depth and slot counts are read from the weights.")
   parser.add_argument("checkpoint", help="the .pkl / .pth file written by torch.save")
   parser.add_argument("--output", required=True, help="model directory to write (config.json + state/)")
