@@ -110,3 +110,21 @@ def test_real_video_lists_name_the_bad_field(tmp_path):
         workers.write_jsonl(tmp_path / "real.jsonl", [dict(good, **change)])
         with pytest.raises((ValueError, FileNotFoundError), match=rf"real.jsonl:1: {message}"):
             features.load_real_videos(tmp_path / "real.jsonl")
+
+
+def test_each_worker_writes_the_shard_sets_of_its_slice(tmp_path, monkeypatch):
+    rows = []
+    for i in range(3):
+        ramp_video(tmp_path / f"s{i}.mp4", 18)
+        rows.append({"id": f"s{i}", "video": f"s{i}.mp4", "path": str(tmp_path / f"s{i}.mp4"),
+                     "kept": True, "label": 1, "anomaly_class": "Arson", "score": 0.3})
+    workers.write_jsonl(tmp_path / "decisions.jsonl", rows)
+    controlled = mean_colour_featurizer()
+    monkeypatch.setattr(features, "clip_segment_featurizer", lambda *a, **k: controlled)
+    for index in range(2):
+        counts = features.run_features(dataset_dir=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"),
+                                       decisions=str(tmp_path / "decisions.jsonl"),
+                                       shard_index=index, num_shards=2)
+        assert counts == {f"train/gvvad-synthetic-part-{index}-of-2": 2 - index}
+    assert shards.validate(tmp_path / "ds" / "train") == []
+    assert sorted(r.id for r in shards.ShardSet(tmp_path / "ds" / "train")) == ["s0", "s1", "s2"]

@@ -10,8 +10,9 @@ videos and real videos extracted by either step share one definition of the feat
 Inputs are the kept videos of ``gvvad-filter`` (decisions.jsonl) and, optionally, real
 videos listed in a JSON-lines file (``id``, ``path``, ``split`` train|test, ``label``,
 ``anomaly_class``, and for test videos ``abnormal_frames``: [[start, end), ...]).
-Features are cached one ``<id>.npy`` per video (resumable, sharded); once every video has
-them, the dataset is written:
+Features are cached one ``<id>.npy`` per video (resumable); each worker then writes the
+shard sets of its own slice (with ``--num-shards`` N > 1 their names end in
+``-part-<i>-of-<N>``; readers collect every shard set below ``train/`` and ``test/``):
 
 * ``<dataset>/train/gvvad-synthetic``: kept generated videos, ``source="pseudo"``;
   abnormal ones in stream ``abnormal`` with their class, normal ones in stream ``normal``.
@@ -125,13 +126,13 @@ def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int):
 
 
 def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_dir: Path,
-                  dtype: str = "float16") -> dict[str, int]:
-    """Write the shard sets of a dataset from cached features; return records per set."""
+                  dtype: str = "float16", suffix: str = "") -> dict[str, int]:
+    """Write shard sets `<split>/<set><suffix>` from cached features; return records per set."""
     from pavad_jax.shards import write_shard_set
 
     groups: dict[tuple[str, str], list] = {}
     for item in items:
-        name = SYNTHETIC_SET if item.get("source") == "pseudo" else REAL_SET
+        name = (SYNTHETIC_SET if item.get("source") == "pseudo" else REAL_SET) + suffix
         groups.setdefault((item["split"], name), []).append(item)
     counts = {}
     for (split, name), members in sorted(groups.items()):
@@ -149,7 +150,7 @@ def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = No
                  videos_dir: str | None = None, real_videos: str | None = None,
                  clip_model: str = DEFAULT_CLIP, device: str | None = None, batch_size: int = 8,
                  dtype: str = "float16", shard_index: int = 0, num_shards: int = 1) -> dict | None:
-    """Cache this shard's segment features; once all are cached, write the dataset's shard sets."""
+    """Cache this shard's segment features, then write its shard sets; return records per set."""
     items = []
     if decisions:
         items += synthetic_items(decisions, videos_dir)
@@ -173,12 +174,13 @@ def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = No
     summary = workers.run_items(mine, extract, out_dir=cache_dir,
                                 desc=f"gvvad features {shard_index}/{num_shards}")
     print(f"gvvad features: {summary}")
-    missing = [i["id"] for i in items if not workers.metadata_path(cache_dir, i["id"]).exists()]
-    if missing:
-        print(f"gvvad features: {len(missing)} of {len(items)} videos are not extracted yet; "
-              "the shard sets are written once all are")
+    if summary.failed:
+        print(f"gvvad features: {len(summary.failed)} videos failed (see {cache_dir / 'errors.jsonl'}); "
+              "this worker's shard sets are written once a rerun extracts them")
         return None
-    counts = write_dataset(items, cache_dir, dataset_dir, dtype=dtype)
+    # Each worker writes the shard sets of its own slice; readers find them all below <split>/.
+    suffix = f"-part-{shard_index}-of-{num_shards}" if num_shards > 1 else ""
+    counts = write_dataset(mine, cache_dir, dataset_dir, dtype=dtype, suffix=suffix)
     print(f"gvvad features: wrote {counts} -> {dataset_dir}")
     return counts
 
