@@ -44,6 +44,10 @@ _PREFIX = struct.Struct("<4sI")
 # One record per riegeli chunk (random access) and no compression: float features barely
 # compress, and zstd makes reads ~6x slower.
 _WRITER_OPTIONS = "group_size:1,uncompressed"
+# A video's bytes are stored as consecutive ArrayRecord records of at most this size: riegeli
+# reads records much larger than its 64 KiB blocks several times slower per byte (extra
+# copies and buffer growth), 256 KiB pieces read fastest (benchmarks/shard_read.py).
+PIECE_BYTES = 256 * 1024
 _READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
 _LABEL_OF_STREAM = {"normal": 0, "abnormal": 1, "pseudo-normal": 0}
 
@@ -200,6 +204,11 @@ def decode_record(data: bytes) -> VideoRecord:
     )
 
 
+def split_pieces(data: bytes) -> list[bytes]:
+    """A serialised video cut into ArrayRecord records of at most PIECE_BYTES."""
+    return [data[i : i + PIECE_BYTES] for i in range(0, len(data), PIECE_BYTES)] or [data]
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -255,8 +264,6 @@ class ShardWriter:
         self._ids: set[str] = set()
         self._writer: ArrayRecordWriter | None = None
         self._tmp_path: pathlib.Path | None = None
-        self._in_file = 0
-        self._file_hash = None
         self._manifest: dict | None = None
 
     def _remove_old_set(self, manifest: pathlib.Path) -> None:
@@ -296,7 +303,9 @@ class ShardWriter:
         if self._writer is None:
             self._open_file()
         data = encode_record(record, self.dtype)
-        self._writer.write(data)
+        pieces = split_pieces(data)
+        for piece in pieces:
+            self._writer.write(piece)
         self.feature_dim = int(record.features.shape[2])
         self._ids.add(record.id)
         crops, t, _ = record.features.shape
@@ -311,11 +320,13 @@ class ShardWriter:
             "T": int(t),
             "has_frame_labels": record.frame_labels is not None,
             "file": len(self._files) - 1,
-            "position": self._in_file,
+            "position": self._files[-1]["records"],
+            "pieces": len(pieces),
             "crc32": zlib.crc32(data),
         })
-        self._in_file += 1
-        if self._in_file == self.records_per_file:
+        self._files[-1]["records"] += len(pieces)
+        self._files[-1]["videos"] += 1
+        if self._files[-1]["videos"] == self.records_per_file:
             self._finish_file()
 
     def _open_file(self) -> None:
@@ -323,16 +334,14 @@ class ShardWriter:
         name = f"part-{len(self._files):05d}.array_record"
         self._tmp_path = self.out_dir / f".{name}.tmp"
         self._writer = ArrayRecordWriter(str(self._tmp_path), _WRITER_OPTIONS)
-        self._in_file = 0
-        self._files.append({"name": name, "records": 0, "sha256": None, "bytes": None})
+        self._files.append({"name": name, "videos": 0, "records": 0, "sha256": None, "bytes": None})
 
     def _finish_file(self) -> None:
         """Close the current part file, checksum it and move it to its final name."""
         self._writer.close()
         self._writer = None
         final = self.out_dir / self._files[-1]["name"]
-        self._files[-1].update(records=self._in_file, sha256=file_sha256(self._tmp_path),
-                               bytes=self._tmp_path.stat().st_size)
+        self._files[-1].update(sha256=file_sha256(self._tmp_path), bytes=self._tmp_path.stat().st_size)
         os.replace(self._tmp_path, final)
         self._tmp_path = None
 
@@ -426,11 +435,13 @@ def load_manifest(set_dir: os.PathLike | str) -> dict:
             raise ShardError(f"{path}: field {key!r} is missing")
     if manifest["dtype"] not in DTYPES:
         raise ShardError(f"{path}: field 'dtype' is {manifest['dtype']!r}, expected one of {DTYPES}")
-    per_file = collections.Counter(e["file"] for e in manifest["records"])
+    per_file = collections.Counter()
+    for e in manifest["records"]:
+        per_file[e["file"]] += e.get("pieces", 1)
     for i, f in enumerate(manifest["files"]):
         if per_file[i] != f["records"]:
-            raise ShardError(f"{path}: field 'files[{i}].records' is {f['records']} but {per_file[i]} "
-                             f"entries point at {f['name']}")
+            raise ShardError(f"{path}: field 'files[{i}].records' is {f['records']} but the entries that "
+                             f"point at {f['name']} span {per_file[i]} records")
     return manifest
 
 
@@ -460,6 +471,11 @@ class ShardSet:
             offset = len(self._files)
             self._files += [(d / f["name"], f["records"]) for f in m["files"]]
             self.entries += [dict(e, set=s, file=e["file"] + offset) for e in m["records"]]
+        # Each video's ordinal within its file, to name it in messages.
+        self._ordinal = [0] * len(self.entries)
+        for i in range(1, len(self.entries)):
+            same = self.entries[i]["file"] == self.entries[i - 1]["file"]
+            self._ordinal[i] = self._ordinal[i - 1] + 1 if same else 0
         self._readers: dict[int, ArrayRecordReader] = {}
         self._lock = threading.Lock()
         if verify:
@@ -497,14 +513,17 @@ class ShardSet:
                     self._readers[file_index] = reader
         return reader
 
+    def _where(self, i: int) -> str:
+        """'<file>: record <ordinal in file> (id <id>)' of record i, for messages."""
+        return f"{self._files[self.entries[i]['file']][0]}: record {self._ordinal[i]} (id {self.entries[i]['id']!r})"
+
     def read_bytes(self, i: int) -> bytes:
         """The serialised bytes of record i."""
         entry = self.entries[i]
         try:
-            return self._reader(entry["file"]).read([entry["position"]])[0]
+            return _read_video(self._reader(entry["file"]), entry)
         except RuntimeError as e:
-            raise ShardError(f"{self._files[entry['file']][0]}: record {entry['position']} (id {entry['id']!r}): "
-                             f"field 'bytes' unreadable ({e})") from e
+            raise ShardError(f"{self._where(i)}: field 'bytes' unreadable ({e})") from e
 
     def __getitem__(self, i) -> VideoRecord:
         i = int(i)
@@ -513,7 +532,7 @@ class ShardSet:
         if not 0 <= i < len(self):
             raise IndexError(f"record index {i} out of range for {len(self)} records in {self.path}")
         entry = self.entries[i]
-        where = f"{self._files[entry['file']][0]}: record {entry['position']} (id {entry['id']!r})"
+        where = self._where(i)
         try:
             record = decode_record(self.read_bytes(i))
         except ShardError as e:
@@ -546,6 +565,14 @@ class ShardSet:
     def __repr__(self) -> str:
         return (f"ShardSet({str(self.path)!r}, {len(self)} records in {len(self.set_dirs)} set(s), "
                 f"D={self.feature_dim}, {self.dtype.name})")
+
+
+def _read_video(reader: ArrayRecordReader, entry: dict) -> bytes:
+    """The serialised bytes of one video: its consecutive ArrayRecord records, joined."""
+    start, pieces = entry["position"], entry.get("pieces", 1)
+    if pieces == 1:
+        return reader.read([start])[0]
+    return b"".join(reader.read(start, start + pieces))
 
 
 def _open_reader(path: pathlib.Path, expected_records: int) -> ArrayRecordReader:
@@ -615,8 +642,9 @@ def _validate_set(set_dir: pathlib.Path) -> list[str]:
             problems.append(str(e))
             continue
         try:
-            for entry in by_file[i]:
-                problems += _validate_record(reader, path, entry, feature_dim, dtype)
+            for ordinal, entry in enumerate(by_file[i]):
+                problems += _validate_record(reader, f"{path}: record {ordinal} (id {entry['id']!r})", entry,
+                                             feature_dim, dtype)
         finally:
             reader.close()
     if manifest.get("num_records") != len(manifest["records"]):
@@ -625,12 +653,11 @@ def _validate_set(set_dir: pathlib.Path) -> list[str]:
     return problems
 
 
-def _validate_record(reader: ArrayRecordReader, path: pathlib.Path, entry: dict, feature_dim: int,
+def _validate_record(reader: ArrayRecordReader, where: str, entry: dict, feature_dim: int,
                      dtype: str) -> list[str]:
     """Problems of one record: unreadable bytes, checksum, decode, metadata, features."""
-    where = f"{path}: record {entry['position']} (id {entry['id']!r})"
     try:
-        data = reader.read([entry["position"]])[0]
+        data = _read_video(reader, entry)
     except RuntimeError as e:
         return [f"{where}: field 'bytes' unreadable ({e})"]
     if "crc32" in entry and zlib.crc32(data) != entry["crc32"]:

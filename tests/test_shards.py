@@ -211,7 +211,8 @@ def rewrite_part_with(shard_dir, index_in_set, replacement):
         if i == index_in_set:
             data = shards.encode_record(replacement, manifest["dtype"])
             entry["crc32"] = shards.zlib.crc32(data)
-        writer.write(data)
+        for piece in shards.split_pieces(data):  # same sizes: small records are one piece each
+            writer.write(piece)
     writer.close()
     f["sha256"] = shards.file_sha256(path)
     (shard_dir / "manifest.json").write_text(json.dumps(manifest))
@@ -264,3 +265,28 @@ def test_concurrent_reads_from_threads_agree(shard_dir):
         got = list(pool.map(lambda i: (i, data[i].features), order))
     for i, features in got:
         np.testing.assert_array_equal(features, want[i])
+
+
+def test_large_records_span_several_pieces(tmp_path):
+    """Videos above PIECE_BYTES are stored as consecutive ArrayRecord records and read back whole."""
+    rng = np.random.default_rng(0)
+    records = [make_record(i, t=t, d=512, frame_labels=True) for i, t in enumerate([300, 2, 700, 5])]
+    for record in records:
+        record.features = rng.random(record.features.shape, dtype=np.float32)
+    manifest = shards.write_shard_set(tmp_path, records, records_per_file=3)
+    assert [e["pieces"] for e in manifest["records"]] == [3, 1, 6, 1]  # 2*300*512*2 bytes = 2.3 pieces
+    assert [e["position"] for e in manifest["records"]] == [0, 3, 4, 0]
+    assert [f["records"] for f in manifest["files"]] == [10, 1]
+    data = ShardSet(tmp_path)
+    for want, i in zip(records, [2, 0, 3, 1]):
+        got = data[i]
+        np.testing.assert_array_equal(got.features, records[i].features.astype(np.float16))
+        np.testing.assert_array_equal(got.frame_labels, records[i].frame_labels)
+    assert shards.validate(tmp_path) == []
+    # Damage a middle piece of the third video: validate names that video.
+    path = tmp_path / "part-00000.array_record"
+    blob = bytearray(path.read_bytes())
+    blob[1_500_000] ^= 0xFF  # inside the third video (bytes ~0.62 MB to ~2.05 MB)
+    path.write_bytes(bytes(blob))
+    problems = shards.validate(tmp_path)
+    assert any("record 2 (id 'video_002')" in p for p in problems), problems
