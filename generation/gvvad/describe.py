@@ -154,19 +154,6 @@ def clean_description(text: str, max_words: int = 60) -> str:
 
 # --------------------------------------------------------------------------- LLM
 
-def tiny_tokenizer(words: Sequence[str]):
-    """A word-level tokenizer over `words`, built offline (no hub download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {token: i for i, token in enumerate(specials + sorted(set(words) - set(specials)))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
-
-
 def tiny_vocabulary() -> list[str]:
     """Words and punctuation of the shipped element lists and prompts: the tiny models' vocabulary."""
     text = " ".join([SYSTEM_PROMPT] + [path.read_text(encoding="utf-8")
@@ -174,19 +161,28 @@ def tiny_vocabulary() -> list[str]:
     return sorted(set(re.findall(r"[A-Za-z]+|[^\sA-Za-z]", text)))
 
 
+def tiny_tokenizer():
+    """A word-level tokenizer over `tiny_vocabulary()`, built in memory (no hub download)."""
+    from generation.models import word_level_tokenizer
+
+    return word_level_tokenizer(["<unk>", "<pad>", "<s>", "</s>"], words=tiny_vocabulary(),
+                                bos="<s>", eos="</s>", pad_token="<pad>")
+
+
 def tiny_llm(seed: int = 0):
-    """A randomly initialised 2-layer Llama and its tokenizer (vocabulary: the shipped elements)."""
+    """A randomly initialised 2-layer Llama and its tokenizer; same weights for the same seed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tiny_tokenizer(tiny_vocabulary())
+    tokenizer = tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval(), tokenizer
+    with torch.random.fork_rng(devices=[]):  # fixed weights, caller's RNG untouched
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).eval(), tokenizer
 
 
 class DescriptionLLM:

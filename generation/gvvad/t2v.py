@@ -73,14 +73,11 @@ class T2VSettings:
 
 # --------------------------------------------------------------------------- pipelines
 
-def _tiny_text_stack(encoder_cls, config_cls, seed: int):
+def _tiny_text_stack(encoder_cls, config_cls):
     """A word-level tokenizer over the shipped element vocabulary and a 2-layer T5-type encoder."""
-    import torch
+    from generation.gvvad.describe import tiny_tokenizer
 
-    from generation.gvvad.describe import tiny_tokenizer, tiny_vocabulary
-
-    tokenizer = tiny_tokenizer(tiny_vocabulary())
-    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
     encoder = encoder_cls(config_cls(
         vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id)).eval()
@@ -88,14 +85,21 @@ def _tiny_text_stack(encoder_cls, config_cls, seed: int):
 
 
 def tiny_wan_pipeline(seed: int = 0):
-    """A randomly initialised WanPipeline built from configs (no download)."""
+    """A randomly initialised WanPipeline built from configs (no download); same seed, same weights."""
     import torch
+
+    with torch.random.fork_rng(devices=[]):  # fixed weights, caller's RNG untouched
+        torch.manual_seed(seed)
+        return _build_tiny_wan()
+
+
+def _build_tiny_wan():
+    """The components of tiny_wan_pipeline, built from the current torch RNG."""
     from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline,
                            WanTransformer3DModel)
     from transformers import UMT5Config, UMT5EncoderModel
 
-    tokenizer, text_encoder = _tiny_text_stack(UMT5EncoderModel, UMT5Config, seed)
-    torch.manual_seed(seed)
+    tokenizer, text_encoder = _tiny_text_stack(UMT5EncoderModel, UMT5Config)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
         out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
@@ -113,12 +117,19 @@ def tiny_cogvideox_pipeline(seed: int = 0, max_text_seq_length: int = 32):
     be called with max_sequence_length == max_text_seq_length.
     """
     import torch
+
+    with torch.random.fork_rng(devices=[]):  # fixed weights, caller's RNG untouched
+        torch.manual_seed(seed)
+        return _build_tiny_cogvideox(max_text_seq_length)
+
+
+def _build_tiny_cogvideox(max_text_seq_length: int):
+    """The components of tiny_cogvideox_pipeline, built from the current torch RNG."""
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
     from transformers import T5Config, T5EncoderModel
 
-    tokenizer, text_encoder = _tiny_text_stack(T5EncoderModel, T5Config, seed)
-    torch.manual_seed(seed)
+    tokenizer, text_encoder = _tiny_text_stack(T5EncoderModel, T5Config)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
         time_embed_dim=2, text_embed_dim=32, num_layers=1, sample_width=8, sample_height=8,
