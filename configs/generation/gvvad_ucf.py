@@ -42,7 +42,7 @@ def get_config(arg=None):
         t2v = dict(backend="cogvideox", model="THUDM/CogVideoX-5b", height=480, width=720,
                    num_frames=49, fps=8, steps=50, guidance_scale=6.0, negative_prompt="",
                    max_sequence_length=226)
-    config.t2v = ml_collections.ConfigDict(dict(t2v, seed=0, device="cuda", dtype="bfloat16"))
+    config.t2v = ml_collections.ConfigDict(dict(t2v, seed=0, device="cuda", dtype="bfloat16", offload=False))
     config.filter = ml_collections.ConfigDict(dict(
         threshold=0.22, clip_model="openai/clip-vit-large-patch14", clip_backend="transformers",
         num_samples=8, device="cuda"))

@@ -58,6 +58,7 @@ class T2VSettings:
     seed: int = 0
     device: str | None = None  # None: cuda if visible, else cpu
     dtype: str = "bfloat16"
+    offload: bool = False  # model CPU offload: Wan 2.2 A14B (2 x 14B + UMT5-XXL) on < 80 GB GPUs
 
     def check(self) -> None:
         """Raise on settings the pipelines would reject late or silently change."""
@@ -165,6 +166,9 @@ def load_pipeline(settings: T2VSettings):
     else:
         pipe = pipeline_cls.from_pretrained(settings.model, torch_dtype=dtype)
         pipe.vae.enable_tiling()  # CogVideoX's VAE needs tiling to decode 49 frames in < 40 GB
+    if settings.offload:
+        pipe.enable_model_cpu_offload(device=device)  # each component on the GPU only while it runs
+        return pipe
     return pipe.to(device)
 
 
@@ -230,7 +234,7 @@ def settings_from_args(args: argparse.Namespace) -> T2VSettings:
     base = T2VSettings() if args.backend == "wan" else COGVIDEOX_DEFAULTS
     overrides = {name: getattr(args, name) for name in (
         "model", "height", "width", "num_frames", "fps", "steps", "guidance_scale",
-        "negative_prompt", "max_sequence_length", "seed", "device", "dtype")
+        "negative_prompt", "max_sequence_length", "seed", "device", "dtype", "offload")
         if getattr(args, name) is not None}
     return dataclasses.replace(base, **overrides)
 
@@ -264,6 +268,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--negative-prompt", default=None, help="negative prompt ('' for none)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
     parser.add_argument("--dtype", default=None, help="weights dtype of real models (bfloat16)")
+    parser.add_argument("--offload", action="store_true", default=None,
+                        help="model CPU offload (slower; for GPUs too small for the whole pipeline)")
     workers.add_shard_args(parser)
 
     def main(args) -> int:
