@@ -302,7 +302,7 @@ class ShardWriter:
             raise ShardError(f"{where}: " + "; ".join(problems))
         if self._writer is None:
             self._open_file()
-        data = encode_record(record, self.dtype)
+        data = encode_record(dataclasses.replace(record, features=cast), self.dtype)
         pieces = split_pieces(data)
         for piece in pieces:
             self._writer.write(piece)

@@ -119,6 +119,21 @@ def test_rtfm_sht_train_classes_from_relabel_list(annotations_dir, tmp_path):
     assert not any(e["has_frame_labels"] for e in manifest["records"])
 
 
+@pytest.mark.parametrize("list_name, videos, abnormal", [
+    ("ucf/UCF_Train.list", 1610, 810), ("ucf/UCF_Test.list", 290, 140),
+    ("xd/XD_Train.list", 3954, 1905), ("xd/XD_Test.list", 800, 500),
+])
+def test_labels_from_names_match_the_readme_counts(annotations_dir, list_name, videos, abnormal):
+    """Every UR-DMU list is abnormal-first; names alone give the README's counts."""
+    dataset = list_name.split("/")[0]
+    names = list(importers.urdmu_videos(annotations_dir / list_name))
+    labels = [importers.video_label(n, dataset) for n in names]
+    assert len(names) == videos and sum(labels) == abnormal
+    assert labels == [1] * abnormal + [0] * (videos - abnormal)
+    assert all(importers.anomaly_class(n, dataset, l) not in ("normal", importers.UNKNOWN_CLASS)
+               for n, l in zip(names, labels) if l)
+
+
 def test_xd_labels_and_classes_from_names():
     assert importers.video_label("v=x__#1_label_A", "xd") == 0
     assert importers.video_label("Bad.Boys.1995__#00-26-51_00-27-53_label_B2-0-0", "xd") == 1

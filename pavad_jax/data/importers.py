@@ -278,16 +278,22 @@ def _labels_for(names: list[str], dataset: str, num_abnormal: int | None, list_f
 # ----------------------------------------------------------------------------- layouts
 
 
-def urdmu_records(list_file, feature_root, *, dataset: str, gt=None, num_abnormal: int | None = None,
-                  sht_classes=None, source: str = "real") -> Iterator[VideoRecord]:
-    """Records of a UR-DMU layout: per-crop (T, D) files `<name>__<k>.npy`, one list line each."""
-    _check_dataset(dataset)
+def urdmu_videos(list_file) -> dict[str, list[tuple[int, str, int]]]:
+    """UR-DMU list -> {video name: [(crop k, file name, list line), ...]} in list order."""
     crops: dict[str, list[tuple[int, str, int]]] = {}
     for n, line in enumerate(read_list(list_file), 1):
         match = _CROP_FILE.match(basename(line))
         if not match:
             raise ImporterError(f"{list_file}: line {n}: {line!r} is not a `<name>__<crop>.npy` crop file")
         crops.setdefault(match["name"], []).append((int(match["crop"]), basename(line), n))
+    return crops
+
+
+def urdmu_records(list_file, feature_root, *, dataset: str, gt=None, num_abnormal: int | None = None,
+                  sht_classes=None, source: str = "real") -> Iterator[VideoRecord]:
+    """Records of a UR-DMU layout: per-crop (T, D) files `<name>__<k>.npy`, one list line each."""
+    _check_dataset(dataset)
+    crops = urdmu_videos(list_file)
     index = index_features(feature_root)
 
     def loader(name):
