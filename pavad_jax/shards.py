@@ -26,7 +26,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
@@ -597,11 +597,12 @@ def _open_reader(path: pathlib.Path, expected_records: int) -> ArrayRecordReader
 # ----------------------------------------------------------------------------- validation
 
 
-def validate(path: os.PathLike | str) -> list[str]:
+def validate(path: os.PathLike | str, progress: Callable[[Iterable], Iterable] | None = None) -> list[str]:
     """Every problem found below `path`, each naming the file, record and field; [] = valid.
 
     Unlike ShardSet(verify=True), this decodes every record and checks finiteness, shapes and
-    metadata against the manifest, and keeps going after the first problem.
+    metadata against the manifest, and keeps going after the first problem. `progress` wraps
+    the iteration over each set's files (e.g. tqdm; this module imports no tqdm).
     """
     try:
         set_dirs = find_shard_sets(path)
@@ -609,11 +610,11 @@ def validate(path: os.PathLike | str) -> list[str]:
         return [str(e)]
     problems: list[str] = []
     for set_dir in set_dirs:
-        problems += _validate_set(set_dir)
+        problems += _validate_set(set_dir, progress or (lambda files: files))
     return problems
 
 
-def _validate_set(set_dir: pathlib.Path) -> list[str]:
+def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable]) -> list[str]:
     """Problems of one shard set."""
     try:
         manifest = load_manifest(set_dir)
@@ -628,7 +629,7 @@ def _validate_set(set_dir: pathlib.Path) -> list[str]:
     by_file = collections.defaultdict(list)
     for entry in manifest["records"]:
         by_file[entry["file"]].append(entry)
-    for i, f in enumerate(manifest["files"]):
+    for i, f in progress(list(enumerate(manifest["files"]))):
         path = set_dir / f["name"]
         if not path.is_file():
             problems.append(f"{path}: file listed in the manifest is missing")

@@ -164,6 +164,16 @@ def test_import_rtfm_sht_test_via_cli(annotations_dir, tmp_path, capsys):
     assert cli.main(["validate", str(tmp_path / "out")]) == 0
 
 
+def test_inspect_a_folder_of_shard_sets(damaged, tmp_path, capsys):
+    """e.g. one shard set per generation worker below train/pseudo/."""
+    shards.write_shard_set(tmp_path / "worker1", [shards.VideoRecord(
+        "w1", np.ones((2, 3, 8), np.float32), 1, "pseudo", "abnormal", "Arson", 48)])
+    assert cli.main(["inspect", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)[tmp_path.name]
+    assert report["shard_sets"] == 2 and report["records"] == 7
+    assert report["source_stream"]["pseudo/abnormal"] == 1
+
+
 def test_import_error_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "f").mkdir()
     (tmp_path / "labels.csv").write_text("name,label\nx,0\n")

@@ -131,7 +131,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    problems = shards.validate(args.dir)
+    progress = lambda files: tqdm(files, desc="validate", unit="file", leave=False)
+    problems = shards.validate(args.dir, progress=progress)
     if problems:
         for problem in problems:
             print(problem)
