@@ -103,6 +103,17 @@ def test_rtfm_sht_test_set_reproduces_gt_sh_on_abnormal_videos(annotations_dir, 
     assert data[0].features.shape == (10, abnormal[0][1], D)
 
 
+def test_rtfm_ucf_test_set_reproduces_gt_ucf(annotations_dir, tmp_path):
+    ucf = annotations_dir / "ucf"
+    lengths = dict(read_segments(ucf / "test_num_segments.txt"))
+    write_rtfm_features(tmp_path / "f", ucf / "ucf-i3d-test.list", lengths, crops=2)
+    importers.import_rtfm(ucf / "ucf-i3d-test.list", tmp_path / "f", tmp_path / "out", dataset="ucf",
+                          gt=ucf / "UCF_Annotation.txt")
+    labels, data = concatenated_labels(tmp_path / "out")
+    np.testing.assert_array_equal(np.concatenate(labels), np.load(ucf / "gt-ucf.npy").astype(np.uint8))
+    assert data.entries[0]["crops"] == 2 and data.entries[0]["anomaly_class"] == "Abuse"
+
+
 def test_rtfm_sht_train_classes_from_relabel_list(annotations_dir, tmp_path):
     sht = annotations_dir / "sht"
     list_file = sht / "shanghai-i3d-train-10crop.list"
