@@ -32,7 +32,8 @@ def score_video(detector, features: np.ndarray) -> np.ndarray:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   batch = features[None] if features.ndim == 3 else features[None, None]
-  scores = jax.jit(lambda x: detector.scores(x))(jnp.asarray(batch))
+  with jax.default_matmul_precision("highest"):  # full fp32 on GPU/TPU too (no TF32/bf16 passes)
+    scores = jax.jit(detector.scores)(jnp.asarray(batch))
   return np.asarray(scores[0])
 
 

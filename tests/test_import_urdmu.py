@@ -67,8 +67,14 @@ def numpy_test_forward(sd: dict, x: np.ndarray) -> np.ndarray:
 
 
 def jit_scores(detector):
-  """detector.scores, jitted (eager NNX calls are slow on a busy CPU)."""
-  return jax.jit(lambda x, mask=None: detector.scores(x, mask))
+  """detector.scores, jitted (eager NNX calls are slow), fp32 matmuls on any backend."""
+  scores = jax.jit(lambda x, mask=None: detector.scores(x, mask))
+
+  def call(x, mask=None):
+    with jax.default_matmul_precision("highest"):
+      return scores(x, mask)
+
+  return call
 
 
 def save_and_import(tmp_path, model: WSAD, wrap: bool = False):

@@ -192,7 +192,8 @@ def test_training_forward_and_loss_match_torch_reference(crops):
   label = np.array([0, 0, 1, 1], np.float32)
   expected = reference(torch.from_numpy(x), noise=torch.from_numpy(noise))
   expected_loss = ad_loss(expected, torch.from_numpy(label)).item()
-  out = jit_train_forward(detector)(jnp.asarray(x), None, jnp.asarray(noise))
+  with jax.default_matmul_precision("highest"):
+    out = jit_train_forward(detector)(jnp.asarray(x), None, jnp.asarray(noise))
   for name in ("frame", "A_att", "N_att", "A_Natt", "N_Aatt"):
     np.testing.assert_allclose(out[name], expected[name].detach().numpy(), atol=1e-5, err_msg=name)
   total, terms = urdmu_loss(out, jnp.asarray(label))
