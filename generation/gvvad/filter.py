@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,14 @@ def score_video(clip, path: str | Path, num_frames: int, text: str,
 
 def generated_items(videos_dir: str | Path) -> list[dict]:
     """The metadata of every finished video of a t2v folder (its `<id>.json` files)."""
-    import json
-
     videos_dir = Path(videos_dir)
     items = []
     for path in sorted(videos_dir.glob("*.json")):
-        item = json.loads(path.read_text(encoding="utf-8"))
-        missing = [key for key in ("id", "video", "text", "num_frames", "label") if key not in item]
+        if path.name.startswith("."):  # a temporary file of a t2v worker still writing
+            continue
+        item = _read_json(path)
+        missing = [key for key in ("id", "video", "text", "num_frames", "label", "anomaly_class")
+                   if key not in item]
         if missing:
             raise ValueError(f"{path}: not t2v metadata (fields {missing} are missing)")
         items.append(item)
@@ -108,12 +110,10 @@ def write_decisions(out_dir: Path, videos_dir: Path, items: Sequence[Mapping[str
 
 def _read_json(path: Path) -> dict:
     """Read one JSON object, naming the file on failure."""
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the cached score ({error})") from error
+        raise ValueError(f"{path}: cannot read JSON ({error})") from error
 
 
 def run_filter(*, videos_dir: str, out_dir: str, threshold: float = DEFAULT_THRESHOLD,
