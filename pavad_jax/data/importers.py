@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pavad_jax.shards import SEGMENT_FRAMES, ShardError, VideoRecord, align_labels, write_shard_set
+from pavad_jax.shards import SEGMENT_FRAMES, VideoRecord, align_labels, write_shard_set
 
 DATASETS = ("ucf", "xd", "sht")
 # XD-Violence label codes (the `_label_B2-0-0` part of a video name).
@@ -120,7 +120,7 @@ class FrameLabelSource:
             self._concatenated = np.load(self.path)
             if self._concatenated.ndim != 1:
                 raise ImporterError(f"{self.path}: concatenated ground truth must be 1-D, has shape "
-                                   f"{self._concatenated.shape}")
+                                    f"{self._concatenated.shape}")
         elif self.path.suffix in (".pickle", ".pkl"):
             with open(self.path, "rb") as f:
                 self._dict = pickle.load(f)
@@ -143,7 +143,7 @@ class FrameLabelSource:
         matches = [p for stem, p in self._per_video.items() if stem.startswith(name + "_")]
         if len(matches) > 1:
             raise ImporterError(f"{self.path}: several ground-truth files match video {name!r}: "
-                               f"{[m.name for m in matches[:4]]}")
+                                f"{[m.name for m in matches[:4]]}")
         return matches[0] if matches else None
 
     def labels(self, name: str, num_segments: int, label: int) -> np.ndarray:
@@ -153,7 +153,7 @@ class FrameLabelSource:
             raw = self._concatenated[self._offset : self._offset + length]
             if raw.shape[0] < length:
                 raise ImporterError(f"{self.path}: ran out of labels at video {name!r} (needs {length} from offset "
-                                   f"{self._offset}, {self._concatenated.shape[0]} in all): list order or T differ")
+                                    f"{self._offset}, {self._concatenated.shape[0]} in all): list order or T differ")
             self._offset += length
         elif self._per_video is not None:
             path = self._find(name)
@@ -167,14 +167,14 @@ class FrameLabelSource:
         raw = np.asarray(raw)
         if raw.ndim != 1 or not np.isin(raw, (0, 1)).all():
             raise ImporterError(f"{self.path}: labels of video {name!r} must be a 1-D array of 0/1, "
-                               f"got shape {raw.shape} values {np.unique(raw)[:5]}")
+                                f"got shape {raw.shape} values {np.unique(raw)[:5]}")
         return align_labels(raw.astype(np.uint8), length)
 
     def finish(self) -> None:
         """Check that a concatenated ground truth was consumed exactly."""
         if self._concatenated is not None and self._offset != self._concatenated.shape[0]:
             raise ImporterError(f"{self.path}: the videos consumed {self._offset} of {self._concatenated.shape[0]} "
-                               "labels: list order, video subset or T differ from this ground truth")
+                                "labels: list order, video subset or T differ from this ground truth")
 
 
 def read_temporal_annotations(path: os.PathLike | str) -> dict[str, np.ndarray]:
@@ -222,7 +222,7 @@ def index_features(root: os.PathLike | str) -> dict[str, pathlib.Path]:
             if f.endswith(".npy"):
                 if f in index:
                     raise ImporterError(f"{root}: file name {f!r} appears twice ({index[f]} and {dirpath}/{f}); "
-                                       "point --features at one split")
+                                        "point --features at one split")
                 index[f] = pathlib.Path(dirpath, f)
     if not index:
         raise ImporterError(f"{root}: no .npy feature files found")
@@ -302,7 +302,7 @@ def urdmu_records(list_file, feature_root, *, dataset: str, gt=None, num_abnorma
             shapes = {p.shape for p in parts}
             if len(shapes) != 1 or len(next(iter(shapes))) != 2:
                 raise ImporterError(f"{list_file}: crops of video {name!r} must all be (T, D) arrays of one shape, "
-                                   f"got {sorted(shapes)}")
+                                    f"got {sorted(shapes)}")
             return np.stack(parts)
         return load
 

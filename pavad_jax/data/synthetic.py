@@ -237,11 +237,6 @@ def _make_video(world: World, spec: SyntheticSpec, seed: int, plan: _VideoPlan) 
     return features, record
 
 
-def mean_segment_norm(features: np.ndarray) -> float:
-    """Mean L2 norm of the (crops, T, D) segments: PA-VAD Table 1's statistic."""
-    return float(np.linalg.norm(np.asarray(features, np.float32), axis=-1).mean())
-
-
 def calibration_scales(world: World, spec: SyntheticSpec, seed: int) -> dict[str, float]:
     """Per-source scales that give anomalous videos Table 1's mean segment norms exactly.
 
