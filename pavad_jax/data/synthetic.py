@@ -204,8 +204,8 @@ class _VideoPlan:
     index: int
 
 
-def _make_video(world: World, spec: SyntheticSpec, seed: int, plan: _VideoPlan) -> tuple[np.ndarray, VideoRecord]:
-    """Unscaled features and the record (features filled in later) of one planned video."""
+def _make_video(world: World, spec: SyntheticSpec, seed: int, plan: _VideoPlan) -> VideoRecord:
+    """The record of one planned video, with unscaled float32 features."""
     rng = np.random.default_rng([seed, _SPLIT_CODES[plan.split], _STREAM_CODES[plan.kind], plan.index])
     pseudo = plan.kind.startswith("pseudo")
     abnormal = plan.kind in ("abnormal", "pseudo-abnormal")
@@ -234,7 +234,7 @@ def _make_video(world: World, spec: SyntheticSpec, seed: int, plan: _VideoPlan) 
         num_frames=t * SEGMENT_FRAMES,
         frame_labels=frame_labels if plan.split == "test" else None,
     )
-    return features, record
+    return record
 
 
 def calibration_scales(world: World, spec: SyntheticSpec, seed: int) -> dict[str, float]:
@@ -253,7 +253,7 @@ def calibration_scales(world: World, spec: SyntheticSpec, seed: int) -> dict[str
     for source, plans in populations.items():
         total, count = 0.0, 0
         for plan in plans:
-            segment_norms = np.linalg.norm(_make_video(world, spec, seed, plan)[0], axis=-1)
+            segment_norms = np.linalg.norm(_make_video(world, spec, seed, plan).features, axis=-1)
             total, count = total + float(segment_norms.sum()), count + segment_norms.size
         scales[source] = targets[source] * count / total
     return scales
@@ -285,8 +285,8 @@ def generate(out_dir: os.PathLike | str, size: str = "default", seed: int = 0, *
     for split in ("train", "test"):
         with ShardWriter(out_dir / split, dtype="float16", records_per_file=records_per_file) as writer:
             for plan in tqdm(_plans(spec, split), desc=f"synthetic {size} {split}", unit="video"):
-                features, record = _make_video(world, spec, seed, plan)
-                record.features = features * np.float32(scales[record.source])
+                record = _make_video(world, spec, seed, plan)
+                record.features *= np.float32(scales[record.source])
                 segment_norms = np.linalg.norm(record.features, axis=-1)
                 sums = norm_sums.setdefault(f"{split}/{record.source}/{record.stream}", [0.0, 0])
                 sums[0] += float(segment_norms.sum())
