@@ -64,6 +64,7 @@ def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
 def video_scores(scorer, params, data: EvalData) -> list[np.ndarray]:
     """Per-video segment scores (T,) in test-set order; batch rows sharded over the mesh."""
     sharding = NamedSharding(data.mesh, P(DATA_AXIS))
+    params = jax.device_put(params, NamedSharding(data.mesh, P()))  # a no-op when already replicated
     lengths = data.evalset.lengths
     scores: list[np.ndarray | None] = [None] * len(data.evalset)
     for batch in data.batches:
@@ -83,6 +84,44 @@ def evaluate(scorer, params, data: EvalData, *, return_scores: bool = False):
     scores = video_scores(scorer, params, data)
     result = metrics.video_metrics(scores, data.evalset.frame_labels, data.evalset.anomaly_classes)
     return (result, scores) if return_scores else result
+
+
+def load_run(workdir: pathlib.Path, which: str = "best"):
+    """(detector, full training config) of a pavad-train run: its best or last export, or a step.
+
+    A step number restores the parameters from WORKDIR/checkpoints/STEP (the Orbax training
+    checkpoint); best and last are the model exports pavad-train writes beside it.
+    """
+    import ml_collections
+
+    from pavad_jax import checkpoint
+
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{workdir} is not a pavad-train run: {config_path.name} is missing")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    if which in ("best", "last"):
+        if not (workdir / which).is_dir():
+            raise FileNotFoundError(f"{workdir / which} does not exist (no evaluation has run yet?)")
+        detector, _ = checkpoint.load_model(workdir / which)
+        return detector, config
+    if not which.isdigit():
+        raise ValueError(f"--checkpoint must be best, last or a step number, got {which!r}")
+    import orbax.checkpoint as ocp
+
+    from pavad_jax.models.detector import build_detector
+    from pavad_jax.train import split_model
+
+    detector = build_detector(config.model, config.loss, seed=0)
+    graphdef, params, rest = split_model(detector)
+    with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as manager:
+        if int(which) not in manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {which} in {workdir / 'checkpoints'}; "
+                                    f"saved steps: {sorted(manager.all_steps())}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+        restored = manager.restore(int(which), args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True)))
+    return nnx.merge(graphdef, restored["state"]["params"], rest), config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,12 +202,12 @@ def main(argv=None) -> None:
     parser.add_argument("--video-ids", nargs="*", default=None, help="draw traces for these test video ids instead")
     args = parser.parse_args(argv)
 
-    from pavad_jax import checkpoint, distributed
+    from pavad_jax import distributed
     from pavad_jax.train import split_model
 
     workdir = pathlib.Path(args.workdir)
     try:
-        detector, config = checkpoint.load_run(workdir, args.checkpoint)
+        detector, config = load_run(workdir, args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"pavad-eval: {e}") from None
     if args.data:

@@ -311,8 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             progress["evals"].append({"step": step, "auc": result["auc"]})
             if result["auc"] > progress["best_auc"]:
                 progress.update(best_step=step, best_auc=result["auc"], best_metrics=result)
-                if is_main:
-                    checkpoint.export_model(workdir / "best", nnx.merge(graphdef, state["params"], rest), config)
+                # Every process calls the export: orbax synchronises the hosts and the primary writes.
+                checkpoint.export_model(workdir / "best", nnx.merge(graphdef, state["params"], rest), config)
         if step % config.train.checkpoint_every == 0 or step == total or preemption.requested:
             progress["step"] = step
             progress["train_wall_s"] += time.time() - segment_start
@@ -327,8 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     steps_run, loop_s = step - first_step, time.time() - loop_start
 
     final_params = state["params"]
-    if is_main:
-        checkpoint.export_model(workdir / "last", nnx.merge(graphdef, final_params, rest), config)
+    checkpoint.export_model(workdir / "last", nnx.merge(graphdef, final_params, rest), config)
     best = progress["best_metrics"] or {}
     summary = {
         "final_step": step,

@@ -1,0 +1,243 @@
+"""pavad-train and pavad-eval end to end on a tiny easy dataset."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pavad_jax import config_checks, distributed, evaluate, train
+from train_fixtures import tiny_config, write_easy_dataset
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_easy_dataset(tmp_path_factory.mktemp("easy"))
+
+
+def read_losses(workdir: pathlib.Path) -> np.ndarray:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r["train/total"] for r in rows if "train/total" in r}
+    return np.asarray([by_step[s] for s in sorted(by_step)])
+
+
+def test_one_training_step_end_to_end(data_dir, tmp_path):
+    config = tiny_config(data_dir, steps=1)
+    summary = train.train_and_evaluate(config, tmp_path)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == summary
+    for field in ("final_step", "best_step", "auc", "ap_pr_trapezoid", "average_precision", "per_class_auc",
+                  "wall_s", "steps_per_s", "params_sha256"):
+        assert field in summary, field
+    assert summary["final_step"] == 1 and summary["best_step"] == 1
+    assert 0.0 <= summary["auc"] <= 1.0
+    assert len(summary["params_sha256"]) == 64
+    assert list(summary["per_class_auc"]) == ["Fight"]
+    assert (tmp_path / "best" / "config.json").is_file() and (tmp_path / "last" / "config.json").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(read_losses(tmp_path)) == 1
+
+
+def test_loss_falls_over_50_steps(data_dir, tmp_path):
+    config = tiny_config(data_dir, steps=50)
+    config.optim.learning_rate = 1e-3
+    config.train.steps_per_dispatch = 10  # also covers several steps per dispatch (lax.scan)
+    config.train.log_every = 10
+    train.train_and_evaluate(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    anomaly = [r["train/anomaly"] for r in rows if "train/anomaly" in r]
+    totals = read_losses(tmp_path)
+    assert len(totals) == 5
+    assert totals[-1] < 0.8 * totals[0], totals
+    assert anomaly[-1] < anomaly[0], anomaly
+
+
+@pytest.mark.parametrize("device_resident", [True, False])
+def test_one_and_four_devices_give_the_same_trajectory(data_dir, tmp_path, device_resident):
+    losses = {}
+    for devices in (1, 4):
+        config = tiny_config(data_dir, steps=6)
+        config.data.device_resident = device_resident
+        config.train.num_devices = devices
+        summary = train.train_and_evaluate(config, tmp_path / f"d{devices}")
+        assert summary["devices"] == devices
+        losses[devices] = read_losses(tmp_path / f"d{devices}")
+    np.testing.assert_allclose(losses[4], losses[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("device_resident", [True, False])
+def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path, device_resident):
+    def run(workdir, steps):
+        config = tiny_config(data_dir, steps=steps)
+        config.data.device_resident = device_resident
+        config.train.checkpoint_every = 3
+        config.train.eval_every = 3
+        return train.train_and_evaluate(config, workdir)
+
+    uninterrupted = run(tmp_path / "a", 9)
+    run(tmp_path / "b", 3)  # stops at step 3 with a checkpoint, as a killed run would
+    resumed = run(tmp_path / "b", 9)
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
+    assert resumed["best_step"] == uninterrupted["best_step"]
+
+
+def test_train_step_compiles_once(data_dir):
+    config = tiny_config(data_dir)
+    config.data.device_resident = False
+    mesh = distributed.make_mesh(1)
+    detector = train.build_detector(config.model, config.loss, seed=0)
+    graphdef, params, rest = train.split_model(detector)
+    tx = train.make_optimizer(config.optim)
+    step_fn = jax.jit(train.make_train_step(graphdef, rest, tx, config), donate_argnums=0)
+    state = {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params, "opt_state": tx.init(params)}
+    weights = train.default_loss_weights(config)
+    iterator = train.pipeline.make_train_iterator(config.data)
+    for _ in range(3):
+        batch = {k: v[None] for k, v in next(iterator).items()}
+        state, _ = step_fn(state, batch, weights)
+    assert step_fn._cache_size() == 1
+    assert int(state["step"]) == 3
+    del mesh
+
+
+def test_evaluation_equals_sklearn_on_concatenated_frames(data_dir):
+    config = tiny_config(data_dir)
+    mesh = distributed.make_mesh(2)
+    detector = train.build_detector(config.model, config.loss, seed=3)
+    graphdef, params, rest = train.split_model(detector)
+    data = evaluate.EvalData.load(config.data, mesh)
+    result, scores = evaluate.evaluate(evaluate.make_scorer(graphdef, rest), params, data, return_scores=True)
+
+    # Direct: one video at a time, unpadded, through the model; frames = segments repeated 16x.
+    shards = train.pipeline.open_split(config.data, "test")
+    direct_scores, labels = [], []
+    for i in range(len(shards)):
+        record = shards[i]
+        s = np.asarray(detector.scores(record.features[None].astype(np.float32)))[0]
+        np.testing.assert_allclose(scores[i], s, atol=1e-5)
+        direct_scores.append(np.repeat(s, 16))
+        labels.append(record.frame_labels)
+    y, frames = np.concatenate(labels), np.concatenate(direct_scores)
+    assert result["auc"] == pytest.approx(roc_auc_score(y, frames), abs=1e-6)
+    assert result["frames"] == y.size
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("loss.weights.lambda1", -1.0, "config.loss.weights.lambda1 = -1.0: must be >= 0"),
+    ("model.a_slots", 0, "config.model.a_slots = 0"),
+    ("data.segments", 0, "config.data.segments = 0"),
+    ("model.feature_dim", 32, "config.model.feature_dim = 32: the shards in"),
+    ("data.dir", "/nonexistent/data", "config.data.dir = '/nonexistent/data': no such folder"),
+])
+def test_bad_config_stops_before_compilation_naming_the_field(data_dir, tmp_path, field, value, message,
+                                                              monkeypatch):
+    config = tiny_config(data_dir)
+    section, name = field.rsplit(".", 1)
+    node = config
+    for part in section.split("."):
+        node = node[part]
+    node[name] = value
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled before the config was checked")
+
+    monkeypatch.setattr(train.jax, "jit", no_compiling)
+    with pytest.raises(config_checks.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_pavad_eval_writes_metrics_roc_and_traces(data_dir, tmp_path):
+    config = tiny_config(data_dir, steps=2)
+    config.train.eval_every = 1
+    summary = train.train_and_evaluate(config, tmp_path)
+    evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "best", "--videos", "2"])
+    out = tmp_path / "eval" / "best"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["auc"] == pytest.approx(summary["auc"], abs=1e-6)
+    assert (out / "roc.png").stat().st_size > 1000
+    assert len(list(out.glob("trace_*.png"))) == 2
+    # A saved step restores from the Orbax training checkpoint.
+    evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "2", "--videos", "0"])
+    last = json.loads((tmp_path / "eval" / "2" / "metrics.json").read_text())
+    assert last["auc"] == pytest.approx(summary["final_auc"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ multi-process
+
+_WORKER = """
+import os, sys, json
+sys.path.insert(0, {tests!r})
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from pavad_jax import distributed, train
+from train_fixtures import tiny_config
+distributed.initialize({coordinator!r}, {processes}, {index})
+config = tiny_config({data!r}, steps=4)
+config.data.device_resident = {resident}
+summary = train.train_and_evaluate(config, {workdir!r})
+print("SUMMARY", json.dumps(summary))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_processes(data_dir, workdir, processes, devices_each, resident):
+    coordinator = f"127.0.0.1:{_free_port()}"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _WORKER.format(tests=str(REPO / "tests"), coordinator=coordinator,
+                                              processes=processes, index=i, data=str(data_dir),
+                                              workdir=str(workdir), resident=resident)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    return read_losses(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resident", [True, False])
+def test_two_processes_with_two_devices_equal_one_process_with_four(data_dir, tmp_path, resident):
+    one = _run_processes(data_dir, tmp_path / "one", 1, 4, resident)
+    two = _run_processes(data_dir, tmp_path / "two", 2, 2, resident)
+    np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_uninterrupted_parameters(data_dir, tmp_path):
+    """The acceptance check: kill -9 at a random moment, rerun the same command."""
+    args = ["--config", str(REPO / "tests" / "tiny_train_config.py") + f":{data_dir}",
+            "--config.train.steps=40", "--config.train.checkpoint_every=5", "--config.train.eval_every=10"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [sys.executable, "-m", "pavad_jax.train", *args]
+    subprocess.run(cmd + ["--workdir", str(tmp_path / "whole")], env=env, check=True, capture_output=True)
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--workdir", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "checkpoints").glob("[0-9]*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(np.random.default_rng().uniform(0.0, 2.0))  # a random moment after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before the kill: lengthen it"
+    subprocess.run(cmd + ["--workdir", str(killed)], env=env, check=True, capture_output=True)
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert resumed["params_sha256"] == whole["params_sha256"]
