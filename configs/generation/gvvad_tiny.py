@@ -1,8 +1,10 @@
 """GV-VAD generation side with tiny random models: runs end to end on a laptop CPU in ~1 minute.
 
   pavad-gen gvvad --config configs/generation/gvvad_tiny.py --workdir /tmp/gvvad_tiny
-  pavad-train --config configs/gvvad_ucf.py:runlocal --workdir /tmp/gvvad_tiny_run \
-      --config.data.dir=/tmp/gvvad_tiny/dataset   # if that training config has a CPU variant
+  pavad-train --config configs/gvvad_ucf.py --workdir /tmp/gvvad_tiny_run \
+      --config.data.dir=/tmp/gvvad_tiny/dataset --config.model.feature_dim=16 \
+      --config.data.batch.normal=2 --config.data.batch.abnormal=2 --config.data.segments=8 \
+      --config.train.steps=3
 
 Expected: 3 pairs -> 6 generated videos (17 frames, 64x64, so T = ceil(17/16) = 2 segments each), all kept
 (random CLIP scores are about -0.6 and the tiny threshold is -1.0: keeping everything makes
