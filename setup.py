@@ -43,7 +43,7 @@ setup(
     version="0.1.0",
     description="PA-VAD (pseudo-anomaly video anomaly detection) in JAX/Flax with a PyTorch generation side",
     packages=find_packages(include=["pavad_jax", "pavad_jax.*", "generation", "generation.*"]),
-    package_data={"generation": ["classes/*.json"]},
+    package_data={"generation": ["classes/*.json", "gvvad/elements/*.json"]},
     python_requires=">=3.10",
     install_requires=JAX_SIDE,
     extras_require={

@@ -6,11 +6,14 @@ so the trainer imports it lazily.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any, Mapping
 
-import numpy as np
-from clu import metric_writers
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only writes event files here
+
+import numpy as np  # noqa: E402
+from clu import metric_writers  # noqa: E402
 
 
 class JsonlWriter(metric_writers.MetricWriter):

@@ -369,7 +369,9 @@ def main(argv=None):
     FLAGS = flags.FLAGS
 
     def _main(_):
-        logging.getLogger().setLevel(logging.INFO)
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         try:
             train_and_evaluate(FLAGS.config, FLAGS.workdir)
