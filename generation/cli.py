@@ -6,6 +6,7 @@
     pavad-gen extract     I3D / CLIP features                     -> feature shards
     pavad-gen quality     FID / KID / FVD / KVD of generated clips
     pavad-gen run         all steps from a config file            -> <workdir>/features/{train,test}
+    pavad-gen gvvad       GV-VAD's generation chain (and its gvvad-* steps, docs/gvvad.md)
 
 Every step can run as many shards (--shard-index/--num-shards, or the scheduler's
 environment: see generation/workers.py and launch/gen_*), skips finished items on a rerun and
@@ -20,7 +21,9 @@ import sys
 # Step modules are imported only when their subcommand is registered, and each imports its
 # heavy dependencies (torch, diffusers, transformers) inside its functions, so that
 # `pavad-gen --help` is fast.
-STEPS = ("select", "refine", "synthesize", "extract", "quality", "run")
+STEPS = ("select", "refine", "synthesize", "extract", "quality", "run",
+         # GV-VAD's generation side (docs/gvvad.md): gvvad-describe, -t2v, -filter, -extract, gvvad.
+         "gvvad.describe", "gvvad.t2v", "gvvad.filter", "gvvad.features", "gvvad.run")
 
 
 def build_parser() -> argparse.ArgumentParser:

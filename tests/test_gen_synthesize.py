@@ -136,3 +136,11 @@ def test_sigkill_mid_run_then_rerun_finishes_every_item_once(tmp_path):
     assert not list(tmp_path.rglob("*.partial*"))
     for item_id in ids:
         assert video_io.read_frames(videos / f"{item_id}.mp4").shape == (9, 32, 32, 3)
+
+
+def test_memory_options_reach_the_pipeline():
+    from generation import models
+
+    pipe = models.load_wan_pipeline("tiny", device="cpu", vae_tiling=True)
+    assert pipe.vae.use_tiling and pipe.config.boundary_ratio == 0.9 and pipe.transformer_2 is not None
+    assert models.load_wan_pipeline("tiny", device="cpu").vae.use_tiling is False
