@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import importlib.resources
 import json
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -222,6 +221,14 @@ def _save_init_images(plan: list[dict], workdir: Path) -> None:
                 Image.fromarray(lookup[item["frame"]]).save(tmp)
 
 
+def _same_selection(plan_path: Path, plan: list[dict], workdir: Path) -> bool:
+    """Whether `plan_path` already lists exactly these items (ignoring later steps' fields)."""
+    if not plan_path.exists():
+        return False
+    existing = [{k: row.get(k) for k in plan[0]} for row in workers.read_jsonl(plan_path)] if plan else []
+    return existing == plan and all((workdir / item["image"]).exists() for item in plan)
+
+
 def rank_candidates(encoder, spec: dict, embeddings: np.ndarray, videos: list[str], frames: list[int],
                     scenes: list[str], *, top_k: int, normal_k: int, lam: float, neg_aggregate: str,
                     scene_alpha: float | None, scene_quota: int, seed: int) -> list[dict]:
@@ -294,8 +301,12 @@ def run_select(*, videos: str, workdir: str, classes: str = "sht", clip_backend:
     plan = rank_candidates(encoder, spec, embeddings, vids, frames, scenes, top_k=top_k,
                            normal_k=normal_k, lam=lam, neg_aggregate=neg_aggregate,
                            scene_alpha=scene_alpha, scene_quota=scene_quota, seed=seed)
-    _save_init_images(plan, workdir)
     plan_path = workdir / "plan.jsonl"
+    if _same_selection(plan_path, plan, workdir):
+        # Keep the plan as it is: later steps (refine) may have added prompts to it.
+        print(f"select: {plan_path} already holds this selection; left unchanged")
+        return plan_path
+    _save_init_images(plan, workdir)
     workers.write_jsonl(plan_path, plan)
     print(f"select: {len(plan)} items from {len(embeddings)} candidate frames -> {plan_path}")
     return plan_path

@@ -48,7 +48,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence

@@ -130,6 +130,10 @@ def test_select_on_real_clips_with_tiny_clip(tmp_path):
                                  encoder.encode_texts(select.negative_phrases(spec, abuse)), lam=0.5)
     assert plan[0]["score"] == pytest.approx(scores.max(), abs=1e-5)
     mtimes = [p.stat().st_mtime_ns for p in caches]
-    # A rerun reuses the embedding cache and rebuilds the same plan.
-    assert workers.read_jsonl(select.run_select(**kwargs)) == plan
+    # A rerun reuses the embedding cache, finds the same selection and keeps later fields.
+    workers.write_jsonl(plan_path, [{**item, "prompt": "p"} for item in plan])
+    assert workers.read_jsonl(select.run_select(**kwargs)) == [{**item, "prompt": "p"} for item in plan]
     assert [p.stat().st_mtime_ns for p in caches] == mtimes
+    # A different selection rewrites the plan.
+    changed = workers.read_jsonl(select.run_select(**{**kwargs, "top_k": 1}))
+    assert len(changed) == 13 + 3 and "prompt" not in changed[0]
