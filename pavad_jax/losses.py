@@ -254,6 +254,9 @@ def compute_loss(model: Detector, batch: dict[str, jax.Array], weights: dict[str
   if loss_cfg.gv.mode != "none":
     terms["gv_lambda"] = jnp.asarray(gv_lambda, jnp.float32)
 
+  # DARM terms that are switched off are logged as 0, so every config logs the same keys.
+  zero = jnp.zeros((), jnp.float32)
+  terms.update(da_bce=zero, da_dist=zero, da_total=zero, upd=zero)
   total = urdmu_total
   if loss_cfg.darm.domain_alignment and n_pseudo > 0:
     pooled = (h if loss_cfg.darm.pool == "selfatt" else embedded).mean(1)

@@ -1,5 +1,6 @@
 """UR-DMU checkpoint import, the model directory format and pavad-score, against the reference."""
 import math
+import sys
 
 import jax
 import numpy as np
@@ -182,3 +183,9 @@ def test_pavad_score_writes_scores_and_checks_the_feature_dim(imported, tmp_path
     score.main(["--checkpoint", str(model_dir), "--features", str(tmp_path / "small.npy")])
   with pytest.raises(SystemExit, match="not a model directory"):
     score.main(["--checkpoint", str(tmp_path), "--features", str(tmp_path / "video.npy")])
+
+
+def test_import_without_torch_says_how_to_install_it(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+  with pytest.raises(SystemExit, match=r"pip install -e \.\[gen\]"):
+    import_urdmu.main([str(tmp_path / "urdmu.pkl"), "--output", str(tmp_path / "model")])

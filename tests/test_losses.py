@@ -205,6 +205,7 @@ def test_gv_vad_sample_and_batch_scaling():
   model = build_detector(small_model_config(), none_cfg.loss, seed=1)
   weights = losses.default_loss_weights(sample_cfg)
   base, base_terms = loss_fn(none_cfg)(model, batch, weights, key)
+  assert float(base_terms["da_total"]) == 0.0 and float(base_terms["upd"]) == 0.0  # off, still logged
   sample_loss = loss_fn(sample_cfg)
   same, _ = sample_loss(model, batch, {**weights, "gv_lambda": np.float32(1)}, key)
   np.testing.assert_allclose(same, base, rtol=1e-6)  # lambda = 1 turns the scaling off
