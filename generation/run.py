@@ -32,6 +32,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 from generation import workers
 
 STEPS = ("select", "refine", "synthesize", "extract")
@@ -111,25 +113,17 @@ def build_synthetic_test_set(workdir: Path, *, count: int, real_videos: str, rea
             clip = read_frames(test_dir / "videos" / f"{item['id']}.mp4")
             prefix = _resize_frames(read_frames(reals[number % len(reals)], range(real_frames)),
                                     clip.shape[1:3])
-            write_mp4(target, _concat(prefix, clip), fps=synthesize.get("fps", 16))
+            write_mp4(target, np.concatenate([prefix, clip]), fps=synthesize.get("fps", 16))
         labels[item["id"]] = [0] * real_frames + [1] * clip_frames
     workers.atomic_write_json(workdir / "test_labels.json", labels)
 
 
-def _resize_frames(frames, size):
+def _resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (T, H, W, 3) uint8 frames to `size` = (H, W)."""
-    import numpy as np
     from PIL import Image
 
     height, width = size
     return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames])
-
-
-def _concat(first, second):
-    """Stack two frame arrays along time."""
-    import numpy as np
-
-    return np.concatenate([first, second], axis=0)
 
 
 # --------------------------------------------------------------------------- the chain

@@ -289,7 +289,7 @@ def run_select(*, videos: str, workdir: str, classes: str = "sht", clip_backend:
     failed = {row["id"] for row in workers.read_jsonl(errors)} if errors.exists() else set()
     ready = [item for item in items if embedded(item)]
     waiting = [item for item in items if not embedded(item) and item["id"] not in failed]
-    if not ready:
+    if not ready and not waiting:
         raise RuntimeError(f"select: no video could be embedded; see {errors}")
     if waiting:
         print(f"select: {len(waiting)} videos are not embedded yet (other shards still running?); "

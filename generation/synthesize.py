@@ -27,6 +27,7 @@ from pathlib import Path
 
 from generation import workers
 from generation.models import DEFAULT_WAN
+from generation.video_io import fit_image, to_uint8_frames, write_mp4
 
 GUIDANCE = {"sht": (3.5, 3.5), "ucf": (6.5, 4.5)}  # supp. S1.3
 # Nuisances of surveillance-style generation; the paper does not list its negative prompt.
@@ -83,8 +84,6 @@ def run_synthesize(*, workdir: str, plan: str | None = None, model: str = DEFAUL
     def synthesize_item(item):
         started = time.time()
         frames, item_seed_value = synthesize_clip(pipe, item, plan_path, settings, seed)
-        from generation.video_io import write_mp4
-
         write_mp4(out_dir / f"{item['id']}.mp4", frames, fps=fps)
         workers.atomic_write_json(workers.metadata_path(out_dir, item["id"]), {
             "id": item["id"], "prompt": item["prompt"], "class": item["class"],
@@ -105,8 +104,6 @@ def synthesize_clip(pipe, item: dict, plan_path: Path, settings: dict, base_seed
     """Run the pipeline on one item: ((T, H, W, 3) uint8 frames, the seed used)."""
     import torch
     from PIL import Image
-
-    from generation.video_io import fit_image, to_uint8_frames
 
     image = fit_image(Image.open(workers.plan_file_path(plan_path, item["image"])),
                       settings["width"], settings["height"])
