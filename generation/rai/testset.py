@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 
+import cv2
 import numpy as np
 
 
@@ -40,9 +41,16 @@ def frame_labels(num_frames: int, intervals: list[tuple[int, int]]) -> np.ndarra
 
 
 def load_labels(path: str | pathlib.Path, num_frames: int) -> np.ndarray:
-    """Real per-frame labels from .npy or a text file of 0/1 values; must cover num_frames."""
+    """Real per-frame labels: .npy or text of 0/1 values, or a folder of per-frame ground-truth masks
+    (as UCSD Ped2's TestNNN_gt: a frame is anomalous when its mask has any non-zero pixel)."""
     path = pathlib.Path(path)
-    labels = np.load(path) if path.suffix == ".npy" else np.loadtxt(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".bmp", ".png", ".tif", ".tiff"))
+        labels = np.array([(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) > 0).any() for f in files], np.uint8)
+    elif path.suffix == ".npy":
+        labels = np.load(path)
+    else:
+        labels = np.loadtxt(path)
     labels = np.asarray(labels).reshape(-1)
     if labels.shape[0] < num_frames or not np.isin(labels, (0, 1)).all():
         raise ValueError(f"{path}: expected at least {num_frames} labels of 0/1, got {labels.shape[0]} "

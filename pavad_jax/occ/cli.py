@@ -80,6 +80,24 @@ def workdir_config(args) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(saved.read_text()))
 
 
+def generation_spec(config: ml_collections.ConfigDict) -> dict:
+    """The data and generation sections, with '{root}' in video paths replaced by config.data.root."""
+    data = config.data.to_dict()
+    root = data.get("root", "")
+
+    def fill(value):
+        if isinstance(value, str) and "{root}" in value:
+            if not root:
+                raise SystemExit(f"{PROG}: config field 'data.root' is empty but video paths use '{{root}}' "
+                                 f"(pass --config.data.root=/path/to/dataset)")
+            return value.replace("{root}", root)
+        return value
+
+    for split in ("train_videos", "test_videos"):
+        data[split] = [{key: fill(value) for key, value in entry.items()} for entry in data[split]]
+    return {"data": data, "generation": config.generation.to_dict()}
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     """Runs the generation side in a subprocess unless WORKDIR/data is already prepared."""
     from pavad_jax.occ import data as occ_data
@@ -88,7 +106,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib
     if occ_data.is_prepared(data_dir):
         return data_dir
     spec_path = data_dir / "spec.json"
-    write_json(spec_path, {"data": config.data.to_dict(), "generation": config.generation.to_dict()})
+    write_json(spec_path, generation_spec(config))
     repo_root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "generation.rai.cli", "prepare", "--spec", str(spec_path), "--out", str(data_dir)]

@@ -4,6 +4,10 @@ The autoencoder is the convolution-deconvolution network of MemAE (Gong et al. 2
 its memory module, as the paper adapts it: four Conv3D-BN-LeakyReLU layers (the first halves
 H and W only, the others halve T, H and W) and four mirrored transposed convolutions, the last
 one linear. Inputs and outputs are (B, T, H, W, C), channels last.
+
+upsample="transpose" (the paper's) uses transposed convolutions; upsample="resize" repeats
+voxels and applies a stride-1 convolution instead, the same receptive field at a fraction of
+the cost on CPU, where XLA's transposed 3D convolutions are very slow (used by the tiny config).
 """
 from __future__ import annotations
 
@@ -16,12 +20,37 @@ from flax import nnx
 PAPER_WIDTHS = (96, 128, 256, 256)  # MemAE's video encoder widths
 
 
-class ConvBlock(nnx.Module):
-    """Conv3D (or its transpose) + BatchNorm + LeakyReLU(0.2)."""
+UPSAMPLE_MODES = ("transpose", "resize")
 
-    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int, int], transpose: bool, *, rngs: nnx.Rngs):
-        conv = nnx.ConvTranspose if transpose else nnx.Conv
-        self.conv = conv(c_in, c_out, kernel_size=(3, 3, 3), strides=stride, padding="SAME", use_bias=False, rngs=rngs)
+
+class ResizeConv(nnx.Module):
+    """Upsampling by voxel repetition followed by a stride-1 3x3x3 convolution."""
+
+    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int, int], use_bias: bool, *, rngs: nnx.Rngs):
+        self.stride = stride
+        self.conv = nnx.Conv(c_in, c_out, kernel_size=(3, 3, 3), padding="SAME", use_bias=use_bias, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for axis, factor in zip((1, 2, 3), self.stride):
+            x = jnp.repeat(x, factor, axis=axis)
+        return self.conv(x)
+
+
+def _conv(c_in: int, c_out: int, stride, kind: str, use_bias: bool, rngs: nnx.Rngs) -> nnx.Module:
+    """A 3x3x3 layer: 'down' strided conv, or an upsampling 'transpose' / 'resize' layer."""
+    if kind == "resize":
+        return ResizeConv(c_in, c_out, stride, use_bias, rngs=rngs)
+    if kind not in ("down", "transpose"):
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {kind!r}")
+    layer = nnx.Conv if kind == "down" else nnx.ConvTranspose
+    return layer(c_in, c_out, kernel_size=(3, 3, 3), strides=stride, padding="SAME", use_bias=use_bias, rngs=rngs)
+
+
+class ConvBlock(nnx.Module):
+    """Conv3D (strided down, or upsampling) + BatchNorm + LeakyReLU(0.2)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: tuple[int, int, int], kind: str, *, rngs: nnx.Rngs):
+        self.conv = _conv(c_in, c_out, stride, kind, False, rngs)
         self.norm = nnx.BatchNorm(c_out, momentum=0.9, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -36,19 +65,19 @@ def _strides(depth: int) -> list[tuple[int, int, int]]:
 class ConvAutoencoder3D(nnx.Module):
     """3D-CNN autoencoder for frame clips (C=3 or 1) or flow clips (C=2)."""
 
-    def __init__(self, channels: int, widths: Sequence[int] = PAPER_WIDTHS, *, rngs: nnx.Rngs):
+    def __init__(self, channels: int, widths: Sequence[int] = PAPER_WIDTHS, upsample: str = "transpose", *,
+                 rngs: nnx.Rngs):
         widths = tuple(widths)
         strides = _strides(len(widths))
         self.channels = channels
         self.time_factor, self.space_factor = 2 ** (len(widths) - 1), 2 ** len(widths)
         ins = (channels,) + widths[:-1]
-        self.encoder = nnx.List([ConvBlock(i, o, s, False, rngs=rngs) for i, o, s in zip(ins, widths, strides)])
+        self.encoder = nnx.List([ConvBlock(i, o, s, "down", rngs=rngs) for i, o, s in zip(ins, widths, strides)])
         dec_widths = widths[::-1]
         dec_outs = dec_widths[1:]
-        self.decoder = nnx.List([ConvBlock(i, o, s, True, rngs=rngs)
+        self.decoder = nnx.List([ConvBlock(i, o, s, upsample, rngs=rngs)
                                  for i, o, s in zip(dec_widths[:-1], dec_outs, strides[::-1][:-1])])
-        self.head = nnx.ConvTranspose(widths[0], channels, kernel_size=(3, 3, 3), strides=strides[0],
-                                      padding="SAME", rngs=rngs)
+        self.head = _conv(widths[0], channels, strides[0], upsample, True, rngs)
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Raises if a (B, T, H, W, C) input cannot pass the strides and come back the same size."""

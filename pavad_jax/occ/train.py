@@ -47,7 +47,8 @@ def flows_to_input(flows: jax.Array, flow_scale: float) -> jax.Array:
 def build_autoencoder(config: ml_collections.ConfigDict, kind: str, seed: int) -> models.ConvAutoencoder3D:
     """A^s (kind 'spatial', frame channels) or A^t (kind 'temporal', 2 flow channels)."""
     channels = config.data.channels if kind == "spatial" else 2
-    return models.ConvAutoencoder3D(channels, tuple(config[kind].widths), rngs=nnx.Rngs(seed))
+    section = config[kind]
+    return models.ConvAutoencoder3D(channels, tuple(section.widths), section.upsample, rngs=nnx.Rngs(seed))
 
 
 def build_discriminator(config: ml_collections.ConfigDict, feature_dim: int, seed: int) -> models.Discriminator:
@@ -63,12 +64,13 @@ def make_ae_step(graphdef, tx: optax.GradientTransformation, p_pseudo: float, to
         use_pseudo = jax.random.bernoulli(jax.random.fold_in(key, state["step"]), p_pseudo, (target.shape[0],))
         inputs = jnp.where(use_pseudo[:, None, None, None, None], pseudo, target)
 
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, state["rest"])
+        def loss_fn(params, rest):
+            # copy: fresh Variables at this trace level, so BatchNorm may update its statistics
+            model = nnx.merge(graphdef, params, rest, copy=True)
             loss = jnp.mean(models.reconstruction_mse(model(inputs), target))
-            return loss, nnx.state(model, nnx.Not(nnx.Param))
+            return loss, nnx.split(model, nnx.Param, ...)[2]
 
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["rest"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = dict(params=optax.apply_updates(state["params"], updates), rest=rest,
                          opt_state=opt_state, step=state["step"] + 1)
@@ -83,12 +85,12 @@ def make_disc_step(graphdef, tx: optax.GradientTransformation) -> Callable:
     def step(state: dict, features: jax.Array, labels: jax.Array, key: jax.Array):
         del key  # D has no randomness; the signature matches the autoencoder step
 
-        def loss_fn(params):
-            logits = nnx.merge(graphdef, params, state["rest"])(features)
+        def loss_fn(params, rest):
+            logits = nnx.merge(graphdef, params, rest, copy=True)(features)
             loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
             return loss, jnp.mean((logits > 0) == (labels > 0.5))
 
-        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["rest"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new_state = dict(params=optax.apply_updates(state["params"], updates), rest=state["rest"],
                          opt_state=opt_state, step=state["step"] + 1)
