@@ -137,3 +137,15 @@ def test_select_on_real_clips_with_tiny_clip(tmp_path):
     # A different selection rewrites the plan.
     changed = workers.read_jsonl(select.run_select(**{**kwargs, "top_k": 1}))
     assert len(changed) == 13 + 3 and "prompt" not in changed[0]
+
+
+def test_sharded_select_writes_the_plan_once_every_video_is_embedded(tmp_path):
+    kwargs = dict(videos=str(SAMPLES / "carphone_pristine.mp4"), workdir=str(tmp_path), classes="sht",
+                  clip_backend="transformers", clip_model="tiny", top_k=1, normal_k=1,
+                  frame_step=30, frames_per_video=2)
+    # One video, two shards: shard 1 has nothing to do and waits for shard 0.
+    assert select.run_select(**kwargs, shard=(1, 2)) is None
+    assert not (tmp_path / "plan.jsonl").exists()
+    plan = workers.read_jsonl(select.run_select(**kwargs, shard=(0, 2)))
+    assert len(plan) == 13 + 1 and {item["frame"] for item in plan} <= {0, 90}
+    assert select.run_select(**kwargs, shard=(1, 2)) == tmp_path / "plan.jsonl"
