@@ -131,6 +131,13 @@ def _set_field(config: ml_collections.ConfigDict, path: str, value) -> None:
         node[leaf] = value
 
 
+def _get_field(config: ml_collections.ConfigDict, path: str):
+    node = config
+    for p in path.split("."):
+        node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+    return node
+
+
 def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
     """get_config(arg) of a config file: how a sweep config starts from a training config."""
     import importlib.util
@@ -309,6 +316,21 @@ def make_sweep_step(graphdef, tx, config):
     return sweep_step
 
 
+_PROGRAMS: dict = {}
+
+
+def jitted_sweep_step(graphdef, config):
+    """jit(make_sweep_step), state donated; one per structure and process, so groups (and reruns in
+    one process) of the same structure reuse the compiled program."""
+    static = {"loss": config.loss.to_dict(), "batch": config.data.batch.to_dict(),
+              "steps_per_dispatch": config.train.steps_per_dispatch}
+    key = ("step", graphdef, json.dumps(static, sort_keys=True, default=str))
+    if key not in _PROGRAMS:
+        tx = train.make_optimizer(config.optim)  # its hyperparameters come from each member's state
+        _PROGRAMS[key] = jax.jit(make_sweep_step(graphdef, tx, config), donate_argnums=0)
+    return _PROGRAMS[key]
+
+
 def make_member_scorer(graphdef):
     """jit(params, rest, features, mask) -> (M, B, T) test-mode scores of every member."""
 
@@ -377,7 +399,7 @@ class MemberEvaluator:
     def __init__(self, config, graphdef, mesh: Mesh):
         self.batches, self.evalset = pipeline.make_eval_batches(config.data)
         self.mesh = mesh
-        self.scorer = make_member_scorer(graphdef)
+        self.scorer = _PROGRAMS.setdefault(("score", graphdef), make_member_scorer(graphdef))
 
     def __call__(self, params, rest) -> list[dict]:
         scores = None
@@ -416,8 +438,6 @@ def train_group(group: Group, members: list[dict], base, workdir: pathlib.Path, 
         group_dir.mkdir(parents=True, exist_ok=True)
     mesh = member_mesh(group.size)
     graphdef, _, _ = train.split_model(padded_template(config, group.a_slots, group.n_slots))
-    tx = train.make_optimizer(config.optim)  # its hyperparameters come from each member's state
-
     state = init_group_state(group, members, base, mesh)
     data = SweepData(config, mesh)
     evaluator = MemberEvaluator(config, graphdef, mesh)
@@ -427,7 +447,7 @@ def train_group(group: Group, members: list[dict], base, workdir: pathlib.Path, 
     progress = progress or {"step": 0, "best_auc": [-1.0] * n, "best_step": [-1] * n, "best_metrics": [None] * n,
                             "final_auc": [None] * n, "final_loss": [None] * n, "train_wall_s": 0.0}
     step = int(progress["step"])
-    sweep_step = jax.jit(make_sweep_step(graphdef, tx, config), donate_argnums=0)
+    sweep_step = jitted_sweep_step(graphdef, config)
 
     total, k = int(config.train.steps), int(config.train.steps_per_dispatch)
     if total % k:
@@ -524,8 +544,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
         if is_main:
             _atomic_write(progress_path, json.dumps(done, indent=2))
     rows = sorted((r for g in done["groups"].values() for r in g["results"]), key=lambda r: r["member"])
+    axes = list(dict.fromkeys(a for m in members for a in m))
+    for row in rows:  # a list sweep may set an axis on some members only: record every member's value
+        config_of_member = member_config(base, members[row["member"]])
+        for axis in axes:
+            row.setdefault(axis, _jsonable(_get_field(config_of_member, AXES[axis])))
     if is_main:
-        write_results(workdir, rows, list(members[0]) if members else [])
+        write_results(workdir, rows, axes)
     return rows
 
 

@@ -1,0 +1,280 @@
+"""pavad-bench: detector throughput on the current device, against a matmul peak measured in the same run.
+
+  pavad-bench --model urdmu --batch-size 8 --segments 200 --feature-dim 1024 --steps 20
+  pavad-bench --model darm --batch-size 64 --segments 200 --steps 50 --members 8 --json bench.json
+
+Inputs are random; the model is UR-DMU's default architecture (hidden 512, 4 heads, 60 + 60
+memory slots) unless flags say otherwise. B = --batch-size means B/2 normal + B/2 abnormal
+videos of T = --segments segments; `darm` (PA-VAD's full loss) adds B/2 pseudo-normal videos for
+the domain-alignment term, so it feeds 1.5 B rows. Reported (docs/sweeps.md explains each):
+
+  compile_s              lowering + compiling the train step
+  train_step_ms          median wall time of one optimiser update (a dispatch / steps per dispatch)
+  train_segments_per_s   rows x T / train_step_ms
+  infer_segments_per_s   test-mode scoring of B videos of T segments
+  flops_per_step         XLA's cost analysis of the compiled train step, per update
+  achieved_flops_per_s   flops_per_step / train_step_ms
+  matmul_peak_flops_per_s  a large float32 matmul timed the same way on the same device
+  fraction_of_peak       achieved / peak
+  sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members
+
+The same code runs on CPU, GPU and TPU: only jax's own device choice differs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from pavad_jax import sweep, train
+from pavad_jax.config_base import base_config
+from pavad_jax.losses import default_loss_weights
+from pavad_jax.models.detector import build_detector, default_loss_config
+
+
+def bench_config(model: str, batch_size: int, segments: int, feature_dim: int, *, hidden: int = 512,
+                 slots: int = 60, steps_per_dispatch: int = 1):
+    """A training config for the benchmark: UR-DMU's sizes, `darm` adding the DARM losses."""
+    if model not in ("urdmu", "darm"):
+        raise ValueError(f"--model must be urdmu or darm, got {model!r}")
+    if batch_size < 2 or batch_size % 2:
+        raise ValueError(f"--batch-size must be even and >= 2 (B/2 normal + B/2 abnormal), got {batch_size}")
+    config = base_config()
+    config.model.feature_dim = feature_dim
+    config.model.hidden = hidden
+    config.model.mlp_dim = hidden
+    config.model.a_slots = config.model.n_slots = slots
+    config.loss = default_loss_config("pavad" if model == "darm" else "urdmu")
+    half = batch_size // 2
+    config.data.batch.normal = config.data.batch.abnormal = half
+    config.data.batch.pseudo_normal = half if model == "darm" else 0
+    config.data.segments = segments
+    config.train.steps_per_dispatch = steps_per_dispatch
+    return config
+
+
+def random_batches(config, key, steps: int) -> dict:
+    """`steps` stacked random training batches (k, rows, T, D) in the trainer's layout."""
+    counts = [config.data.batch.normal, config.data.batch.abnormal, config.data.batch.pseudo_normal]
+    rows = sum(counts)
+    stream = np.repeat(np.arange(3), counts).astype(np.int32)
+    features = jax.random.uniform(key, (steps, rows, config.data.segments, config.model.feature_dim), jnp.float32)
+    label = np.broadcast_to((stream == 1).astype(np.float32), (steps, rows))
+    return {"features": features, "label": jnp.asarray(label), "synthetic": jnp.asarray(label),
+            "stream": jnp.asarray(np.broadcast_to(stream, (steps, rows)))}
+
+
+def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
+    """Wall seconds of `calls` calls of fn(*args_fn()), each waited for (the first, warm-up, dropped)."""
+    out = fn(*args_fn())
+    jax.block_until_ready(out)
+    times = []
+    for _ in tqdm(range(calls), desc=desc, leave=False, unit="call"):
+        args = args_fn()
+        start = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def flops_of(compiled) -> float | None:
+    """XLA's FLOP count of a compiled program (None where the backend gives none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    if not analysis or "flops" not in analysis:
+        return None
+    return float(analysis["flops"])
+
+
+def matmul_peak(calls: int = 5, min_seconds: float = 0.05, max_n: int = 8192) -> dict:
+    """FLOP/s of an n x n float32 matmul, n doubled from 512 until one call takes >= min_seconds."""
+    n = 512
+    while True:
+        a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (0, 1))
+        matmul = jax.jit(jnp.dot)
+        times = time_calls(matmul, lambda: (a, b), calls, f"matmul {n}")
+        median = statistics.median(times)
+        if median >= min_seconds or n >= max_n:
+            return {"n": n, "seconds": median, "flops_per_s": 2.0 * n**3 / median}
+        n *= 2
+
+
+def bench_train(config, steps: int) -> dict:
+    """Compile time, step time, FLOPs of pavad-train's jitted step on random batches."""
+    detector = build_detector(config.model, config.loss, seed=0)
+    graphdef, params, rest = train.split_model(detector)
+    tx = train.make_optimizer(config.optim)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    weights = jax.tree.map(jnp.asarray, default_loss_weights(config))
+    k = int(config.train.steps_per_dispatch)
+    batches = random_batches(config, jax.random.key(1), k)
+    step = jax.jit(train.make_train_step(graphdef, rest, tx, config), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = step.lower(state, batches, weights).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run(batches):
+        holder["state"], terms = compiled(holder["state"], batches, weights)
+        return terms
+
+    times = time_calls(run, lambda: (batches,), steps, "train step")
+    step_s = statistics.median(times) / k
+    flops = flops_of(compiled)
+    rows = batches["features"].shape[1]
+    return {"compile_s": compile_s, "train_step_ms": 1e3 * step_s,
+            "train_segments_per_s": rows * config.data.segments / step_s,
+            "flops_per_step": None if flops is None else flops / k,
+            "achieved_flops_per_s": None if flops is None else flops / k / step_s,
+            "graphdef": graphdef, "params": holder["state"]["params"], "rest": rest}
+
+
+def bench_infer(graphdef, params, rest, config, steps: int) -> float:
+    """Segments per second of test-mode scoring of B videos (normal + abnormal rows) of T segments."""
+    rows = config.data.batch.normal + config.data.batch.abnormal
+    features = jax.random.uniform(jax.random.key(2), (rows, config.data.segments, config.model.feature_dim))
+    from flax import nnx
+
+    score = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest).scores(x))
+    times = time_calls(score, lambda: (params, features), steps, "inference")
+    return rows * config.data.segments / statistics.median(times)
+
+
+def stacked_state(params, rest, tx, config, members: int) -> dict:
+    """The sweep's state for `members` copies of one model (throughput only: the values do not matter)."""
+    stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (members, *jnp.shape(x))).copy(), tree)
+    weights = default_loss_weights(config)
+    return {"step": jnp.zeros((), jnp.int32), "params": stack(params), "rest": stack(rest),
+            "opt_state": stack(tx.init(params)), "seed": jnp.arange(members, dtype=jnp.uint32),
+            "weights": {n: jnp.full((members,), v) for n, v in weights.items()}}
+
+
+def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) -> list[dict]:
+    """Member-steps per second of the vmapped sweep step for 1, 2, 4, ..., max_members members."""
+    counts, m = [], 1
+    while m < max_members:
+        counts.append(m)
+        m *= 2
+    counts.append(max_members)
+    tx = train.make_optimizer(config.optim)
+    k = int(config.train.steps_per_dispatch)
+    batches = random_batches(config, jax.random.key(3), k)
+    results = []
+    for members in counts:
+        mesh = sweep.member_mesh(members)
+        state = stacked_state(params, rest, tx, config, members)
+        step_count = jax.device_put(state.pop("step"), NamedSharding(mesh, P()))
+        state = jax.device_put(state, NamedSharding(mesh, P(sweep.MEMBER_AXIS))) | {"step": step_count}
+        step = jax.jit(sweep.make_sweep_step(graphdef, tx, config), donate_argnums=0)
+        start = time.perf_counter()
+        compiled = step.lower(state, batches).compile()
+        compile_s = time.perf_counter() - start
+        holder = {"state": state}
+
+        def run(batches):
+            holder["state"], terms = compiled(holder["state"], batches)
+            return terms
+
+        median = statistics.median(time_calls(run, lambda: (batches,), steps, f"sweep x{members}"))
+        results.append({"members": members, "devices": mesh.devices.size, "compile_s": compile_s,
+                        "dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median})
+    return results
+
+
+def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *, members: int = 0,
+                  hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1) -> dict:
+    """Every figure of the benchmark as a JSON-able dict."""
+    config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
+                          steps_per_dispatch=steps_per_dispatch)
+    device = jax.devices()[0]
+    result = {"model": model, "batch_size": batch_size, "rows": sum(config.data.batch.values()),
+              "segments": segments, "feature_dim": feature_dim, "hidden": hidden, "slots": slots,
+              "steps": steps, "steps_per_dispatch": steps_per_dispatch, "platform": device.platform,
+              "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__}
+    train_result = bench_train(config, steps)
+    graphdef, params, rest = (train_result.pop(k) for k in ("graphdef", "params", "rest"))
+    result |= train_result
+    result["infer_segments_per_s"] = bench_infer(graphdef, params, rest, config, steps)
+    peak = matmul_peak()
+    result["matmul_n"], result["matmul_peak_flops_per_s"] = peak["n"], peak["flops_per_s"]
+    achieved = result["achieved_flops_per_s"]
+    result["fraction_of_peak"] = None if achieved is None else achieved / peak["flops_per_s"]
+    if members:
+        result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps)
+    return result
+
+
+def format_report(result: dict) -> str:
+    """The figures as aligned text lines."""
+    def g(value, scale=1.0, fmt="{:.3g}"):
+        return "n/a" if value is None else fmt.format(value / scale)
+
+    lines = [
+        f"{result['model']} on {result['platform']} ({result['device_kind']}): B={result['batch_size']} "
+        f"({result['rows']} rows), T={result['segments']}, D={result['feature_dim']}, hidden={result['hidden']}, "
+        f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch",
+        f"  compile_s             {result['compile_s']:.2f}",
+        f"  train_step_ms         {result['train_step_ms']:.2f}",
+        f"  train_segments_per_s  {result['train_segments_per_s']:.0f}",
+        f"  infer_segments_per_s  {result['infer_segments_per_s']:.0f}",
+        f"  flops_per_step        {g(result['flops_per_step'], 1e9)} GFLOP",
+        f"  achieved              {g(result['achieved_flops_per_s'], 1e9)} GFLOP/s",
+        f"  matmul peak           {result['matmul_peak_flops_per_s'] / 1e9:.3g} GFLOP/s "
+        f"(f32 {result['matmul_n']}x{result['matmul_n']})",
+        f"  fraction_of_peak      {g(result['fraction_of_peak'], 0.01, '{:.1f}')} %",
+    ]
+    for row in result.get("sweep", []):
+        lines.append(f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
+                     f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
+                     f"compile {row['compile_s']:.1f} s)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="pavad-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("urdmu", "darm"), default="urdmu",
+                        help="urdmu: UR-DMU's loss; darm: PA-VAD's (UR-DMU + L_DA + L_upd, B/2 pseudo-normal rows more)")
+    parser.add_argument("--batch-size", type=int, default=8, help="B: B/2 normal + B/2 abnormal videos (default 8)")
+    parser.add_argument("--segments", type=int, default=200, help="T, segments per video (default 200)")
+    parser.add_argument("--feature-dim", type=int, default=1024, help="D, feature size (default 1024, I3D)")
+    parser.add_argument("--hidden", type=int, default=512, help="UR-DMU's hidden size (default 512)")
+    parser.add_argument("--slots", type=int, default=60, help="memory slots per bank (default 60)")
+    parser.add_argument("--steps", type=int, default=20, help="timed calls of each program (median reported)")
+    parser.add_argument("--steps-per-dispatch", type=int, default=1,
+                        help="optimiser updates per jitted call (lax.scan), as train.steps_per_dispatch")
+    parser.add_argument("--members", type=int, default=0,
+                        help="also time the vmapped sweep step for 1, 2, 4, ..., M members")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="write every figure to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("segments", "feature_dim", "hidden", "slots", "steps", "steps_per_dispatch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
+    except ValueError as e:
+        parser.error(str(e))
+    result = run_benchmark(args.model, args.batch_size, args.segments, args.feature_dim, args.steps,
+                           members=args.members, hidden=args.hidden, slots=args.slots,
+                           steps_per_dispatch=args.steps_per_dispatch)
+    print(format_report(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.json)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

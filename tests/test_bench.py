@@ -1,0 +1,64 @@
+"""pavad-bench: config and batch layout, XLA FLOP counts, the matmul peak and the whole report."""
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pavad_jax import bench
+
+
+def test_batch_layout_matches_the_trainer():
+    config = bench.bench_config("darm", 6, 16, 24, hidden=8, slots=4)
+    assert (config.data.batch.normal, config.data.batch.abnormal, config.data.batch.pseudo_normal) == (3, 3, 3)
+    assert config.loss.darm.domain_alignment and config.loss.darm.usage_update
+    batches = bench.random_batches(config, jax.random.key(0), steps=2)
+    assert batches["features"].shape == (2, 9, 16, 24)
+    np.testing.assert_array_equal(batches["stream"][0], [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(batches["label"][1], [0, 0, 0, 1, 1, 1, 0, 0, 0])
+    plain = bench.bench_config("urdmu", 6, 16, 24)
+    assert plain.data.batch.pseudo_normal == 0 and not plain.loss.darm.domain_alignment
+    with pytest.raises(ValueError, match="even"):
+        bench.bench_config("urdmu", 5, 16, 24)
+    with pytest.raises(ValueError, match="urdmu or darm"):
+        bench.bench_config("rtfm", 4, 16, 24)
+
+
+def test_flops_come_from_xla_cost_analysis():
+    a = jnp.ones((64, 32))
+    b = jnp.ones((32, 16))
+    compiled = jax.jit(jnp.dot).lower(a, b).compile()
+    assert bench.flops_of(compiled) == pytest.approx(2 * 64 * 32 * 16, rel=0.01)
+
+
+def test_matmul_peak_grows_until_a_call_is_long_enough():
+    peak = bench.matmul_peak(calls=2, min_seconds=1e9, max_n=1024)  # never long enough: stops at max_n
+    assert peak["n"] == 1024 and peak["flops_per_s"] == pytest.approx(2 * 1024**3 / peak["seconds"])
+    quick = bench.matmul_peak(calls=2, min_seconds=0.0)
+    assert quick["n"] == 512
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_reports_every_figure(tmp_path):
+    result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members=3, hidden=8, slots=4, steps_per_dispatch=2)
+    assert result["rows"] == 6 and result["steps_per_dispatch"] == 2
+    for name in ("compile_s", "train_step_ms", "train_segments_per_s", "infer_segments_per_s", "flops_per_step",
+                 "achieved_flops_per_s", "matmul_peak_flops_per_s", "fraction_of_peak"):
+        assert result[name] > 0, name
+    assert result["train_segments_per_s"] == pytest.approx(6 * 32 / (result["train_step_ms"] / 1e3))
+    assert result["fraction_of_peak"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_peak_flops_per_s"])
+    assert [row["members"] for row in result["sweep"]] == [1, 2, 3]
+    assert all(row["member_steps_per_s"] > 0 for row in result["sweep"])
+    text = bench.format_report(result)
+    assert "fraction_of_peak" in text and "3 members" in text
+    json.dumps(result)  # JSON-able as --json writes it
+
+
+def test_cli_help_and_bad_flags():
+    help_text = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--members" in help_text.stdout and "matmul" in help_text.stdout
+    bad = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--batch-size", "3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "even" in bad.stderr
