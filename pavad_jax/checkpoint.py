@@ -28,64 +28,64 @@ STATE_DIR = "state"
 
 
 def _split_config(config: Any) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """(model, loss) configs from an experiment config (`.model`, `.loss`) or a bare model config."""
-  if "feature_dim" in config:
-    return ml_collections.ConfigDict(config), default_loss_config()
-  if "model" not in config:
-    raise ValueError("export_model needs a model config (with feature_dim) or a config with a `model` field")
-  loss = config.loss if "loss" in config else default_loss_config()
-  return ml_collections.ConfigDict(config.model), ml_collections.ConfigDict(loss)
+    """(model, loss) configs from an experiment config (`.model`, `.loss`) or a bare model config."""
+    if "feature_dim" in config:
+        return ml_collections.ConfigDict(config), default_loss_config()
+    if "model" not in config:
+        raise ValueError("export_model needs a model config (with feature_dim) or a config with a `model` field")
+    loss = config.loss if "loss" in config else default_loss_config()
+    return ml_collections.ConfigDict(config.model), ml_collections.ConfigDict(loss)
 
 
 def _write_json_atomic(path: pathlib.Path, payload: dict) -> None:
-  """Write JSON to a temporary file beside `path`, then rename it into place."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+    """Write JSON to a temporary file beside `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def export_model(directory: str | os.PathLike, detector: Detector, config: Any) -> pathlib.Path:
-  """Write `detector` and its config to `directory` (replacing a previous export there)."""
-  directory = pathlib.Path(directory).absolute()
-  directory.mkdir(parents=True, exist_ok=True)
-  model_cfg, loss_cfg = _split_config(config)
-  state = nnx.to_pure_dict(nnx.state(detector))
-  with ocp.StandardCheckpointer() as checkpointer:  # orbax writes to a temp dir and renames
-    checkpointer.save(directory / STATE_DIR, state, force=True)
-    checkpointer.wait_until_finished()
-  _write_json_atomic(directory / CONFIG_FILE, {
-      "format": FORMAT_VERSION,
-      "model": json.loads(model_cfg.to_json()),
-      "loss": json.loads(loss_cfg.to_json()),
-  })
-  return directory
+    """Write `detector` and its config to `directory` (replacing a previous export there)."""
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    model_cfg, loss_cfg = _split_config(config)
+    state = nnx.to_pure_dict(nnx.state(detector))
+    with ocp.StandardCheckpointer() as checkpointer:  # orbax writes to a temp dir and renames
+        checkpointer.save(directory / STATE_DIR, state, force=True)
+        checkpointer.wait_until_finished()
+    _write_json_atomic(directory / CONFIG_FILE, {
+        "format": FORMAT_VERSION,
+        "model": json.loads(model_cfg.to_json()),
+        "loss": json.loads(loss_cfg.to_json()),
+    })
+    return directory
 
 
 def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The {model, loss} config of a model directory, with a clear error when it is not one."""
-  path = pathlib.Path(directory) / CONFIG_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"{directory} is not a model directory: {CONFIG_FILE} is missing "
-                            "(write one with export_model or pavad-import-urdmu)")
-  payload = json.loads(path.read_text())
-  if payload.get("format") != FORMAT_VERSION or "model" not in payload:
-    raise ValueError(f"{path}: unsupported model format {payload.get('format')!r} (expected {FORMAT_VERSION})")
-  loss = default_loss_config()
-  loss.update(payload.get("loss", {}))
-  return ml_collections.ConfigDict({"model": payload["model"], "loss": loss})
+    """The {model, loss} config of a model directory, with a clear error when it is not one."""
+    path = pathlib.Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a model directory: {CONFIG_FILE} is missing "
+                                "(write one with export_model or pavad-import-urdmu)")
+    payload = json.loads(path.read_text())
+    if payload.get("format") != FORMAT_VERSION or "model" not in payload:
+        raise ValueError(f"{path}: unsupported model format {payload.get('format')!r} (expected {FORMAT_VERSION})")
+    loss = default_loss_config()
+    loss.update(payload.get("loss", {}))
+    return ml_collections.ConfigDict({"model": payload["model"], "loss": loss})
 
 
 def load_model(directory: str | os.PathLike) -> tuple[Detector, ml_collections.ConfigDict]:
-  """Rebuild the Detector saved in `directory`; returns (detector, config with .model and .loss)."""
-  directory = pathlib.Path(directory).absolute()
-  config = read_config(directory)
-  abstract = nnx.eval_shape(lambda: build_detector(config.model, config.loss, seed=0))
-  graphdef, abstract_state = nnx.split(abstract)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        nnx.to_pure_dict(abstract_state))
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(directory / STATE_DIR, target)
-  nnx.replace_by_pure_dict(abstract_state, restored)
-  return nnx.merge(graphdef, abstract_state), config
+    """Rebuild the Detector saved in `directory`; returns (detector, config with .model and .loss)."""
+    directory = pathlib.Path(directory).absolute()
+    config = read_config(directory)
+    abstract = nnx.eval_shape(lambda: build_detector(config.model, config.loss, seed=0))
+    graphdef, abstract_state = nnx.split(abstract)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          nnx.to_pure_dict(abstract_state))
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(directory / STATE_DIR, target)
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return nnx.merge(graphdef, abstract_state), config

@@ -11,82 +11,82 @@ import numpy as np
 
 
 def load_features(path: str, feature_dim: int) -> np.ndarray:
-  """A (T, D) or (crops, T, D) float array from an .npy file, checked against the model's D."""
-  try:
-    features = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as err:
-    raise SystemExit(f"error: cannot read features from {path}: {err}") from err
-  if features.ndim not in (2, 3) or 0 in features.shape:
-    raise SystemExit(f"error: {path}: features must be (T, D) or (crops, T, D), got shape {features.shape}")
-  if features.shape[-1] != feature_dim:
-    raise SystemExit(f"error: {path}: feature dimension D={features.shape[-1]} does not match the checkpoint's "
-                     f"feature_dim={feature_dim} (last axis of shape {features.shape})")
-  if not np.issubdtype(features.dtype, np.floating):
-    raise SystemExit(f"error: {path}: features must be floating point, got {features.dtype}")
-  return features.astype(np.float32)
+    """A (T, D) or (crops, T, D) float array from an .npy file, checked against the model's D."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot read features from {path}: {err}") from err
+    if features.ndim not in (2, 3) or 0 in features.shape:
+        raise SystemExit(f"error: {path}: features must be (T, D) or (crops, T, D), got shape {features.shape}")
+    if features.shape[-1] != feature_dim:
+        raise SystemExit(f"error: {path}: feature dimension D={features.shape[-1]} does not match the checkpoint's "
+                         f"feature_dim={feature_dim} (last axis of shape {features.shape})")
+    if not np.issubdtype(features.dtype, np.floating):
+        raise SystemExit(f"error: {path}: features must be floating point, got {features.dtype}")
+    return features.astype(np.float32)
 
 
 def score_video(detector, features: np.ndarray) -> np.ndarray:
-  """(T, D) or (crops, T, D) -> (T,) scores, crops averaged."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    """(T, D) or (crops, T, D) -> (T,) scores, crops averaged."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  batch = features[None] if features.ndim == 3 else features[None, None]
-  with jax.default_matmul_precision("highest"):  # full fp32 on GPU/TPU too (no TF32/bf16 passes)
-    scores = jax.jit(detector.scores)(jnp.asarray(batch))
-  return np.asarray(scores[0])
+    batch = features[None] if features.ndim == 3 else features[None, None]
+    with jax.default_matmul_precision("highest"):  # full fp32 on GPU/TPU too (no TF32/bf16 passes)
+        scores = jax.jit(detector.scores)(jnp.asarray(batch))
+    return np.asarray(scores[0])
 
 
 def save_atomic(path: str, array: np.ndarray) -> None:
-  """np.save to a temporary file beside `path`, then rename it into place."""
-  target = pathlib.Path(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp.npy")
-  with os.fdopen(fd, "wb") as f:
-    np.save(f, array)
-  os.replace(tmp, target)
+    """np.save to a temporary file beside `path`, then rename it into place."""
+    target = pathlib.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp.npy")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, target)
 
 
 def summary(scores: np.ndarray, top: int = 5) -> str:
-  """T, min/mean/max and the highest-scoring segments, as printed lines."""
-  order = np.argsort(-scores, kind="stable")[:top]
-  best = ", ".join(f"{i} ({scores[i]:.4f})" for i in order)
-  return (f"T={scores.shape[0]} segments  min={scores.min():.4f}  mean={scores.mean():.4f}  max={scores.max():.4f}\n"
-          f"top segments (index, score): {best}")
+    """T, min/mean/max and the highest-scoring segments, as printed lines."""
+    order = np.argsort(-scores, kind="stable")[:top]
+    best = ", ".join(f"{i} ({scores[i]:.4f})" for i in order)
+    return (f"T={scores.shape[0]} segments  min={scores.min():.4f}  mean={scores.mean():.4f}  max={scores.max():.4f}\n"
+            f"top segments (index, score): {best}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="pavad-score",
-      description="Score one video: reads its segment features (T, D) or (crops, T, D) from an .npy file, "
-      "writes one anomaly score in [0, 1] per segment (crops averaged; a segment is 16 frames for "
-      "I3D features) and prints a short summary.")
-  parser.add_argument("--checkpoint", required=True,
-                      help="model directory written by pavad-train, pavad-import-urdmu or export_model")
-  parser.add_argument("--features", required=True, help=".npy file with (T, D) or (crops, T, D) features")
-  parser.add_argument("--output", help="where to write the (T,) float32 scores as .npy (default: not written)")
-  parser.add_argument("--top", type=int, default=5, help="how many top segments to print (default 5)")
-  return parser
+    parser = argparse.ArgumentParser(
+        prog="pavad-score",
+        description="Score one video: reads its segment features (T, D) or (crops, T, D) from an .npy file, "
+        "writes one anomaly score in [0, 1] per segment (crops averaged; a segment is 16 frames for "
+        "I3D features) and prints a short summary.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model directory written by pavad-train, pavad-import-urdmu or export_model")
+    parser.add_argument("--features", required=True, help=".npy file with (T, D) or (crops, T, D) features")
+    parser.add_argument("--output", help="where to write the (T,) float32 scores as .npy (default: not written)")
+    parser.add_argument("--top", type=int, default=5, help="how many top segments to print (default 5)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  from pavad_jax.checkpoint import load_model, read_config  # pylint: disable=import-outside-toplevel
+    args = build_parser().parse_args(argv)
+    from pavad_jax.checkpoint import load_model, read_config  # pylint: disable=import-outside-toplevel
 
-  try:
-    feature_dim = int(read_config(args.checkpoint).model.feature_dim)
-  except (FileNotFoundError, ValueError) as err:
-    raise SystemExit(f"error: {err}") from err
-  features = load_features(args.features, feature_dim)
-  detector, _ = load_model(args.checkpoint)
-  scores = score_video(detector, features)
-  if args.output:
-    save_atomic(args.output, scores.astype(np.float32))
-  print(summary(scores, args.top))
-  if args.output:
-    print(f"wrote {args.output}")
-  return 0
+    try:
+        feature_dim = int(read_config(args.checkpoint).model.feature_dim)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    features = load_features(args.features, feature_dim)
+    detector, _ = load_model(args.checkpoint)
+    scores = score_video(detector, features)
+    if args.output:
+        save_atomic(args.output, scores.astype(np.float32))
+    print(summary(scores, args.top))
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -16,188 +16,188 @@ from urdmu_torch_reference import WSAD, ad_loss
 
 
 def small_config(**overrides):
-  cfg = default_model_config()
-  cfg.update(dict(feature_dim=24, hidden=32, mlp_dim=32, cls_hidden=16, a_slots=20, n_slots=17))
-  cfg.update(overrides)
-  return cfg
+    cfg = default_model_config()
+    cfg.update(dict(feature_dim=24, hidden=32, mlp_dim=32, cls_hidden=16, a_slots=20, n_slots=17))
+    cfg.update(overrides)
+    return cfg
 
 
 def jit_scores(detector):
-  """detector.scores, jitted (eager NNX calls are slow on a busy CPU)."""
-  return jax.jit(lambda x, mask=None: detector.scores(x, mask))
+    """detector.scores, jitted (eager NNX calls are slow on a busy CPU)."""
+    return jax.jit(lambda x, mask=None: detector.scores(x, mask))
 
 
 def jit_train_forward(detector):
-  """detector.urdmu.train_forward, jitted."""
-  return jax.jit(lambda x, key, noise=None: detector.urdmu.train_forward(x, key, reparam_noise=noise))
+    """detector.urdmu.train_forward, jitted."""
+    return jax.jit(lambda x, key, noise=None: detector.urdmu.train_forward(x, key, reparam_noise=noise))
 
 
 def test_parameter_count_for_i3d_features():
-  detector = nnx.eval_shape(lambda: build_detector(default_model_config(), seed=0))
-  assert count_parameters(detector.urdmu) == 6_492_929
-  # The DARM discriminator (512 -> 256 -> 1) is extra: not part of UR-DMU's count.
-  assert count_parameters(detector) - count_parameters(detector.urdmu) == 512 * 256 + 256 + 256 + 1
+    detector = nnx.eval_shape(lambda: build_detector(default_model_config(), seed=0))
+    assert count_parameters(detector.urdmu) == 6_492_929
+    # The DARM discriminator (512 -> 256 -> 1) is extra: not part of UR-DMU's count.
+    assert count_parameters(detector) - count_parameters(detector.urdmu) == 512 * 256 + 256 + 256 + 1
 
 
 def test_shapes_and_crop_averaging():
-  detector = build_detector(small_config(), seed=0)
-  x = jax.random.normal(jax.random.key(0), (3, 4, 10, 24))
-  scores = jit_scores(detector)
-  crop_scores = scores(x)
-  assert crop_scores.shape == (3, 10)
-  assert bool(jnp.all((crop_scores > 0) & (crop_scores < 1)))
-  per_crop = jnp.stack([scores(x[:, c]) for c in range(4)], axis=1)
-  np.testing.assert_allclose(crop_scores, per_crop.mean(1), atol=1e-6)
-  with pytest.raises(ValueError, match="as many normal as abnormal"):
-    jit_train_forward(detector)(x, jax.random.key(1))
-  out = jit_train_forward(detector)(x[:2], jax.random.key(1))
-  assert out["frame"].shape == (2, 10)
-  for name in ("A_att", "N_att", "A_Natt", "N_Aatt"):
-    assert out[name].shape == (1, 10)
-  for name in ("anchor", "positive", "negative", "anchor_new", "negative_new"):
-    assert out[name].shape == (1, 32)
-  assert out["mu"].shape == (4, 10, 32)  # per crop row of the normal half
+    detector = build_detector(small_config(), seed=0)
+    x = jax.random.normal(jax.random.key(0), (3, 4, 10, 24))
+    scores = jit_scores(detector)
+    crop_scores = scores(x)
+    assert crop_scores.shape == (3, 10)
+    assert bool(jnp.all((crop_scores > 0) & (crop_scores < 1)))
+    per_crop = jnp.stack([scores(x[:, c]) for c in range(4)], axis=1)
+    np.testing.assert_allclose(crop_scores, per_crop.mean(1), atol=1e-6)
+    with pytest.raises(ValueError, match="as many normal as abnormal"):
+        jit_train_forward(detector)(x, jax.random.key(1))
+    out = jit_train_forward(detector)(x[:2], jax.random.key(1))
+    assert out["frame"].shape == (2, 10)
+    for name in ("A_att", "N_att", "A_Natt", "N_Aatt"):
+        assert out[name].shape == (1, 10)
+    for name in ("anchor", "positive", "negative", "anchor_new", "negative_new"):
+        assert out[name].shape == (1, 32)
+    assert out["mu"].shape == (4, 10, 32)  # per crop row of the normal half
 
 
 def test_local_attention_matrix_by_hand():
-  t = 5
-  raw = np.array([[math.exp(-abs(i - j) / math.e) for j in range(t)] for i in range(t)])
-  quirk = np.array([[raw[i, j] / raw[j].sum() for j in range(t)] for i in range(t)])
-  np.testing.assert_allclose(local_attention_matrix(t), quirk, rtol=1e-6)
-  assert not np.allclose(quirk.sum(1), 1.0)  # the quirk: edge rows do not sum to 1
-  fixed = local_attention_matrix(t, column_norm=False)
-  np.testing.assert_allclose(fixed, raw / raw.sum(1, keepdims=True), rtol=1e-6)
-  # With true lengths, each video gets its unpadded matrix and zeros beyond its end.
-  per_video = local_attention_matrix(8, jnp.array([5, 1, 8]))
-  np.testing.assert_allclose(per_video[0, :5, :5], quirk, rtol=1e-6)
-  assert np.all(np.asarray(per_video[0])[5:] == 0) and np.all(np.asarray(per_video[0])[:, 5:] == 0)
-  np.testing.assert_allclose(per_video[1, 0, 0], 1.0)
-  np.testing.assert_allclose(per_video[2], local_attention_matrix(8), rtol=1e-6)
+    t = 5
+    raw = np.array([[math.exp(-abs(i - j) / math.e) for j in range(t)] for i in range(t)])
+    quirk = np.array([[raw[i, j] / raw[j].sum() for j in range(t)] for i in range(t)])
+    np.testing.assert_allclose(local_attention_matrix(t), quirk, rtol=1e-6)
+    assert not np.allclose(quirk.sum(1), 1.0)  # the quirk: edge rows do not sum to 1
+    fixed = local_attention_matrix(t, column_norm=False)
+    np.testing.assert_allclose(fixed, raw / raw.sum(1, keepdims=True), rtol=1e-6)
+    # With true lengths, each video gets its unpadded matrix and zeros beyond its end.
+    per_video = local_attention_matrix(8, jnp.array([5, 1, 8]))
+    np.testing.assert_allclose(per_video[0, :5, :5], quirk, rtol=1e-6)
+    assert np.all(np.asarray(per_video[0])[5:] == 0) and np.all(np.asarray(per_video[0])[:, 5:] == 0)
+    np.testing.assert_allclose(per_video[1, 0, 0], 1.0)
+    np.testing.assert_allclose(per_video[2], local_attention_matrix(8), rtol=1e-6)
 
 
 def test_memory_read_by_hand():
-  memory = MemoryUnit(20, 8, rngs=nnx.Rngs(0))
-  bound = 1 / math.sqrt(8)
-  m = np.asarray(memory.memory_block[...])
-  assert np.all(np.abs(m) <= bound) and m.std() > bound / 3  # uniform(+-1/sqrt(d))
-  x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype(np.float32)
-  score, readout = memory(jnp.asarray(x))
-  att = 1 / (1 + np.exp(-(x @ m.T) / math.sqrt(8)))
-  k = 20 // 16 + 1
-  np.testing.assert_allclose(score, np.sort(att, -1)[..., ::-1][..., :k].mean(-1), rtol=1e-5)
-  np.testing.assert_allclose(readout, att @ m, rtol=1e-5, atol=1e-6)
+    memory = MemoryUnit(20, 8, rngs=nnx.Rngs(0))
+    bound = 1 / math.sqrt(8)
+    m = np.asarray(memory.memory_block[...])
+    assert np.all(np.abs(m) <= bound) and m.std() > bound / 3  # uniform(+-1/sqrt(d))
+    x = np.random.default_rng(0).normal(size=(2, 3, 8)).astype(np.float32)
+    score, readout = memory(jnp.asarray(x))
+    att = 1 / (1 + np.exp(-(x @ m.T) / math.sqrt(8)))
+    k = 20 // 16 + 1
+    np.testing.assert_allclose(score, np.sort(att, -1)[..., ::-1][..., :k].mean(-1), rtol=1e-5)
+    np.testing.assert_allclose(readout, att @ m, rtol=1e-5, atol=1e-6)
 
 
 def test_topk_mean_with_traced_k_and_mask():
-  values = jnp.array([[0.1, 0.9, 0.5, 0.7, 0.3]])
-  valid = jnp.array([True, False, True, True, True])
-  f = jax.jit(topk_mean)
-  np.testing.assert_allclose(f(values, jnp.int32(2), valid), [(0.7 + 0.5) / 2], rtol=1e-6)
-  np.testing.assert_allclose(f(values, jnp.int32(3), None), [(0.9 + 0.7 + 0.5) / 3], rtol=1e-6)
+    values = jnp.array([[0.1, 0.9, 0.5, 0.7, 0.3]])
+    valid = jnp.array([True, False, True, True, True])
+    f = jax.jit(topk_mean)
+    np.testing.assert_allclose(f(values, jnp.int32(2), valid), [(0.7 + 0.5) / 2], rtol=1e-6)
+    np.testing.assert_allclose(f(values, jnp.int32(3), None), [(0.9 + 0.7 + 0.5) / 3], rtol=1e-6)
 
 
 def test_padding_mask_gives_each_video_its_unpadded_scores():
-  detector = build_detector(small_config(), seed=1)
-  lengths = [1, 7, 19, 30]
-  bucket = 32
-  rng = np.random.default_rng(1)
-  # Padding holds garbage, not zeros: the mask alone must make it irrelevant.
-  x = rng.normal(size=(4, 2, bucket, 24)).astype(np.float32)
-  mask = np.arange(bucket)[None] < np.array(lengths)[:, None]
-  scores = jit_scores(detector)
-  padded = np.asarray(scores(x, mask))
-  for row, t in enumerate(lengths):
-    alone = np.asarray(scores(x[row:row + 1, :, :t]))[0]
-    np.testing.assert_allclose(padded[row, :t], alone, atol=1e-6, rtol=0)
-    assert np.all(padded[row, t:] == 0)
-  # A fully padded row (no video) yields zeros, not NaN.
-  assert np.all(np.asarray(scores(x[:1], np.zeros((1, bucket), bool))) == 0)
+    detector = build_detector(small_config(), seed=1)
+    lengths = [1, 7, 19, 30]
+    bucket = 32
+    rng = np.random.default_rng(1)
+    # Padding holds garbage, not zeros: the mask alone must make it irrelevant.
+    x = rng.normal(size=(4, 2, bucket, 24)).astype(np.float32)
+    mask = np.arange(bucket)[None] < np.array(lengths)[:, None]
+    scores = jit_scores(detector)
+    padded = np.asarray(scores(x, mask))
+    for row, t in enumerate(lengths):
+        alone = np.asarray(scores(x[row:row + 1, :, :t]))[0]
+        np.testing.assert_allclose(padded[row, :t], alone, atol=1e-6, rtol=0)
+        assert np.all(padded[row, t:] == 0)
+    # A fully padded row (no video) yields zeros, not NaN.
+    assert np.all(np.asarray(scores(x[:1], np.zeros((1, bucket), bool))) == 0)
 
 
 def copy_into_smaller_banks(big, small):
-  """Give `small` the parameters of `big`, its memory banks cut to their slot counts."""
-  params = nnx.to_pure_dict(nnx.state(big, nnx.Param))
-  for bank in ("a_memory", "n_memory"):
-    k = getattr(small.urdmu, bank).memory_block[...].shape[0]
-    params["urdmu"][bank]["memory_block"] = params["urdmu"][bank]["memory_block"][:k]
-  state = nnx.state(small, nnx.Param)
-  nnx.replace_by_pure_dict(state, params)
-  nnx.update(small, state)
+    """Give `small` the parameters of `big`, its memory banks cut to their slot counts."""
+    params = nnx.to_pure_dict(nnx.state(big, nnx.Param))
+    for bank in ("a_memory", "n_memory"):
+        k = getattr(small.urdmu, bank).memory_block[...].shape[0]
+        params["urdmu"][bank]["memory_block"] = params["urdmu"][bank]["memory_block"][:k]
+    state = nnx.state(small, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(small, state)
 
 
 def test_slot_mask_equals_a_smaller_bank():
-  big = build_detector(small_config(a_slots=40, n_slots=35), seed=2)
-  small = build_detector(small_config(a_slots=20, n_slots=17), seed=2)
-  copy_into_smaller_banks(big, small)
-  set_active_slots(big, 20, 17)
-  x = jax.random.normal(jax.random.key(3), (2, 12, 24))
-  # 40 // 16 + 1 = 3 slots would enter the top-k mean without the mask; 20 // 16 + 1 = 2 must.
-  np.testing.assert_allclose(jit_scores(big)(x), jit_scores(small)(x), atol=1e-6)
-  noise = jax.random.normal(jax.random.key(4), (1, 12, 32))
-  out_big = jit_train_forward(big)(x, None, noise)
-  out_small = jit_train_forward(small)(x, None, noise)
-  for name in out_small:
-    np.testing.assert_allclose(out_big[name], out_small[name], atol=1e-5, err_msg=name)
+    big = build_detector(small_config(a_slots=40, n_slots=35), seed=2)
+    small = build_detector(small_config(a_slots=20, n_slots=17), seed=2)
+    copy_into_smaller_banks(big, small)
+    set_active_slots(big, 20, 17)
+    x = jax.random.normal(jax.random.key(3), (2, 12, 24))
+    # 40 // 16 + 1 = 3 slots would enter the top-k mean without the mask; 20 // 16 + 1 = 2 must.
+    np.testing.assert_allclose(jit_scores(big)(x), jit_scores(small)(x), atol=1e-6)
+    noise = jax.random.normal(jax.random.key(4), (1, 12, 32))
+    out_big = jit_train_forward(big)(x, None, noise)
+    out_small = jit_train_forward(small)(x, None, noise)
+    for name in out_small:
+        np.testing.assert_allclose(out_big[name], out_small[name], atol=1e-5, err_msg=name)
 
 
 def test_slot_mask_works_with_a_traced_count_under_vmap():
-  big = build_detector(small_config(a_slots=40, n_slots=35), seed=2)
-  x = jax.random.normal(jax.random.key(3), (2, 12, 24))
+    big = build_detector(small_config(a_slots=40, n_slots=35), seed=2)
+    x = jax.random.normal(jax.random.key(3), (2, 12, 24))
 
-  graphdef, state = nnx.split(big)
+    graphdef, state = nnx.split(big)
 
-  def scores_for(a_active, n_active):
-    model = nnx.merge(graphdef, state, copy=True)  # fresh variables inside the trace, free to mutate
-    set_active_slots(model, a_active, n_active)
-    return model.scores(x)
+    def scores_for(a_active, n_active):
+        model = nnx.merge(graphdef, state, copy=True)  # fresh variables inside the trace, free to mutate
+        set_active_slots(model, a_active, n_active)
+        return model.scores(x)
 
-  batched = jax.jit(jax.vmap(scores_for))(jnp.array([20, 40]), jnp.array([17, 35]))
-  np.testing.assert_allclose(batched[1], jit_scores(big)(x), atol=1e-6)
-  set_active_slots(big, 20, 17)
-  np.testing.assert_allclose(batched[0], jit_scores(big)(x), atol=1e-6)
+    batched = jax.jit(jax.vmap(scores_for))(jnp.array([20, 40]), jnp.array([17, 35]))
+    np.testing.assert_allclose(batched[1], jit_scores(big)(x), atol=1e-6)
+    set_active_slots(big, 20, 17)
+    np.testing.assert_allclose(batched[0], jit_scores(big)(x), atol=1e-6)
 
 
 def test_dropout_only_in_training():
-  detector = build_detector(small_config(), seed=0)
-  x = jax.random.normal(jax.random.key(0), (2, 8, 24))
-  noise = jnp.zeros((1, 8, 32))
-  forward, scores = jit_train_forward(detector), jit_scores(detector)
-  a = forward(x, jax.random.key(1), noise)["frame"]
-  b = forward(x, jax.random.key(1), noise)["frame"]
-  c = forward(x, jax.random.key(2), noise)["frame"]
-  np.testing.assert_array_equal(a, b)
-  assert float(jnp.abs(a - c).max()) > 1e-4
-  np.testing.assert_array_equal(scores(x), scores(x))  # test mode: no dropout
+    detector = build_detector(small_config(), seed=0)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 24))
+    noise = jnp.zeros((1, 8, 32))
+    forward, scores = jit_train_forward(detector), jit_scores(detector)
+    a = forward(x, jax.random.key(1), noise)["frame"]
+    b = forward(x, jax.random.key(1), noise)["frame"]
+    c = forward(x, jax.random.key(2), noise)["frame"]
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(a - c).max()) > 1e-4
+    np.testing.assert_array_equal(scores(x), scores(x))  # test mode: no dropout
 
 
 def test_local_attention_quirk_switch_changes_scores():
-  on = build_detector(small_config(), seed=0)
-  off = build_detector(small_config(quirks={"local_attn_column_norm": False, "kl_sum_over_time": True}), seed=0)
-  x = jax.random.normal(jax.random.key(0), (1, 9, 24))
-  assert float(jnp.abs(jit_scores(on)(x) - jit_scores(off)(x)).max()) > 1e-6
+    on = build_detector(small_config(), seed=0)
+    off = build_detector(small_config(quirks={"local_attn_column_norm": False, "kl_sum_over_time": True}), seed=0)
+    x = jax.random.normal(jax.random.key(0), (1, 9, 24))
+    assert float(jnp.abs(jit_scores(on)(x) - jit_scores(off)(x)).max()) > 1e-6
 
 
 @pytest.mark.parametrize("crops", [1, 3])
 def test_training_forward_and_loss_match_torch_reference(crops):
-  """Dropout off on both sides and the same reparameterisation noise: identical outputs."""
-  torch.manual_seed(crops)
-  reference = WSAD(64, 20, 33).train()
-  for module in reference.modules():
-    if isinstance(module, torch.nn.Dropout):
-      module.p = 0.0
-  detector, _ = detector_from_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
-  rng = np.random.default_rng(crops)
-  x = (3 * rng.normal(size=(4, crops, 40, 64))).astype(np.float32)
-  noise = rng.normal(size=(2 * crops, 40, 512)).astype(np.float32)
-  label = np.array([0, 0, 1, 1], np.float32)
-  expected = reference(torch.from_numpy(x), noise=torch.from_numpy(noise))
-  expected_loss = ad_loss(expected, torch.from_numpy(label)).item()
-  with jax.default_matmul_precision("highest"):
-    out = jit_train_forward(detector)(jnp.asarray(x), None, jnp.asarray(noise))
-  for name in ("frame", "A_att", "N_att", "A_Natt", "N_Aatt"):
-    np.testing.assert_allclose(out[name], expected[name].detach().numpy(), atol=1e-5, err_msg=name)
-  total, terms = urdmu_loss(out, jnp.asarray(label))
-  np.testing.assert_allclose(terms["triplet"], expected["triplet_margin"].item(), rtol=1e-5)
-  np.testing.assert_allclose(terms["kl"], expected["kl_loss"].item(), rtol=1e-5)
-  np.testing.assert_allclose(terms["distance"], expected["distance"].item(), rtol=1e-5)
-  np.testing.assert_allclose(total, expected_loss, rtol=1e-5)
+    """Dropout off on both sides and the same reparameterisation noise: identical outputs."""
+    torch.manual_seed(crops)
+    reference = WSAD(64, 20, 33).train()
+    for module in reference.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    detector, _ = detector_from_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
+    rng = np.random.default_rng(crops)
+    x = (3 * rng.normal(size=(4, crops, 40, 64))).astype(np.float32)
+    noise = rng.normal(size=(2 * crops, 40, 512)).astype(np.float32)
+    label = np.array([0, 0, 1, 1], np.float32)
+    expected = reference(torch.from_numpy(x), noise=torch.from_numpy(noise))
+    expected_loss = ad_loss(expected, torch.from_numpy(label)).item()
+    with jax.default_matmul_precision("highest"):
+        out = jit_train_forward(detector)(jnp.asarray(x), None, jnp.asarray(noise))
+    for name in ("frame", "A_att", "N_att", "A_Natt", "N_Aatt"):
+        np.testing.assert_allclose(out[name], expected[name].detach().numpy(), atol=1e-5, err_msg=name)
+    total, terms = urdmu_loss(out, jnp.asarray(label))
+    np.testing.assert_allclose(terms["triplet"], expected["triplet_margin"].item(), rtol=1e-5)
+    np.testing.assert_allclose(terms["kl"], expected["kl_loss"].item(), rtol=1e-5)
+    np.testing.assert_allclose(terms["distance"], expected["distance"].item(), rtol=1e-5)
+    np.testing.assert_allclose(total, expected_loss, rtol=1e-5)
