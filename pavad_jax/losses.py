@@ -257,7 +257,8 @@ def compute_loss(model: Detector, batch: dict[str, jax.Array], weights: dict[str
 
     # DARM terms that are switched off are logged as 0, so every config logs the same keys.
     zero = jnp.zeros((), jnp.float32)
-    terms.update(da_bce=zero, da_dist=zero, da_total=zero, upd=zero)
+    terms.update(da_bce=zero, da_dist=zero, da_total=zero, da_accuracy=zero, upd=zero, usage_min=zero,
+                 usage_entropy=zero)
     total = urdmu_total
     if loss_cfg.darm.domain_alignment and n_pseudo > 0:
         pooled = (h if loss_cfg.darm.pool == "selfatt" else embedded).mean(1)
