@@ -134,7 +134,10 @@ def restore_model(directory: pathlib.Path, model: nnx.Module) -> nnx.Module:
 def fit(name: str, model: nnx.Module, tx: optax.GradientTransformation, make_step: Callable,
         arrays: tuple[np.ndarray, ...], epochs: int, batch_size: int, seed: int, workdir: pathlib.Path,
         checkpoint_every: int, mesh: Mesh | None = None) -> dict:
-    """Trains model on rows of `arrays` (indexed together) for `epochs`; resumes from workdir/checkpoints/name."""
+    """Trains model (in place) on rows of `arrays` (indexed together); resumes from workdir/checkpoints/name.
+
+    make_step(graphdef) -> jitted step(state, *batch, key) -> (state, metrics). Returns a summary.
+    """
     mesh = mesh or make_mesh()
     if batch_size % mesh.size:
         raise ValueError(f"config.{name}.batch_size = {batch_size} must be divisible by the {mesh.size} devices")
@@ -176,6 +179,7 @@ def fit(name: str, model: nnx.Module, tx: optax.GradientTransformation, make_ste
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
                 _save(manager, state, epoch + 1)
     bar.close()
+    nnx.update(model, state["params"], state["rest"])  # the caller's model now holds the trained weights
     return {"epochs": epochs, "resumed_from_epoch": first_epoch, "steps": int(state["step"]),
             "first_epoch_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "wall_s": round(time.time() - began, 2), "compilations": step_fn._cache_size()}
