@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -35,20 +36,21 @@ def iter_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
-    """Frames of a video as (T, H, W, 3) uint8: all of them, or those at `indices`."""
-    wanted = None if indices is None else set(int(i) for i in indices)
-    frames = {}
+    """Frames of a video as (T, H, W, 3) uint8: all of them, or those at `indices` (in that order)."""
+    wanted = None if indices is None else {int(i) for i in indices}
+    frames, decoded = {}, 0
     for index, frame in enumerate(iter_frames(path)):
+        decoded = index + 1
         if wanted is None or index in wanted:
             frames[index] = frame
         if wanted is not None and len(frames) == len(wanted):
-            break
+            break  # no need to decode the rest
     if wanted is not None and len(frames) < len(wanted):
         missing = sorted(wanted - set(frames))
-        raise ValueError(f"{path}: frames {missing[:5]} not found (video has {index + 1} frames)")
-    order = sorted(frames) if indices is None else [int(i) for i in indices]
-    if not order:
+        raise ValueError(f"{path}: frames {missing[:5]} not found (the video has {decoded} frames)")
+    if not frames:
         raise ValueError(f"{path}: no frames decoded")
+    order = sorted(frames) if indices is None else [int(i) for i in indices]
     return np.stack([frames[i] for i in order])
 
 
@@ -69,7 +71,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, cr
         raise ValueError(f"{path}: H.264 with yuv420p needs even height and width, got {height}x{width}")
     with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=round(fps))
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"crf": str(crf)}
             for frame in frames:
