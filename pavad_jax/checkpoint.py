@@ -20,7 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from pavad_jax.models.detector import Detector, build_detector, default_loss_config
+from pavad_jax.models.detector import Detector, build_detector, default_loss_config, default_model_config
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -71,9 +71,12 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
     payload = json.loads(path.read_text())
     if payload.get("format") != FORMAT_VERSION or "model" not in payload:
         raise ValueError(f"{path}: unsupported model format {payload.get('format')!r} (expected {FORMAT_VERSION})")
+    # Fields added since the export take their defaults.
+    model = default_model_config()
+    model.update(payload["model"])
     loss = default_loss_config()
     loss.update(payload.get("loss", {}))
-    return ml_collections.ConfigDict({"model": payload["model"], "loss": loss})
+    return ml_collections.ConfigDict({"model": model, "loss": loss})
 
 
 def load_model(directory: str | os.PathLike) -> tuple[Detector, ml_collections.ConfigDict]:
