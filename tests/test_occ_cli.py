@@ -23,6 +23,8 @@ def test_overrides_set_typed_fields_and_reject_unknown_ones():
     assert config.generation.mask_type == "box" and tuple(config.score.eta) == (1.0, 0.0, 0.0)
     with pytest.raises(SystemExit, match="no such config field"):
         cli.apply_overrides(config, ["--config.spatial.learning_rate=1"])
+    with pytest.raises(SystemExit, match="spatial.epochs=abc"):
+        cli.apply_overrides(config, ["--config.spatial.epochs=abc"])
     with pytest.raises(SystemExit, match="unrecognised argument"):
         cli.apply_overrides(config, ["--epochs=3"])
 

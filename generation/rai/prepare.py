@@ -112,8 +112,11 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
                                         resolution=gen["inpaint_resolution"] or None)
             clip_flow = video_flow[start:start + clip_len]
             mixed, _ = mixup.patch_mixup(clip_flow, masks.mask_bbox(mask), rng, gen["mixup_alpha"])
-            clips.append(clip), spatial.append(pa), clip_masks.append(mask)
-            flows.append(clip_flow), temporal.append(mixed)
+            clips.append(clip)
+            spatial.append(pa)
+            clip_masks.append(mask)
+            flows.append(clip_flow)
+            temporal.append(mixed)
             records.append(VideoRecord(
                 id=f"{entry['id']}/pa-{start:06d}", features=clip_features.frame_features(clip_model, pa)[None],
                 label=1, source="pseudo", stream="abnormal", anomaly_class=SPATIAL_CLASS, num_frames=clip_len))

@@ -52,7 +52,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             node = node[name]
         if field not in node:
             raise SystemExit(f"{PROG}: --config.{dotted}: no such config field")
-        node[field] = type(node[field])(value) if isinstance(node[field], float) and isinstance(value, int) else value
+        try:
+            node[field] = value  # ConfigDict refuses a type change (an int into a float field is fine)
+        except TypeError as e:
+            raise SystemExit(f"{PROG}: --config.{dotted}={raw}: {e}") from None
 
 
 def write_json(path: pathlib.Path, obj) -> None:

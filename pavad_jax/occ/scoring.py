@@ -11,13 +11,17 @@ The micro-AUC concatenates the frame scores and labels of all test videos.
 """
 from __future__ import annotations
 
+import pathlib
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from pavad_jax import metrics
+from pavad_jax.occ import data as occ_data
+from pavad_jax.occ import train as occ_train
 
 SCORE_NAMES = ("psnr", "l2", "disc", "aggregate")
 
@@ -97,13 +101,6 @@ def micro_auc(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray]) -> flo
 
 def score_videos(config, workdir, data_dir) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """Per-video frame scores (psnr, l2, omega_1..3, aggregate, labels) and the micro-AUCs."""
-    import pathlib
-
-    from flax import nnx
-
-    from pavad_jax.occ import data as occ_data
-    from pavad_jax.occ import train as occ_train
-
     workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
     videos = occ_data.load_test(data_dir)
     clip_len, stride, batch = config.data.clip_len, config.score.eval_stride, config.score.batch_size
