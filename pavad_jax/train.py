@@ -264,6 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     graphdef, params, rest = split_model(detector)
     tx = make_optimizer(config.optim)
     replicated = distributed.replicated(mesh)
+    rest = jax.device_put(rest, replicated)  # global arrays: multi-host checkpoints cannot save host-local ones
     state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
                             "opt_state": tx.init(params)}, replicated)
     weights = jax.device_put(default_loss_weights(config), replicated)
