@@ -40,6 +40,16 @@ def test_inpainting_grey_frames_and_bad_sizes(pipe):
         inpaint.inpaint_frames(pipe, frames, np.ones((8, 8), bool), seed=0)
 
 
+def test_inpainting_at_a_larger_working_resolution(pipe):
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), bool)
+    mask[2:9, 5:14] = True
+    out = inpaint.inpaint_frames(pipe, frames, mask, seed=0, steps=1, guidance_scale=1.0, resolution=32)
+    assert out.shape == frames.shape  # resized back to the frame size
+    np.testing.assert_array_equal(out[:, ~mask], frames[:, ~mask])
+
+
 def test_clip_features_are_unit_norm_and_distinguish_frames():
     model = clip_features.tiny_clip(projection_dim=24)
     rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ Layout (the contract with pavad_jax/occ/data.py; see docs/occ.md):
     DATA/train/masks.npy         (M, S, S) bool           the inpainting mask of each clip
     DATA/train/flows.npy         (M, T, S, S, 2) float16  TV-L1 flow of frame t -> t+1 of each clip
     DATA/train/temporal_pa.npy   (M, T, S, S, 2) float16  the same flows after patch mixup
+    DATA/train/pseudo_anomalies.png  a few clips: frame, mask, spatial PA, flow and mixed-flow magnitude
     DATA/train/clip_shards/      shard set: CLIP features of normal videos and spatial PA clips
     DATA/test/frames/ID.npy      (N, S, S, C) uint8
     DATA/test/flows/ID.npy       (N, S, S, 2) float16     flow of frame t -> t+1 (last one repeated)
@@ -50,6 +51,36 @@ def save_json(path: pathlib.Path, obj: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_preview(path: pathlib.Path, clips, spatial, clip_masks, flows, temporal, count: int = 4) -> None:
+    """A PNG a person can open: for a few clips, frame, mask, spatial PA, |flow| and |mixed flow|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = np.linspace(0, len(clips) - 1, min(count, len(clips))).astype(int)
+    fig, axes = plt.subplots(len(picks), 5, figsize=(10, 2 * len(picks)), squeeze=False)
+    titles = ("frame", "mask", "spatial PA", "|flow|", "|flow| after mixup")
+    for row, i in zip(axes, picks):
+        t = clips.shape[1] // 2
+        images = (clips[i, t], clip_masks[i], spatial[i, t],
+                  np.linalg.norm(flows[i, t].astype(np.float32), axis=-1),
+                  np.linalg.norm(temporal[i, t].astype(np.float32), axis=-1))
+        vmax = max(images[3].max(), images[4].max(), 1e-6)
+        for ax, image, title in zip(row, images, titles):
+            grey = image.ndim == 2 or image.shape[-1] == 1
+            ax.imshow(image.squeeze(), cmap="gray" if grey else None, vmin=0,
+                      vmax=vmax if title.startswith("|flow|") else None)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -121,11 +152,12 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
                 id=f"{entry['id']}/pa-{start:06d}", features=clip_features.frame_features(clip_model, pa)[None],
                 label=1, source="pseudo", stream="abnormal", anomaly_class=SPATIAL_CLASS, num_frames=clip_len))
     train = out / "train"
-    save_npy(train / "clips.npy", np.stack(clips))
-    save_npy(train / "spatial_pa.npy", np.stack(spatial))
-    save_npy(train / "masks.npy", np.stack(clip_masks))
-    save_npy(train / "flows.npy", np.stack(flows).astype(np.float16))
-    save_npy(train / "temporal_pa.npy", np.stack(temporal).astype(np.float16))
+    arrays = {"clips": np.stack(clips), "spatial_pa": np.stack(spatial), "masks": np.stack(clip_masks),
+              "flows": np.stack(flows).astype(np.float16), "temporal_pa": np.stack(temporal).astype(np.float16)}
+    for name, array in arrays.items():
+        save_npy(train / f"{name}.npy", array)
+    save_preview(train / "pseudo_anomalies.png", arrays["clips"], arrays["spatial_pa"], arrays["masks"],
+                 arrays["flows"], arrays["temporal_pa"])
     write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True)
     return {"clips": len(clips), "videos": len(records) - len(clips)}
 
