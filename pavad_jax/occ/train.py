@@ -131,6 +131,18 @@ def restore_model(directory: pathlib.Path, model: nnx.Module) -> nnx.Module:
     return nnx.merge(graphdef, restored["model"]["params"], restored["model"]["rest"])
 
 
+def _resume(manager: ocp.CheckpointManager, state: dict, sharding: NamedSharding) -> tuple[dict, int]:
+    """(state, epochs done) from the latest checkpoint, or (state, 0) when there is none."""
+    if manager.latest_step() is None:
+        return state, 0
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(_abstract({"params": state["params"], "rest": state["rest"]})),
+        opt_state=ocp.args.StandardRestore(_abstract(state["opt_state"])),
+        progress=ocp.args.JsonRestore()))
+    step = jax.device_put(jnp.int32(restored["progress"]["step"]), sharding)
+    return dict(restored["model"], opt_state=restored["opt_state"], step=step), restored["progress"]["epoch"]
+
+
 def fit(name: str, model: nnx.Module, tx: optax.GradientTransformation, make_step: Callable,
         arrays: tuple[np.ndarray, ...], epochs: int, batch_size: int, seed: int, workdir: pathlib.Path,
         checkpoint_every: int, mesh: Mesh | None = None) -> dict:
@@ -147,15 +159,7 @@ def fit(name: str, model: nnx.Module, tx: optax.GradientTransformation, make_ste
     state = jax.device_put(dict(params=params, rest=rest, opt_state=tx.init(params),
                                 step=jnp.zeros((), jnp.int32)), replicated)
     manager = checkpoint_manager(workdir / "checkpoints" / name)
-    first_epoch = 0
-    if manager.latest_step() is not None:
-        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(_abstract({"params": state["params"], "rest": state["rest"]})),
-            opt_state=ocp.args.StandardRestore(_abstract(state["opt_state"])),
-            progress=ocp.args.JsonRestore()))
-        state = dict(restored["model"], opt_state=restored["opt_state"],
-                     step=jax.device_put(jnp.int32(restored["progress"]["step"]), replicated))
-        first_epoch = restored["progress"]["epoch"]
+    state, first_epoch = _resume(manager, state, replicated)
     step_fn = make_step(graphdef)
     key = jax.random.key(seed)
     num_items = len(arrays[0])
