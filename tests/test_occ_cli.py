@@ -40,7 +40,8 @@ def test_ped2_config_has_the_paper_settings_and_needs_a_root():
     config.data.root = "/datasets/UCSDped2"
     spec = cli.generation_spec(config)
     assert spec["data"]["test_videos"][0]["labels"] == "/datasets/UCSDped2/Test/Test001_gt"
-    assert cli.load_config(str(REPO / "configs" / "occ" / "ped2.py") + ":segmentation").generation.mask_type == "segmentation"
+    segmentation = cli.load_config(str(REPO / "configs" / "occ" / "ped2.py") + ":segmentation")
+    assert segmentation.generation.mask_type == "segmentation"
 
 
 def test_eval_without_a_run_says_what_is_missing(tmp_path):

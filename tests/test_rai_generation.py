@@ -63,7 +63,9 @@ def test_patch_mixup_changes_only_the_target_box_by_the_convex_combination():
     inside = np.zeros((32, 40), bool)
     inside[top:top + h, left:left + w] = True
     np.testing.assert_array_equal(mixed[:, ~inside], field[:, ~inside])
-    expected = info.lam * field[:, top:top + h, left:left + w] + (1 - info.lam) * field[:, s_top:s_top + h, s_left:s_left + w]
+    target = field[:, top:top + h, left:left + w]
+    source = field[:, s_top:s_top + h, s_left:s_left + w]
+    expected = info.lam * target + (1 - info.lam) * source
     np.testing.assert_allclose(mixed[:, top:top + h, left:left + w], expected, rtol=1e-6)
     assert not np.shares_memory(mixed, field)
 

@@ -8,9 +8,11 @@ Test videos: frames 80-99 and 100-119 of the same clip with a pasted anomaly: an
 of bikes.mp4 sliding across the frame over a known frame interval (the frames labelled 1).
 These labels are synthetic, made for a run that needs no benchmark download. Generation uses
 a tiny random inpainting pipeline and a tiny random CLIP (no weights), so the spatial
-pseudo-anomalies are noise-like fills rather than plausible objects. Expected: the whole run
-(prepare + train + eval) in a few minutes on 2 CPU cores (XLA's 3D convolutions are slow on CPU); a frame AUC well above 0.5 for the
-PSNR score (the pasted object is unmistakable) and a score file per run.
+pseudo-anomalies are noise-like fills rather than plausible objects.
+
+Expected: prepare + train + eval in a few minutes on 2 CPU cores (XLA's 3D convolutions are
+slow on CPU), WORKDIR/eval/metrics.json with the frame micro-AUC of each score (see
+docs/occ.md for a measured run), WORKDIR/eval/scores.npz and scores.png.
 """
 import ml_collections
 

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, help_text in (
-            ("prepare", cmd_prepare, "make training clips, pseudo-anomalies, test videos and CLIP shards in WORKDIR/data"),
+            ("prepare", cmd_prepare,
+             "make training clips, pseudo-anomalies, test videos and CLIP shards in WORKDIR/data"),
             ("train", cmd_train, "prepare if needed, then train the spatial AE, temporal AE and discriminator"),
             ("eval", cmd_eval, "score the test videos: WORKDIR/eval/scores.npz, metrics.json, scores.png")):
         p = sub.add_parser(name, help=help_text, description=help_text)

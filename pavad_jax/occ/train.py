@@ -57,7 +57,7 @@ def build_discriminator(config: ml_collections.ConfigDict, feature_dim: int, see
 
 
 def make_ae_step(graphdef, tx: optax.GradientTransformation, p_pseudo: float, to_input: Callable) -> Callable:
-    """The A^s / A^t step: with probability p_pseudo a clip's input is its pseudo-anomaly, the target is always normal."""
+    """The A^s / A^t step: with probability p_pseudo a clip's input is its pseudo-anomaly; the target stays normal."""
 
     def step(state: dict, normal: jax.Array, pseudo: jax.Array, key: jax.Array):
         target, pseudo = to_input(normal), to_input(pseudo)
