@@ -31,6 +31,7 @@ GEN_SIDE = [
     "accelerate",
     "safetensors",
     "sentencepiece",
+    "ftfy",  # diffusers' Wan pipelines clean every prompt with ftfy
     "av",
     "imageio",
     "opencv-python-headless",
