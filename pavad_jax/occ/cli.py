@@ -153,7 +153,7 @@ def plot_scores(per_video: dict, path: pathlib.Path) -> None:
                 ax.plot(frames, s[name], label=name, lw=2 if name == "aggregate" else 1)
         ax.set_title(vid, fontsize=9)
         ax.set_ylim(-0.05, 1.05)
-    axes[0, 0].legend(fontsize=7, ncol=5)
+    axes[0, 0].legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.12))
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
