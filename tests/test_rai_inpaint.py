@@ -60,3 +60,16 @@ def test_clip_features_are_unit_norm_and_distinguish_frames():
     assert not np.allclose(features[0], features[1])
     np.testing.assert_allclose(clip_features.frame_features(model, frames[:1]), features[:1], atol=1e-5)
     assert clip_features.DEFAULT_CLIP_MODEL == "openai/clip-vit-base-patch16"
+
+
+def test_generation_side_does_not_import_jax():
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    code = "import sys, generation.rai.prepare; assert 'jax' not in sys.modules and 'flax' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert result.returncode == 0, result.stderr[-2000:]
