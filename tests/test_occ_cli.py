@@ -49,6 +49,17 @@ def test_eval_without_a_run_says_what_is_missing(tmp_path):
         cli.main(["eval", "--workdir", str(tmp_path)])
 
 
+def test_prepared_data_is_reused_only_with_the_same_settings(tmp_path):
+    config = cli.load_config(TINY)
+    spec = json.loads(json.dumps(cli.generation_spec(config)))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prepared.json").write_text(json.dumps({"spec": spec}))
+    assert cli.prepare(config, tmp_path) == tmp_path / "data"  # nothing to redo
+    config.generation.mask_type = "box"
+    with pytest.raises(SystemExit, match="other data/generation settings"):
+        cli.prepare(config, tmp_path)
+
+
 def _run(args, **kw):
     """pavad-occ in a fresh interpreter; fails if the JAX process imported torch."""
     code = ("import sys; from pavad_jax.occ import cli; cli.main(sys.argv[1:]); "

@@ -106,10 +106,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib
     from pavad_jax.occ import data as occ_data
 
     data_dir = workdir / "data"
+    spec = json.loads(json.dumps(generation_spec(config)))  # tuples -> lists, as stored
     if occ_data.is_prepared(data_dir):
+        if occ_data.load_summary(data_dir)["spec"] != spec:
+            raise SystemExit(f"{PROG}: {data_dir} was prepared with other data/generation settings; "
+                             "use a new --workdir (or delete its data/ folder)")
         return data_dir
     spec_path = data_dir / "spec.json"
-    write_json(spec_path, generation_spec(config))
+    write_json(spec_path, spec)
     repo_root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "generation.rai.cli", "prepare", "--spec", str(spec_path), "--out", str(data_dir)]
