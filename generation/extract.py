@@ -296,12 +296,24 @@ def real_normal_items(sources: Sequence[str | os.PathLike]) -> list[dict]:
 def read_frame_labels(path: str | os.PathLike) -> dict[str, dict]:
     """Test labels -> {video name: {"labels" or "intervals", "class"}}.
 
-    Two formats: a temporal-annotation text file, one video a line, intervals [start, end) in
+    Formats: a temporal-annotation text file, one video a line, intervals [start, end) in
     frames, -1 for none: UCF form ``Arson/Arson022_x264.mp4 8640 Arson 3500 4000 -1 -1`` (frames,
-    class) or XD form ``name s1 e1 s2 e2``; or JSON ``{name: [0, 1, ...]}`` (per-frame labels) or
-    ``{name: {"intervals": [[s, e], ...], "class": "Arson"}}``.
+    class) or XD form ``name s1 e1 s2 e2``; JSON ``{name: [0, 1, ...]}`` (per-frame labels) or
+    ``{name: {"intervals": [[s, e], ...], "class": "Arson"}}``; a folder of per-video frame masks
+    ``<name>.npy`` (ShanghaiTech's test_frame_mask/); or a pickled dict ``{name: labels}``
+    (ShanghaiTech's gt-sh2-dic.pickle).
     """
     path = Path(path)
+    if path.is_dir():
+        return {f.stem: {"labels": np.load(f).astype(np.uint8).tolist()} for f in sorted(path.glob("*.npy"))}
+    if path.suffix.lower() in (".pickle", ".pkl"):
+        import pickle
+
+        with open(path, "rb") as f:
+            raw = pickle.load(f)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a pickled dict {{video name: per-frame labels}}")
+        return {video_stem(str(name)): {"labels": np.asarray(v).astype(np.uint8).tolist()} for name, v in raw.items()}
     if path.suffix.lower() == ".json":
         raw = json.loads(path.read_text())
         if not isinstance(raw, dict):

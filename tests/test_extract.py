@@ -189,3 +189,16 @@ def test_cli_help_explains_the_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--features", "--crops", "--batch-size", "--device", "--real-normal", "--test-labels", "--num-shards"):
         assert flag in text
+
+
+def test_shanghaitech_frame_masks_and_label_pickle_read_as_test_labels(annotations_dir):
+    """SHT's per-video masks and its dict pickle give the same per-frame labels."""
+    from generation.extract import read_frame_labels
+
+    masks = read_frame_labels(annotations_dir / "sht" / "test_frame_mask")
+    pickled = read_frame_labels(annotations_dir / "sht" / "gt-sh2-dic.pickle")
+    assert len(masks) == 107 and len(pickled) == 437
+    for name in ("01_0014", "03_0031"):
+        expected = np.load(annotations_dir / "sht" / "test_frame_mask" / f"{name}.npy")
+        assert masks[name]["labels"] == expected.tolist()
+        assert pickled[name]["labels"] == expected.tolist()
