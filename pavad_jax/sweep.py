@@ -486,6 +486,8 @@ def train_group(group: Group, members: list[dict], base, workdir: pathlib.Path, 
                 logging.warning("SIGTERM: saved group %d at step %d; rerun the same command to resume",
                                 group.index, step)
                 bar.close()
+                if log:
+                    log.close()
                 return None
     bar.close()
     if log:
@@ -668,8 +670,8 @@ def main(argv=None):
             raise SystemExit(f"pavad-sweep: {e}") from None
         if rows and jax.process_index() == 0:
             best = max(rows, key=lambda r: r["best_auc"] or -1.0)
-            print(f"{len(rows)} members; best AUC {best['best_auc']:.4f} (member {best['member']}: "
-                  f"{ {a: best[a] for a in FLAGS.config.sweep.get('axes', {}) if a in best} }); "
+            values = {a: best[a] for a in AXES if a in best}
+            print(f"{len(rows)} members; best AUC {best['best_auc']:.4f} (member {best['member']}: {values}); "
                   f"results in {pathlib.Path(FLAGS.workdir) / RESULTS_CSV}")
 
     app.run(_main, argv=argv)
