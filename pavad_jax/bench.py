@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pavad_jax import sweep, train
+from pavad_jax import distributed, sweep, train
 from pavad_jax.config_base import base_config
 from pavad_jax.losses import default_loss_weights
 from pavad_jax.models.detector import build_detector, default_loss_config
@@ -117,7 +117,14 @@ def bench_train(config, steps: int) -> dict:
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     weights = jax.tree.map(jnp.asarray, default_loss_weights(config))
     k = int(config.train.steps_per_dispatch)
-    batches = random_batches(config, jax.random.key(1), k)
+    # As pavad-train: the batch split over a "data" mesh of every device that divides it, the rest replicated.
+    rows = sum(config.data.batch.values())
+    devices = max(d for d in range(1, jax.device_count() + 1) if rows % d == 0)
+    mesh = distributed.make_mesh(devices)
+    state = jax.device_put(state, distributed.replicated(mesh))
+    weights = jax.device_put(weights, distributed.replicated(mesh))
+    batches = jax.device_put(random_batches(config, jax.random.key(1), k),
+                             NamedSharding(mesh, P(None, distributed.DATA_AXIS)))
     step = jax.jit(train.make_train_step(graphdef, rest, tx, config), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, batches, weights).compile()
@@ -131,8 +138,7 @@ def bench_train(config, steps: int) -> dict:
     times = time_calls(run, lambda: (batches,), steps, "train step")
     step_s = statistics.median(times) / k
     flops = flops_of(compiled)
-    rows = batches["features"].shape[1]
-    return {"compile_s": compile_s, "train_step_ms": 1e3 * step_s,
+    return {"data_devices": devices, "compile_s": compile_s, "train_step_ms": 1e3 * step_s,
             "train_segments_per_s": rows * config.data.segments / step_s,
             "flops_per_step": None if flops is None else flops / k,
             "achieved_flops_per_s": None if flops is None else flops / k / step_s,
@@ -223,6 +229,7 @@ def format_report(result: dict) -> str:
         f"{result['model']} on {result['platform']} ({result['device_kind']}): B={result['batch_size']} "
         f"({result['rows']} rows), T={result['segments']}, D={result['feature_dim']}, hidden={result['hidden']}, "
         f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch",
+        f"  data-parallel devices {result['data_devices']}",
         f"  compile_s             {result['compile_s']:.2f}",
         f"  train_step_ms         {result['train_step_ms']:.2f}",
         f"  train_segments_per_s  {result['train_segments_per_s']:.0f}",
