@@ -46,11 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen step; return its exit status."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # Only `run` takes free-form --config.SECTION.FIELD=VALUE overrides.
+    # Only the config-driven chains (`run`, `gvvad`) take --config.SECTION.FIELD=VALUE overrides.
     if extra and not getattr(args, "accepts_config_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.config_overrides = extra
-    return int(args.func(args) or 0)
+    from generation.run import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:  # a bad --config path, variant or field: one line naming it
+        print(f"pavad-gen {args.step}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,21 +41,28 @@ STEPS = ("select", "refine", "synthesize", "extract")
 
 # --------------------------------------------------------------------------- config
 
+class ConfigError(ValueError):
+    """A config file, variant or --config override that cannot be used; the message names it."""
+
+
 def load_config(spec: str, overrides: list[str] = ()):
     """`get_config(arg)` of a config file ("path.py" or "path.py:arg"), with --config.* overrides."""
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"pavad_gen_config_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise AttributeError(f"{path}: a config file must define get_config(arg=None)")
-    config = module.get_config(arg or None)
+        raise ConfigError(f"{path}: a config file must define get_config(arg=None)")
+    try:
+        config = module.get_config(arg or None)
+    except ValueError as e:  # configs reject unknown variants with a ValueError
+        raise ConfigError(f"{path}: {e}") from None
     for key, value in parse_overrides(overrides).items():
         section, _, field = key.partition(".")
         if section not in config or (field and field.split(".")[0] not in config[section]):
-            raise KeyError(f"{path}: --config.{key}: no such field in the config")
+            raise ConfigError(f"{path}: --config.{key}: no such field in the config")
         config.update_from_flattened_dict({key: value})
     return config
 
@@ -66,11 +73,11 @@ def parse_overrides(tokens: list[str]) -> dict:
     while tokens:
         token = tokens.pop(0)
         if not token.startswith("--config."):
-            raise ValueError(f"unexpected argument {token!r} (overrides look like --config.SECTION.FIELD=VALUE)")
+            raise ConfigError(f"unexpected argument {token!r} (overrides look like --config.SECTION.FIELD=VALUE)")
         key, eq, raw = token[len("--config."):].partition("=")
         if not eq:
             if not tokens:
-                raise ValueError(f"{token}: missing value")
+                raise ConfigError(f"{token}: missing value")
             raw = tokens.pop(0)
         try:
             overrides[key] = ast.literal_eval(raw)

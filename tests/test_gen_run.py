@@ -35,7 +35,7 @@ def test_overrides_are_typed_and_checked():
                               "--config.synthesize.guidance=(6.5, 4.5)"])
     assert config.synthesize.steps == 3 and config.select.videos == "/data/x"
     assert tuple(config.synthesize.guidance) == (6.5, 4.5)
-    with pytest.raises(KeyError, match="no such field"):
+    with pytest.raises(run.ConfigError, match="no such field"):
         run.load_config(str(CONFIGS / "tiny.py"), ["--config.synthesize.stepz=3"])
     with pytest.raises(ValueError, match="unexpected argument"):
         run.parse_overrides(["--steps=3"])

@@ -15,8 +15,8 @@ generates with Wan 2.2 T2V A14B (480x832, 81 frames at 16 fps) instead.
 Real videos: by default only the synthetic part is built. To extract the UCF-Crime videos'
 CLIP-L features with the same encoder (train: 1610 videos of UCF_Train.list; test: the 290 of
 UCF_Annotation.txt, with their frame labels), add
-  --set real.videos=ucf-crime --set real.video_root=/data/UCF_Crime \
-  --set real.annotations_dir=shared/data/vad_annotations/ucf
+  --config.real.videos=ucf-crime --config.real.video_root=/data/UCF_Crime \
+  --config.real.annotations_dir=shared/data/vad_annotations/ucf
 (or give real.videos a JSON-lines list of your own; see docs/gvvad.md). Otherwise put real
 CLIP-L features imported with `pavad-data` beside dataset/train/gvvad-synthetic: readers find
 every shard set below train/.

