@@ -21,6 +21,7 @@ checkpoints of its stacked state, finished groups are not rerun. docs/sweeps.md 
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import itertools
@@ -62,6 +63,7 @@ STRUCTURAL_AXES = {
     "abnormal_clips": "data.abnormal_clips",  # pseudo-abnormal training clips kept (0 = all)
 }
 AXES = TRACED_AXES | STRUCTURAL_AXES
+FIELD_DEFAULTS = {"abnormal_clips": 0}  # the value an axis has when the base config lacks its field
 RESULTS_CSV, RESULTS_JSON, PROGRESS_JSON = "sweep_results.csv", "sweep_results.json", "sweep_progress.json"
 
 
@@ -150,13 +152,16 @@ def load_config_file(path: str | pathlib.Path, arg: str | None = None) -> ml_col
 
 
 def base_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The training config a sweep config varies (everything but `sweep`), references resolved."""
-    return ml_collections.ConfigDict({k: v for k, v in config.copy_and_resolve_references().items() if k != "sweep"})
+    """The training config a sweep config varies (everything but `sweep`)."""
+    base = copy.deepcopy(config)  # deepcopy keeps field types (copy_and_resolve_references would not)
+    with base.unlocked():
+        del base["sweep"]
+    return base
 
 
 def member_config(base: ml_collections.ConfigDict, member: dict[str, Any]) -> ml_collections.ConfigDict:
     """The standalone pavad-train config equivalent to one member."""
-    config = base.copy_and_resolve_references()
+    config = copy.deepcopy(base)
     for axis, value in member.items():
         _set_field(config, AXES[axis], value)
     return config
@@ -550,7 +555,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     for row in rows:  # a list sweep may set an axis on some members only: record every member's value
         config_of_member = member_config(base, members[row["member"]])
         for axis in axes:
-            row.setdefault(axis, _jsonable(_get_field(config_of_member, AXES[axis])))
+            value = _get_field(config_of_member, AXES[axis])
+            row.setdefault(axis, _jsonable(FIELD_DEFAULTS.get(axis) if value is None else value))
     if is_main:
         write_results(workdir, rows, axes)
     return rows

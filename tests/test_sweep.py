@@ -212,3 +212,34 @@ def test_sweep_configs_expand_and_group(name, arg, count):
         assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, True]
     if name == "pavad_table6":
         assert sorted(g.config.data.abnormal_clips for g in groups) == [14, 35, 70, 105, 140, 175]
+
+
+def test_abnormal_clips_keeps_a_fixed_subset_of_the_abnormal_stream(easy_data):
+    config = sweep.member_config(tiny_config(easy_data), {"abnormal_clips": 3})
+    config.data.device_resident = True
+    mesh = sweep.member_mesh(1)
+    first, again = (sweep.SweepData(config, mesh).sampler for _ in range(2))
+    assert first.first_row[1].shape == (3,) and first.first_row[0].shape == (8,)  # normal stream untouched
+    np.testing.assert_array_equal(first.first_row[1], again.first_row[1])
+    too_many = sweep.member_config(config, {"abnormal_clips": 9})
+    with pytest.raises(ConfigError, match="abnormal_clips = 9.*only 8"):
+        sweep.SweepData(too_many, mesh)
+    streamed = sweep.member_config(config, {"abnormal_clips": 3})
+    streamed.data.device_resident = False
+    with pytest.raises(ConfigError, match="device-resident"):
+        sweep.SweepData(streamed, mesh)
+
+
+@pytest.mark.slow
+def test_structural_axes_run_as_their_own_groups(easy_data, tmp_path):
+    config = sweep_config(easy_data, {"kind": "list", "members": [
+        {"gv_learnable": True, "abnormal_clips": 3}, {"gv_learnable": False, "gv_lambda": 0.25}]}, steps=2)
+    config.loss.gv.mode = "sample"
+    config.data.device_resident = True
+    rows = sweep.run_sweep(config, tmp_path)
+    assert [(r["group"], r["gv_learnable"], r["abnormal_clips"]) for r in rows] == [(0, True, 3), (1, False, 0)]
+    assert all(r["best_auc"] is not None for r in rows)
+    learned = [json.loads(line) for line in (tmp_path / "groups" / "000" / "metrics.jsonl").read_text().splitlines()]
+    fixed = [json.loads(line) for line in (tmp_path / "groups" / "001" / "metrics.jsonl").read_text().splitlines()]
+    assert learned[-1]["gv_lambda"] != pytest.approx(0.5, abs=1e-7)  # the learnable lambda moved
+    assert {r["gv_lambda"] for r in fixed} == {0.25}
