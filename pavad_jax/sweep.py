@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -652,6 +653,14 @@ def plot_heatmap(path: pathlib.Path, rows: list[dict], x_axis: str, y_axis: str)
 
 # ---------------------------------------------------------------------------------------------
 
+FLAGS_HELP = """
+Flags:
+  --config FILE[:ARG]     sweep config (required); --config.FIELD=VALUE overrides a field
+  --workdir DIR           sweep folder (required); rerun the same command to resume
+  --coordinator_address, --num_processes, --process_id   multi-host runs (see launch/)
+"""
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -667,6 +676,9 @@ def main(argv=None):
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
     flags.mark_flags_as_required(["config", "workdir"])
     FLAGS = flags.FLAGS
+    main_module = sys.modules["__main__"]  # absl's --help prints the main module's docstring
+    if not main_module.__doc__:
+        main_module.__doc__ = __doc__ + FLAGS_HELP
 
     def _main(_):
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
