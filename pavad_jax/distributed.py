@@ -41,6 +41,36 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def define_run_flags(config_help: str, workdir_help: str, doc: str) -> None:
+    """The absl flags of pavad-train and pavad-sweep: --config, --workdir and the multi-host ones.
+
+    `doc` becomes the text of --help (absl prints the __main__ module's docstring, which is
+    empty for a console script).
+    """
+    import sys
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    flags.DEFINE_string("workdir", None, workdir_help)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    main_module = sys.modules["__main__"]
+    if not main_module.__doc__:
+        main_module.__doc__ = doc
+
+
+def initialize_from_flags() -> None:
+    """jax.distributed.initialize from the flags of define_run_flags (or auto-detection)."""
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D mesh over all devices (or the first ``num_devices``), batch axis "data"."""
     devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -663,25 +662,17 @@ Flags:
 
 def main(argv=None):
     from absl import app, flags
-    from ml_collections import config_flags
 
     from pavad_jax import distributed
 
-    config_flags.DEFINE_config_file("config", None, "Sweep config, e.g. configs/sweeps/synthetic_lambda.py:runlocal; "
-                                    "override fields with --config.field=value.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Sweep folder: per-group checkpoints, sweep_results.csv/json, plots. "
-                        "Rerun to resume.")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
-    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
-    flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_run_flags(
+        "Sweep config, e.g. configs/sweeps/synthetic_lambda.py:runlocal; override fields with --config.field=value.",
+        "Sweep folder: per-group checkpoints, sweep_results.csv/json, plots. Rerun to resume.",
+        __doc__ + FLAGS_HELP)
     FLAGS = flags.FLAGS
-    main_module = sys.modules["__main__"]  # absl's --help prints the main module's docstring
-    if not main_module.__doc__:
-        main_module.__doc__ = __doc__ + FLAGS_HELP
 
     def _main(_):
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        distributed.initialize_from_flags()
         try:
             rows = run_sweep(FLAGS.config, FLAGS.workdir)
         except ConfigError as e:

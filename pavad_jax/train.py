@@ -358,24 +358,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def main(argv=None):
     from absl import app, flags
-    from ml_collections import config_flags
+    from absl import logging as absl_logging
 
-    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/synthetic.py or configs/synthetic.py:runlocal; "
-                                    "override fields with --config.field=value.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, summary.json. Rerun to resume.")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
-    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-host run.")
-    flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    FLAGS = flags.FLAGS
+    distributed.define_run_flags(
+        "Config file, e.g. configs/synthetic.py or configs/synthetic.py:runlocal; override fields with "
+        "--config.field=value.",
+        "Run folder: checkpoints, metrics, summary.json. Rerun to resume.", __doc__)
 
     def _main(_):
-        from absl import logging as absl_logging
-
         absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        distributed.initialize_from_flags()
         try:
-            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
         except ConfigError as e:
             raise SystemExit(f"pavad-train: {e}") from None
 
