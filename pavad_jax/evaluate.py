@@ -7,7 +7,7 @@ Test videos are scored at full length in length buckets (one compiled program pe
 crop scores averaged, each segment score repeated for its 16 frames, and all videos
 concatenated in test-set order against the concatenated frame ground truth. Writes
 metrics.json, roc.png and score-trace PNGs (ground-truth intervals shaded) under
-WORKDIR/eval/<checkpoint>/.
+WORKDIR/eval/<checkpoint>/, with every video's segment scores in scores.npz.
 """
 from __future__ import annotations
 
@@ -181,6 +181,9 @@ def write_report(out_dir: pathlib.Path, result: dict, scores, evalset: pipeline.
     tmp = out_dir / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out_dir / "metrics.json")
+    tmp = out_dir / "scores.tmp.npz"
+    np.savez(tmp, **{video_id: s for video_id, s in zip(evalset.ids, scores)})  # segment scores per video
+    tmp.replace(out_dir / "scores.npz")
     all_scores = np.concatenate([metrics.frame_scores(s) for s in scores])
     plot_roc(out_dir / "roc.png", evalset.frame_ground_truth(), all_scores, result["auc"])
     for i in videos:
@@ -230,7 +233,7 @@ def main(argv=None) -> None:
           f"AP(average precision) {result['average_precision']:.4f}  over {len(evalset)} videos")
     for name, auc in sorted(result.get("per_class_auc", {}).items()):
         print(f"  {name:<20s} AUC {auc:.4f}")
-    print(f"wrote {out_dir}/metrics.json, roc.png and {len(videos)} score traces")
+    print(f"wrote {out_dir}/metrics.json, scores.npz, roc.png and {len(videos)} score traces")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 import argparse
 import json
 import pathlib
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from generation import workers
@@ -79,6 +82,22 @@ def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
     before = [v.stat().st_mtime_ns for v in videos]
     assert run.run_gvvad(config, tmp_path) == counts
     assert [v.stat().st_mtime_ns for v in videos] == before
+
+    # GV-VAD's training config trains on what the chain produced, and evaluation gives scores and an AUC.
+    workdir = tmp_path / "train"
+    small = ["--config.model.feature_dim=16", "--config.model.hidden=16", "--config.model.mlp_dim=16",
+             "--config.model.cls_hidden=8", "--config.model.a_slots=4", "--config.model.n_slots=4",
+             "--config.data.segments=4", "--config.data.batch.normal=2", "--config.data.batch.abnormal=2",
+             "--config.train.steps=2", "--config.train.eval_every=2", "--config.train.num_devices=1"]
+    subprocess.run([sys.executable, "-m", "pavad_jax.train", "--config", str(REPO / "configs" / "gvvad_ucf.py"),
+                    "--workdir", str(workdir), f"--config.data.dir={tmp_path / 'dataset'}", *small],
+                   check=True, capture_output=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "pavad_jax.evaluate", "--workdir", str(workdir)], check=True,
+                   capture_output=True, cwd=REPO)
+    metrics = json.loads((workdir / "eval" / "best" / "metrics.json").read_text())
+    assert 0.0 <= metrics["auc"] <= 1.0 and metrics["videos"] == 2
+    with np.load(workdir / "eval" / "best" / "scores.npz") as scores:
+        assert sorted(scores.files) == sorted(test) and scores["real-test-bigbuckbunny"].shape == (9,)
 
 
 def test_ucf_crime_real_video_list_from_the_real_annotation_files(annotations_dir):

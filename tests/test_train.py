@@ -165,6 +165,9 @@ def test_pavad_eval_writes_metrics_roc_and_traces(data_dir, tmp_path):
     assert metrics["auc"] == pytest.approx(summary["auc"], abs=1e-6)
     assert (out / "roc.png").stat().st_size > 1000
     assert len(list(out.glob("trace_*.png"))) == 2
+    with np.load(out / "scores.npz") as saved:
+        assert sorted(saved.files) == sorted(train.pipeline.open_split(config.data, "test").entries[i]["id"]
+                                             for i in range(6))
     # A saved step restores from the Orbax training checkpoint.
     evaluate.main(["--workdir", str(tmp_path), "--checkpoint", "2", "--videos", "0"])
     last = json.loads((tmp_path / "eval" / "2" / "metrics.json").read_text())
