@@ -137,11 +137,16 @@ def bench_train(config, steps: int) -> dict:
 
     times = time_calls(run, lambda: (batches,), steps, "train step")
     step_s = statistics.median(times) / k
-    flops = flops_of(compiled)
+    # XLA's cost analysis counts a while loop's body once, so the FLOPs of one update come from
+    # a one-step program (the scan of k steps would report those same FLOPs, not k times them).
+    one_step = config.copy_and_resolve_references()
+    one_step.train.steps_per_dispatch = 1
+    flops = flops_of(jax.jit(train.make_train_step(graphdef, rest, tx, one_step)).lower(
+        state, jax.tree.map(lambda x: x[:1], batches), weights).compile())
     return {"data_devices": devices, "compile_s": compile_s, "train_step_ms": 1e3 * step_s,
             "train_segments_per_s": rows * config.data.segments / step_s,
-            "flops_per_step": None if flops is None else flops / k,
-            "achieved_flops_per_s": None if flops is None else flops / k / step_s,
+            "flops_per_step": flops,
+            "achieved_flops_per_s": None if flops is None else flops / step_s,
             "graphdef": graphdef, "params": holder["state"]["params"], "rest": rest}
 
 
