@@ -39,6 +39,9 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
                  "a memory bank needs at least one slot")
     _require(config.data.segments > 0, "data.segments", config.data.segments, "must be > 0")
     _require(config.train.steps > 0, "train.steps", config.train.steps, "must be > 0")
+    k = config.train.steps_per_dispatch
+    _require(k > 0 and config.train.steps % k == 0, "train.steps", config.train.steps,
+             f"must be a multiple of train.steps_per_dispatch = {k}")
     _require(config.optim.learning_rate > 0, "optim.learning_rate", config.optim.learning_rate, "must be > 0")
     _require(config.optim.weight_decay >= 0, "optim.weight_decay", config.optim.weight_decay, "must be >= 0")
     batch = config.data.batch

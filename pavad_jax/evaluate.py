@@ -133,12 +133,18 @@ def _intervals(labels: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
-def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or on clusters)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None:
+    plt = _pyplot()
     fpr, tpr = metrics.roc_curve(frame_labels, frame_scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.4f}")
@@ -153,11 +159,7 @@ def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None
 
 def plot_score_trace(path: pathlib.Path, video_id: str, segment_scores, frame_labels) -> None:
     """Frame scores over time, ground-truth anomalies shaded (PA-VAD Fig. 8 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     frames = metrics.frame_scores(segment_scores)
     fig, ax = plt.subplots(figsize=(8, 2.6))
     for start, end in _intervals(frame_labels):

@@ -152,12 +152,11 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
         from pavad_jax.data import synthetic
 
         root = pathlib.Path(config.data.synthetic_root).expanduser()
-        if jax.process_index() == 0:
-            path = synthetic.ensure_synthetic(root, size=config.data.synthetic)
+        if jax.process_index() == 0:  # one writer; the other hosts wait for it
+            synthetic.ensure_synthetic(root, size=config.data.synthetic)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("synthetic data ready")
-            path = synthetic.ensure_synthetic(root, size=config.data.synthetic)  # now a no-op
-        return pathlib.Path(path)
+        return synthetic.dataset_dir(root, size=config.data.synthetic)
     if not config.data.dir:
         raise ConfigError("config.data.dir is empty: give a dataset folder (with train/ and test/) "
                           "or set config.data.synthetic")
@@ -288,8 +287,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer = create_writer(workdir, is_main)
     preemption = PreemptionFlag()
     total, k = config.train.steps, config.train.steps_per_dispatch
-    if total % k:
-        raise ConfigError(f"config.train.steps = {total} must be a multiple of train.steps_per_dispatch = {k}")
 
     bar = tqdm(total=total, initial=step, desc="train", disable=not is_main, unit="step")
     segment_start, loop_start, first_step = time.time(), time.time(), step
