@@ -14,7 +14,7 @@ Variants (comma-separated): runlocal (the small benchmark and a narrow model: se
 CPU), and one of the Table 5 ablations urdmu | da | upd | darm (default). Expected results
 (2-core CPU) are in the README's table.
 """
-from pavad_jax.config_base import ABLATIONS, apply_ablation, base_config, parse_variants
+from pavad_jax.config_base import ABLATIONS, apply_ablation, base_config, narrow_model, parse_variants
 
 
 def get_config(arg=None):
@@ -49,13 +49,7 @@ def get_config(arg=None):
         config.data.batch.abnormal = 4
         config.data.batch.pseudo_normal = 4
         config.data.eval_buckets = (64, 128)
-        config.model.feature_dim = 64
-        config.model.hidden = 64
-        config.model.mlp_dim = 64
-        config.model.cls_hidden = 32
-        config.model.a_slots = 16
-        config.model.n_slots = 16
-        config.loss.darm.discriminator_hidden = (32,)
+        narrow_model(config, feature_dim=64, hidden=64, slots=16)
         config.optim.learning_rate = 1e-3
         config.train.steps = 60
         config.train.eval_every = 20

@@ -41,6 +41,20 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def narrow_model(config: ml_collections.ConfigDict, *, feature_dim: int, hidden: int, slots: int,
+                 heads: int | None = None) -> None:
+    """Shrinks the UR-DMU (and discriminator) for `runlocal` variants that must run in seconds."""
+    config.model.feature_dim = feature_dim
+    config.model.hidden = hidden
+    config.model.mlp_dim = hidden
+    config.model.cls_hidden = hidden // 2
+    config.model.a_slots = slots
+    config.model.n_slots = slots
+    if heads is not None:
+        config.model.heads = heads
+    config.loss.darm.discriminator_hidden = (hidden // 2,)
+
+
 def parse_variants(arg: str | None, known: set[str]) -> set[str]:
     """'runlocal,urdmu' -> {'runlocal', 'urdmu'}; an unknown word is an error naming the choices."""
     words = {w.strip() for w in (arg or "").split(",") if w.strip()}

@@ -11,7 +11,7 @@ UR-DMU's architecture) in groups of 12. Expected: every member reaches a frame A
 """
 import ml_collections
 
-from pavad_jax.config_base import base_config, parse_variants
+from pavad_jax.config_base import base_config, narrow_model, parse_variants
 
 
 def get_config(arg=None):
@@ -40,15 +40,8 @@ def get_config(arg=None):
     })
     sweep.members_per_group = 12
     if "runlocal" in words:
-        config.model.feature_dim = 64
-        config.model.hidden = 32
-        config.model.mlp_dim = 32
-        config.model.cls_hidden = 16
-        config.model.heads = 2
-        config.model.a_slots = 10
-        config.model.n_slots = 10
+        narrow_model(config, feature_dim=64, hidden=32, slots=10, heads=2)
         config.model.dropout = 0.1
-        config.loss.darm.discriminator_hidden = (16,)
         config.data.segments = 16
         config.data.eval_buckets = (32, 128)
         config.optim.learning_rate = 1e-3
