@@ -143,6 +143,13 @@ def _pyplot():
     return plt
 
 
+def _save_figure(fig, path: pathlib.Path, dpi: int) -> None:
+    """Write a PNG atomically (temp file + rename): a reader never sees half a plot."""
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)
+
+
 def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None:
     plt = _pyplot()
     fpr, tpr = metrics.roc_curve(frame_labels, frame_scores)
@@ -153,7 +160,7 @@ def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -167,7 +174,7 @@ def plot_score_trace(path: pathlib.Path, video_id: str, segment_scores, frame_la
     ax.plot(np.arange(frames.size), frames, c="tab:blue", lw=1.5)
     ax.set(xlim=(0, frames.size), ylim=(0, 1.02), xlabel="frame", ylabel="anomaly score", title=video_id)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
