@@ -1,10 +1,11 @@
 """Checks a training config before anything is compiled, naming the field at fault."""
 from __future__ import annotations
 
-import json
 import pathlib
 
 import ml_collections
+
+from pavad_jax import shards
 
 LOSS_WEIGHTS_NONNEGATIVE = ("lambda1", "lambda2", "lambda_da", "lambda_dist", "beta", "gv_lambda")
 
@@ -19,12 +20,12 @@ def _require(condition: bool, field: str, value, why: str) -> None:
 
 
 def _manifest_feature_dims(split_dir: pathlib.Path) -> dict[str, int]:
-    """feature_dim of every shard set under a split folder, keyed by manifest path."""
-    dims = {}
-    for manifest in sorted(split_dir.rglob("manifest.json")):
-        with open(manifest) as f:
-            dims[str(manifest)] = int(json.load(f)["feature_dim"])
-    return dims
+    """feature_dim of every shard set under a split folder, keyed by manifest path ({} when none)."""
+    try:
+        set_dirs = shards.find_shard_sets(split_dir)
+    except shards.ShardError:
+        return {}
+    return {str(d / shards.MANIFEST): int(shards.load_manifest(d)["feature_dim"]) for d in set_dirs}
 
 
 def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.Path | None = None) -> None:
