@@ -34,11 +34,8 @@ def _check_both_classes(labels: np.ndarray) -> None:
 
 def roc_auc(labels, scores) -> float:
     """Area under the ROC curve (ties handled as sklearn's roc_auc_score does)."""
-    labels = np.asarray(labels)
-    _check_both_classes(labels)
-    fps, tps = _clf_curve(labels, scores)
-    fpr = np.r_[0.0, fps] / fps[-1]
-    tpr = np.r_[0.0, tps] / tps[-1]
+    _check_both_classes(np.asarray(labels))
+    fpr, tpr = roc_curve(labels, scores)
     return float(np.trapezoid(tpr, fpr))
 
 
