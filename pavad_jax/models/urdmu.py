@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pavad_jax import random_bits
+
 
 class SlotMask(nnx.Variable):
     """Boolean (K,) mask of the active memory slots; not a trained parameter."""
@@ -40,7 +42,7 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout; the identity when `key` is None (test mode) or rate is 0."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    keep = random_bits.bernoulli(key, 1.0 - rate, x.shape)  # = jax.random.bernoulli, fused
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
@@ -301,7 +303,7 @@ class URDMU(nnx.Module):
 
         mu, logvar = self.encoder_mu(n_aug), self.encoder_var(n_aug)
         if reparam_noise is None:
-            reparam_noise = jax.random.normal(key, mu.shape, mu.dtype)
+            reparam_noise = random_bits.normal(key, mu.shape)  # = jax.random.normal, fused
         n_aug_new = mu + reparam_noise * jnp.sqrt(jnp.exp(logvar))
         a_aug_new = self.encoder_mu(a_aug)
         memory_feature = jnp.concatenate([n_aug_new + self.encoder_mu(a_n_aug), a_aug_new + self.encoder_mu(n_a_aug)])
