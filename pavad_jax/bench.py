@@ -16,6 +16,13 @@ the domain-alignment term, so it feeds 1.5 B rows. Reported (docs/sweeps.md expl
   achieved_flops_per_s   flops_per_step / train_step_ms
   matmul_peak_flops_per_s  a large float32 matmul timed the same way on the same device
   fraction_of_peak       achieved / peak
+  matmul_only_ms         the train step's own matmuls (every dot_general of one update, same shapes
+                         and dimension numbers) alone in one program: what the step would take if
+                         everything else were free
+  matmul_only_fraction_of_peak  their FLOPs / matmul_only_ms / peak: the ceiling of fraction_of_peak
+                         that XLA's matmul kernels allow for this model on this device
+                         (single-device runs; with several data-parallel devices XLA counts
+                         per-device FLOPs and these figures are n/a)
   sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members
 
 The same code runs on CPU, GPU and TPU: only jax's own device choice differs.
@@ -29,6 +36,7 @@ import statistics
 import time
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -109,6 +117,47 @@ def matmul_peak(calls: int = 5, min_seconds: float = 0.05, max_n: int = 8192) ->
         n *= 2
 
 
+def _sub_jaxprs(params: dict):
+    """The jaxprs nested in an equation's params (pjit, scan, while, cond, custom_jvp/vjp)."""
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax.extend.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax.extend.core.Jaxpr):
+                yield item
+
+
+def step_matmuls(fn, *args) -> list[tuple]:
+    """Every dot_general that fn(*args) runs, as (lhs aval, rhs aval, params), once per execution."""
+    found = []
+
+    def walk(jaxpr, times: int):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.extend([(eqn.invars[0].aval, eqn.invars[1].aval, eqn.params)] * times)
+            inner = times * eqn.params["length"] if eqn.primitive.name == "scan" else times
+            for sub in _sub_jaxprs(eqn.params):
+                walk(sub, inner)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr, 1)
+    return found
+
+
+def bench_matmuls_only(matmuls: list[tuple], steps: int) -> dict:
+    """Time the given matmuls alone, all in one jitted program on ones of their shapes."""
+    operands = [(jnp.ones(lhs.shape, lhs.dtype), jnp.ones(rhs.shape, rhs.dtype)) for lhs, rhs, _ in matmuls]
+
+    def run_all(operands):
+        return [jax.lax.dot_general(lhs, rhs, params["dimension_numbers"], precision=params["precision"],
+                                    preferred_element_type=params["preferred_element_type"])
+                for (lhs, rhs), (_, _, params) in zip(operands, matmuls)]
+
+    compiled = jax.jit(run_all).lower(operands).compile()
+    seconds = statistics.median(time_calls(compiled, lambda: (operands,), steps, "matmuls only"))
+    return {"matmul_count": len(matmuls), "matmul_flops_per_step": flops_of(compiled),
+            "matmul_only_ms": 1e3 * seconds}
+
+
 def bench_train(config, steps: int) -> dict:
     """Compile time, step time, FLOPs of pavad-train's jitted step on random batches."""
     detector = build_detector(config.model, config.loss, seed=0)
@@ -141,12 +190,17 @@ def bench_train(config, steps: int) -> dict:
     # a one-step program (the scan of k steps would report those same FLOPs, not k times them).
     one_step = config.copy_and_resolve_references()
     one_step.train.steps_per_dispatch = 1
-    flops = flops_of(jax.jit(train.make_train_step(graphdef, rest, tx, one_step)).lower(
-        state, jax.tree.map(lambda x: x[:1], batches), weights).compile())
+    one_step_fn = train.make_train_step(graphdef, rest, tx, one_step)
+    one_batch = jax.tree.map(lambda x: x[:1], batches)
+    flops = flops_of(jax.jit(one_step_fn).lower(state, one_batch, weights).compile())
+    # The jaxpr has the global shapes; XLA's counts above are per device. So: single-device runs only.
+    matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, holder["state"], one_batch, weights), steps)
+               if devices == 1 else {"matmul_count": None, "matmul_flops_per_step": None, "matmul_only_ms": None})
     return {"data_devices": devices, "compile_s": compile_s, "train_step_ms": 1e3 * step_s,
             "train_segments_per_s": rows * config.data.segments / step_s,
             "flops_per_step": flops,
             "achieved_flops_per_s": None if flops is None else flops / step_s,
+            **matmuls,
             "graphdef": graphdef, "params": holder["state"]["params"], "rest": rest}
 
 
@@ -220,6 +274,9 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     result["matmul_n"], result["matmul_peak_flops_per_s"] = peak["n"], peak["flops_per_s"]
     achieved = result["achieved_flops_per_s"]
     result["fraction_of_peak"] = None if achieved is None else achieved / peak["flops_per_s"]
+    matmul_flops = result["matmul_flops_per_step"]
+    result["matmul_only_fraction_of_peak"] = (
+        None if not matmul_flops else matmul_flops / (result["matmul_only_ms"] / 1e3) / peak["flops_per_s"])
     if members:
         result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps)
     return result
@@ -245,6 +302,12 @@ def format_report(result: dict) -> str:
         f"(f32 {result['matmul_n']}x{result['matmul_n']})",
         f"  fraction_of_peak      {g(result['fraction_of_peak'], 0.01, '{:.1f}')} %",
     ]
+    if result["matmul_only_ms"] is None:
+        lines.append("  matmuls only          n/a (measured on single-device runs only)")
+    else:
+        lines.append(f"  matmuls only          {result['matmul_only_ms']:.2f} ms for the step's {result['matmul_count']} "
+                     f"matmuls ({g(result['matmul_flops_per_step'], 1e9)} GFLOP), "
+                     f"{g(result['matmul_only_fraction_of_peak'], 0.01, '{:.1f}')} % of peak")
     for row in result.get("sweep", []):
         lines.append(f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
                      f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "

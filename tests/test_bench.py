@@ -1,5 +1,6 @@
 """pavad-bench: config and batch layout, XLA FLOP counts, the matmul peak and the whole report."""
 import json
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,20 @@ def test_matmul_peak_grows_until_a_call_is_long_enough():
     assert quick["n"] == 512
 
 
+def test_step_matmuls_finds_every_dot_with_its_repeat_count():
+    def fn(x, w):
+        y = jax.nn.relu(x @ w)  # one dot
+        y = jax.jit(lambda a: a @ w.T)(y)  # one inside a nested jit
+        return jax.lax.scan(lambda c, _: (c @ w, None), y, length=3)[0]  # three from the scan body
+
+    x, w = jnp.ones((5, 4)), jnp.ones((4, 4))
+    found = bench.step_matmuls(fn, x, w)
+    assert len(found) == 5 and all(lhs.shape == (5, 4) and rhs.shape == (4, 4) for lhs, rhs, _ in found)
+    timed = bench.bench_matmuls_only(found, steps=2)
+    assert timed["matmul_count"] == 5 and timed["matmul_only_ms"] > 0
+    assert timed["matmul_flops_per_step"] == pytest.approx(5 * 2 * 5 * 4 * 4, rel=0.01)
+
+
 @pytest.mark.slow
 def test_tiny_benchmark_reports_every_figure(tmp_path):
     result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members=2, hidden=8, slots=4, steps_per_dispatch=2)
@@ -48,12 +63,14 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     for name in ("compile_s", "train_step_ms", "train_segments_per_s", "infer_segments_per_s", "flops_per_step",
                  "achieved_flops_per_s", "matmul_peak_flops_per_s", "fraction_of_peak"):
         assert result[name] > 0, name
+    # 6 rows over the test's 8 CPU devices: data-parallel on 6, so the matmul-only figures are n/a.
+    assert result["data_devices"] == 6 and result["matmul_only_ms"] is None
     assert result["train_segments_per_s"] == pytest.approx(6 * 32 / (result["train_step_ms"] / 1e3))
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_peak_flops_per_s"])
     assert [row["members"] for row in result["sweep"]] == [1, 2]
     assert all(row["member_steps_per_s"] > 0 for row in result["sweep"])
     text = bench.format_report(result)
-    assert "fraction_of_peak" in text and "2 members" in text
+    assert "fraction_of_peak" in text and "2 members" in text and "matmuls only          n/a" in text
     json.dumps(result)  # JSON-able as --json writes it
 
 
@@ -62,3 +79,21 @@ def test_cli_help_and_bad_flags():
     assert help_text.returncode == 0 and "--members" in help_text.stdout and "matmul" in help_text.stdout
     bad = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--batch-size", "3"], capture_output=True, text=True)
     assert bad.returncode == 2 and "even" in bad.stderr
+
+
+@pytest.mark.slow
+def test_single_device_cli_reports_the_matmul_only_ceiling(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--model", "urdmu", "--batch-size", "4",
+                          "--segments", "16", "--feature-dim", "16", "--hidden", "8", "--slots", "4", "--steps", "2",
+                          "--json", str(out)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["data_devices"] == 1
+    # The matmuls are part of the step: every linear layer runs forward, input- and weight-gradient dots.
+    assert result["matmul_count"] >= 30
+    assert 0 < result["matmul_flops_per_step"] <= result["flops_per_step"]
+    assert result["matmul_only_fraction_of_peak"] == pytest.approx(
+        result["matmul_flops_per_step"] / (result["matmul_only_ms"] / 1e3) / result["matmul_peak_flops_per_s"])
+    assert "matmuls only" in run.stdout and "% of peak" in run.stdout
