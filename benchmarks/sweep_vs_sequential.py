@@ -12,11 +12,12 @@ The machine may be shared: the two sides run back to back, `--repeats` alternate
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
 import time
+
+from pavad_jax import atomic
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -77,9 +78,7 @@ def main(argv=None) -> None:
               "ratio_median": sorted(t["ratio"] for t in timings)[len(timings) // 2]}
     print(f"sweep / sequential (median of {len(timings)}): {result['ratio_median']:.3f}")
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+        atomic.write_json(args.json, result, indent=2)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ The same code runs on CPU, GPU and TPU: only jax's own device choice differs.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import time
@@ -42,7 +41,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pavad_jax import distributed, sweep, train
+from pavad_jax import atomic, distributed, sweep, train
 from pavad_jax.config_base import base_config
 from pavad_jax.losses import default_loss_weights
 from pavad_jax.models.detector import build_detector, default_loss_config
@@ -344,10 +343,7 @@ def main(argv=None) -> None:
                            steps_per_dispatch=args.steps_per_dispatch)
     print(format_report(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+        atomic.write_json(args.json, result, indent=2)
         print(f"wrote {args.json}")
 
 

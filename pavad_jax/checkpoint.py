@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
@@ -20,6 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from pavad_jax import atomic
 from pavad_jax.models.detector import Detector, build_detector, default_loss_config, default_model_config
 
 FORMAT_VERSION = 1
@@ -37,14 +37,6 @@ def _split_config(config: Any) -> tuple[ml_collections.ConfigDict, ml_collection
     return ml_collections.ConfigDict(config.model), ml_collections.ConfigDict(loss)
 
 
-def _write_json_atomic(path: pathlib.Path, payload: dict) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def export_model(directory: str | os.PathLike, detector: Detector, config: Any) -> pathlib.Path:
     """Write `detector` and its config to `directory` (replacing a previous export there)."""
     directory = pathlib.Path(directory).absolute()
@@ -54,11 +46,11 @@ def export_model(directory: str | os.PathLike, detector: Detector, config: Any) 
     with ocp.StandardCheckpointer() as checkpointer:  # orbax writes to a temp dir and renames
         checkpointer.save(directory / STATE_DIR, state, force=True)
         checkpointer.wait_until_finished()
-    _write_json_atomic(directory / CONFIG_FILE, {
+    atomic.write_json(directory / CONFIG_FILE, {
         "format": FORMAT_VERSION,
         "model": json.loads(model_cfg.to_json()),
         "loss": json.loads(loss_cfg.to_json()),
-    })
+    }, indent=2, sort_keys=True)
     return directory
 
 

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pavad_jax import metrics
+from pavad_jax import atomic, metrics, plots
 from pavad_jax.data import pipeline
 from pavad_jax.distributed import DATA_AXIS
 
@@ -133,25 +133,8 @@ def _intervals(labels: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display here or on clusters)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig, path: pathlib.Path, dpi: int) -> None:
-    """Write a PNG atomically (temp file + rename): a reader never sees half a plot."""
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
-
-
 def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None:
-    plt = _pyplot()
+    plt = plots.pyplot()
     fpr, tpr = metrics.roc_curve(frame_labels, frame_scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.4f}")
@@ -160,13 +143,12 @@ def plot_roc(path: pathlib.Path, frame_labels, frame_scores, auc: float) -> None
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save_figure(fig, path, dpi=120)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=120)
 
 
 def plot_score_trace(path: pathlib.Path, video_id: str, segment_scores, frame_labels) -> None:
     """Frame scores over time, ground-truth anomalies shaded (PA-VAD Fig. 8 style)."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     frames = metrics.frame_scores(segment_scores)
     fig, ax = plt.subplots(figsize=(8, 2.6))
     for start, end in _intervals(frame_labels):
@@ -174,8 +156,7 @@ def plot_score_trace(path: pathlib.Path, video_id: str, segment_scores, frame_la
     ax.plot(np.arange(frames.size), frames, c="tab:blue", lw=1.5)
     ax.set(xlim=(0, frames.size), ylim=(0, 1.02), xlabel="frame", ylabel="anomaly score", title=video_id)
     fig.tight_layout()
-    _save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=110)
 
 
 def choose_trace_videos(evalset: pipeline.EvalSet, count: int) -> list[int]:
@@ -187,12 +168,9 @@ def choose_trace_videos(evalset: pipeline.EvalSet, count: int) -> list[int]:
 
 def write_report(out_dir: pathlib.Path, result: dict, scores, evalset: pipeline.EvalSet, videos: list[int]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out_dir / "metrics.json")
-    tmp = out_dir / "scores.tmp.npz"
-    np.savez(tmp, **{video_id: s for video_id, s in zip(evalset.ids, scores)})  # segment scores per video
-    tmp.replace(out_dir / "scores.npz")
+    atomic.write_json(out_dir / "metrics.json", result, indent=2)
+    with atomic.atomic_path(out_dir / "scores.npz") as tmp:
+        np.savez(tmp, **{video_id: s for video_id, s in zip(evalset.ids, scores)})  # segment scores per video
     all_scores = np.concatenate([metrics.frame_scores(s) for s in scores])
     plot_roc(out_dir / "roc.png", evalset.frame_ground_truth(), all_scores, result["auc"])
     for i in videos:

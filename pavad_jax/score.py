@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import pathlib
 import sys
-import tempfile
 
 import numpy as np
+
+from pavad_jax import atomic
 
 
 def load_features(path: str, feature_dim: int) -> np.ndarray:
@@ -39,12 +38,8 @@ def score_video(detector, features: np.ndarray) -> np.ndarray:
 
 def save_atomic(path: str, array: np.ndarray) -> None:
     """np.save to a temporary file beside `path`, then rename it into place."""
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp.npy")
-    with os.fdopen(fd, "wb") as f:
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, target)
 
 
 def summary(scores: np.ndarray, top: int = 5) -> str:

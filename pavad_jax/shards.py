@@ -23,13 +23,14 @@ import math
 import os
 import pathlib
 import struct
-import tempfile
 import threading
 import zlib
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from pavad_jax import atomic
 
 STREAMS = ("normal", "abnormal", "pseudo-normal")
 SOURCES = ("real", "pseudo")
@@ -212,21 +213,6 @@ def split_pieces(data: bytes) -> list[bytes]:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def file_sha256(path: os.PathLike | str) -> str:
     """Hex sha256 of a file's bytes."""
     with open(path, "rb") as f:
@@ -352,7 +338,7 @@ class ShardWriter:
         if self._writer is not None:
             self._finish_file()
         self._manifest = build_manifest(self._entries, self._files, self.feature_dim, self.dtype)
-        _atomic_write_text(self.out_dir / MANIFEST, json.dumps(self._manifest, indent=1))
+        atomic.write_text(self.out_dir / MANIFEST, json.dumps(self._manifest, indent=1))
         return self._manifest
 
     def abort(self) -> None:

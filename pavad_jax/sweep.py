@@ -41,7 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pavad_jax import metrics, train
+from pavad_jax import atomic, metrics, plots, train
 from pavad_jax.config_checks import ConfigError, check_training_config
 from pavad_jax.data import pipeline
 from pavad_jax.losses import WEIGHT_NAMES
@@ -423,12 +423,6 @@ class MemberEvaluator:
 # ---------------------------------------------------------------------------------------------
 # Running groups.
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _jsonable(value):
     return value.item() if isinstance(value, np.generic) else value
 
@@ -534,8 +528,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
         saved = workdir / "sweep.json"
         if saved.exists() and json.loads(saved.read_text())["members"] != definition["members"]:
             raise ConfigError(f"{saved} holds a different sweep (other members): use a new --workdir")
-        _atomic_write(saved, json.dumps(definition, indent=2))
-        _atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2))
+        atomic.write_text(saved, json.dumps(definition, indent=2))
+        atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     progress_path = workdir / PROGRESS_JSON
     done = json.loads(progress_path.read_text()) if progress_path.exists() else {"groups": {}}
     if is_main:
@@ -549,7 +543,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
             return []
         done["groups"][str(group.index)] = {"results": results, "wall_s": round(time.time() - start, 3)}
         if is_main:
-            _atomic_write(progress_path, json.dumps(done, indent=2))
+            atomic.write_text(progress_path, json.dumps(done, indent=2))
     rows = sorted((r for g in done["groups"].values() for r in g["results"]), key=lambda r: r["member"])
     axes = list(dict.fromkeys(a for m in members for a in m))
     for row in rows:  # a list sweep may set an axis on some members only: record every member's value
@@ -569,14 +563,12 @@ def write_results(workdir: pathlib.Path, rows: list[dict], axes: list[str]) -> N
     """sweep_results.csv / .json and PNG plots of best AUC against every swept axis."""
     columns = ["member", "group", *axes, "best_auc", "best_ap", "best_ap_pr_trapezoid", "best_step", "final_auc",
                "final_loss", "params_sha256"]
-    tmp = workdir / (RESULTS_CSV + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic.atomic_path(workdir / RESULTS_CSV) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(workdir / RESULTS_CSV)
     best = max(rows, key=lambda r: r["best_auc"] if r["best_auc"] is not None else -1.0)
-    _atomic_write(workdir / RESULTS_JSON, json.dumps({"axes": axes, "best": best, "members": rows}, indent=2))
+    atomic.write_text(workdir / RESULTS_JSON, json.dumps({"axes": axes, "best": best, "members": rows}, indent=2))
     swept = [a for a in axes if len({json.dumps(r[a]) for r in rows}) > 1]
     for axis in swept:
         plot_axis(workdir / f"auc_vs_{axis}.png", rows, axis)
@@ -585,22 +577,13 @@ def write_results(workdir: pathlib.Path, rows: list[dict], axes: list[str]) -> N
         plot_heatmap(workdir / f"auc_heatmap_{varied[0]}_{varied[1]}.png", rows, *varied)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _numeric(values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def plot_axis(path: pathlib.Path, rows: list[dict], axis: str) -> None:
     """Best AUC of every member against one axis; the mean over members with the same value joined."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     values = [r[axis] for r in rows]
     aucs = [r["best_auc"] if r["best_auc"] is not None else np.nan for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -619,13 +602,12 @@ def plot_axis(path: pathlib.Path, rows: list[dict], axis: str) -> None:
         ax.set_xticks(range(len(labels)), labels)
     ax.set(xlabel=axis, ylabel="best frame AUC", title=f"AUC against {axis}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=110)
 
 
 def plot_heatmap(path: pathlib.Path, rows: list[dict], x_axis: str, y_axis: str) -> None:
     """Mean best AUC over members in each (x, y) cell of a 2-D sweep."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     xs = sorted({json.dumps(r[x_axis]) for r in rows}, key=lambda s: json.loads(s))
     ys = sorted({json.dumps(r[y_axis]) for r in rows}, key=lambda s: json.loads(s))
     grid = np.full((len(ys), len(xs)), np.nan)
@@ -646,8 +628,7 @@ def plot_heatmap(path: pathlib.Path, rows: list[dict], x_axis: str, y_axis: str)
     ax.set(xlabel=x_axis, ylabel=y_axis, title="best frame AUC")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------

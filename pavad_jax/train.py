@@ -11,7 +11,6 @@ run under a multi-host TPU slice or a Slurm job and they are detected (see launc
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import pathlib
 import signal
@@ -28,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pavad_jax import checkpoint, distributed, evaluate
+from pavad_jax import atomic, checkpoint, distributed, evaluate
 from pavad_jax.config_checks import ConfigError, check_training_config
 from pavad_jax.data import pipeline
 from pavad_jax.losses import compute_loss, default_loss_weights
@@ -344,9 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "data_dir": str(data_dir),
     }
     if is_main:
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(workdir / "summary.json")
+        atomic.write_json(workdir / "summary.json", summary, indent=2)
         print(f"AUC {summary['auc']:.4f} at step {summary['best_step']} (final step {step}); "
               f"summary in {workdir / 'summary.json'}")
     writer.close()

@@ -31,6 +31,7 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
+from pavad_jax import atomic
 from pavad_jax.shards import SEGMENT_FRAMES, ShardError, ShardSet, ShardWriter, VideoRecord
 
 GENERATOR_VERSION = 1  # bump when the generative model changes: cached copies are rebuilt
@@ -302,16 +303,8 @@ def generate(out_dir: os.PathLike | str, size: str = "default", seed: int = 0, *
         # Of the float32 features before the float16 cast; pooled over segments and crops.
         "mean_segment_norm": {k: total / n for k, (total, n) in sorted(norm_sums.items())},
     }
-    _write_json_atomic(out_dir / INFO_FILE, info)
+    atomic.write_json(out_dir / INFO_FILE, info, indent=1)
     return info
-
-
-def _write_json_atomic(path: pathlib.Path, obj: dict) -> None:
-    """json.dump to a temp file beside `path`, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def dataset_dir(root: os.PathLike | str, size: str = "default", seed: int = 0) -> pathlib.Path:

@@ -18,9 +18,10 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import ml_collections
+
+from pavad_jax import atomic, plots
 
 PROG = "pavad-occ"
 
@@ -58,15 +59,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
             raise SystemExit(f"{PROG}: --config.{dotted}={raw}: {e}") from None
 
 
-def write_json(path: pathlib.Path, obj) -> None:
-    """JSON through a temp file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def workdir_config(args) -> ml_collections.ConfigDict:
     """The run's config: from --config (saved to WORKDIR/config.json) or from WORKDIR/config.json."""
     workdir = pathlib.Path(args.workdir)
@@ -74,7 +66,7 @@ def workdir_config(args) -> ml_collections.ConfigDict:
     if args.config:
         config = load_config(args.config)
         apply_overrides(config, args.overrides)
-        write_json(saved, json.loads(config.to_json()))
+        atomic.write_json(saved, json.loads(config.to_json()), indent=2)
         return config
     if args.overrides:
         raise SystemExit(f"{PROG}: --config.* overrides need --config")
@@ -113,7 +105,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib
                              "use a new --workdir (or delete its data/ folder)")
         return data_dir
     spec_path = data_dir / "spec.json"
-    write_json(spec_path, spec)
+    atomic.write_json(spec_path, spec, indent=2)
     repo_root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "generation.rai.cli", "prepare", "--spec", str(spec_path), "--out", str(data_dir)]
@@ -137,16 +129,13 @@ def cmd_train(args) -> None:
     workdir = pathlib.Path(args.workdir)
     data_dir = prepare(config, workdir)
     summary = occ_train.train_all(config, workdir, data_dir)
-    write_json(workdir / "train_summary.json", summary)
+    atomic.write_json(workdir / "train_summary.json", summary, indent=2)
     print(json.dumps(summary, indent=2))
 
 
 def plot_scores(per_video: dict, path: pathlib.Path) -> None:
     """One panel per test video: the aggregate and its indicators over frames, anomalies shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, axes = plt.subplots(len(per_video), 1, figsize=(8, 2.2 * len(per_video)), squeeze=False)
     for ax, (vid, s) in zip(axes[:, 0], per_video.items()):
@@ -160,11 +149,7 @@ def plot_scores(per_video: dict, path: pathlib.Path) -> None:
     axes[0, 0].legend(fontsize=7, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.12))
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    plots.save_figure(fig, path, dpi=100)
 
 
 def cmd_eval(args) -> None:
@@ -178,11 +163,9 @@ def cmd_eval(args) -> None:
     out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     per_video, summary = scoring.score_videos(config, workdir, workdir / "data")
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **{f"{vid}/{name}": value for vid, s in per_video.items() for name, value in s.items()})
-    os.replace(tmp, out / "scores.npz")
-    write_json(out / "metrics.json", summary)
+    with atomic.atomic_path(out / "scores.npz") as tmp:
+        np.savez(tmp, **{f"{vid}/{name}": value for vid, s in per_video.items() for name, value in s.items()})
+    atomic.write_json(out / "metrics.json", summary, indent=2)
     plot_scores(per_video, out / "scores.png")
     print(json.dumps(summary, indent=2))
 
