@@ -17,41 +17,17 @@ Layout (the contract with pavad_jax/occ/data.py; see docs/occ.md):
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 import time
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from generation import workers
 from generation.rai import clip_features, flow, inpaint, masks, mixup, testset, video
 from pavad_jax.shards import VideoRecord, write_shard_set
 
 SPATIAL_CLASS = "spatial-inpaint"
-
-
-def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
-    """np.save through a temp file and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def save_json(path: pathlib.Path, obj: Any) -> None:
-    """json.dump through a temp file and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def save_preview(path: pathlib.Path, clips, spatial, clip_masks, flows, temporal, count: int = 4) -> None:
@@ -77,11 +53,9 @@ def save_preview(path: pathlib.Path, clips, spatial, clip_masks, flows, temporal
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=80)
+    with workers.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
@@ -155,7 +129,7 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
     arrays = {"clips": np.stack(clips), "spatial_pa": np.stack(spatial), "masks": np.stack(clip_masks),
               "flows": np.stack(flows).astype(np.float16), "temporal_pa": np.stack(temporal).astype(np.float16)}
     for name, array in arrays.items():
-        save_npy(train / f"{name}.npy", array)
+        workers.atomic_save_npy(train / f"{name}.npy", array)
     save_preview(train / "pseudo_anomalies.png", arrays["clips"], arrays["spatial_pa"], arrays["masks"],
                  arrays["flows"], arrays["temporal_pa"])
     write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True)
@@ -188,8 +162,8 @@ def prepare_test(spec: dict, out: pathlib.Path, clip_model) -> dict:
         frames, labels = _test_video(spec, entry, rng)
         flows = flow.video_flow(frames, gen["flow_method"])
         flows = np.concatenate([flows, flows[-1:]])  # one flow per frame, as frames are scored
-        save_npy(out / "test" / "frames" / f"{entry['id']}.npy", frames)
-        save_npy(out / "test" / "flows" / f"{entry['id']}.npy", flows.astype(np.float16))
+        workers.atomic_save_npy(out / "test" / "frames" / f"{entry['id']}.npy", frames)
+        workers.atomic_save_npy(out / "test" / "flows" / f"{entry['id']}.npy", flows.astype(np.float16))
         is_abnormal = int(labels.any())
         anomalous += int(labels.sum())
         records.append(VideoRecord(
@@ -212,5 +186,5 @@ def prepare(spec: dict, out: str | pathlib.Path) -> dict:
     summary = {"spec": spec, "train": prepare_train(spec, out, pipe, clip_model),
                "test": prepare_test(spec, out, clip_model),
                "feature_dim": int(clip_model.config.projection_dim), "seconds": round(time.time() - began, 1)}
-    save_json(out / "prepared.json", summary)
+    workers.atomic_write_text(out / "prepared.json", json.dumps(summary, indent=2))
     return summary
