@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def parse_config_arg(spec: str):
     """'path.py:arg' -> the sweep config."""
-    from pavad_jax.sweep import load_config_file
+    from pavad_jax.config_loader import load_config_file
 
     path, _, arg = spec.partition(":")
     return load_config_file(REPO / path if not pathlib.Path(path).is_absolute() else path, arg or None)

@@ -38,13 +38,13 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from flax import nnx
 from tqdm import tqdm
 
-from pavad_jax import atomic, distributed, sweep, train
-from pavad_jax.config_base import base_config
-from pavad_jax.losses import default_loss_weights
-from pavad_jax.models.detector import build_detector, default_loss_config
+from pavad_jax import atomic, distributed, engine, train
+from pavad_jax.config_base import base_config, default_loss_config
+from pavad_jax.evaluate import make_scorer
+from pavad_jax.models.detector import build_detector
 
 
 def bench_config(model: str, batch_size: int, segments: int, feature_dim: int, *, hidden: int = 512,
@@ -157,101 +157,90 @@ def bench_matmuls_only(matmuls: list[tuple], steps: int) -> dict:
             "matmul_only_ms": 1e3 * seconds}
 
 
-def bench_train(config, steps: int) -> dict:
-    """Compile time, step time, FLOPs of pavad-train's jitted step on random batches."""
-    detector = build_detector(config.model, config.loss, seed=0)
-    graphdef, params, rest = train.split_model(detector)
-    tx = train.make_optimizer(config.optim)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    weights = jax.tree.map(jnp.asarray, default_loss_weights(config))
+def member_state(config, members: int, mesh):
+    """The engine's TrainState for `members` copies of one freshly built model, on `mesh`."""
+    template = build_detector(config.model, config.loss, seed=0)
+    graphdef = nnx.split(template, nnx.Param, ...)[0]
+    member = train.init_member(config, template)
+    return graphdef, engine.put_state(engine.stack_members([member] * members), mesh)
+
+
+def timed_step(config, members: int, mesh, steps: int, desc: str) -> dict:
+    """Compile and time the engine's step (what pavad-train and pavad-sweep run) on random batches."""
+    graphdef, state = member_state(config, members, mesh)
     k = int(config.train.steps_per_dispatch)
-    # As pavad-train: the batch split over a "data" mesh of every device that divides it, the rest replicated.
-    rows = sum(config.data.batch.values())
-    devices = max(d for d in range(1, jax.device_count() + 1) if rows % d == 0)
-    mesh = distributed.make_mesh(devices)
-    state = jax.device_put(state, distributed.replicated(mesh))
-    weights = jax.device_put(weights, distributed.replicated(mesh))
-    batches = jax.device_put(random_batches(config, jax.random.key(1), k),
-                             NamedSharding(mesh, P(None, distributed.DATA_AXIS)))
-    step = jax.jit(train.make_train_step(graphdef, rest, tx, config), donate_argnums=0)
+    update = engine.make_update(train.detector_loss_fn(graphdef, config), engine.make_optimizer(config.optim))
+    step = engine.jit_step(engine.make_step(update, k, mesh=mesh), mesh)
+    batches = jax.device_put(random_batches(config, jax.random.key(1), k), distributed.stacked_batch_sharded(mesh))
     start = time.perf_counter()
-    compiled = step.lower(state, batches, weights).compile()
+    compiled = step.lower(state, batches).compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def run(batches):
-        holder["state"], terms = compiled(holder["state"], batches, weights)
+        holder["state"], terms = compiled(holder["state"], batches)
         return terms
 
-    times = time_calls(run, lambda: (batches,), steps, "train step")
-    step_s = statistics.median(times) / k
+    seconds = statistics.median(time_calls(run, lambda: (batches,), steps, desc))
+    return {"graphdef": graphdef, "state": holder["state"], "update": update, "batches": batches,
+            "compile_s": compile_s, "dispatch_s": seconds, "compiled": compiled}
+
+
+def bench_train(config, steps: int) -> dict:
+    """Compile time, step time, FLOPs of the engine's one-member step on random batches.
+
+    As pavad-train runs it: the batch split over the "data" axis of every device that divides it.
+    """
+    k = int(config.train.steps_per_dispatch)
+    rows = sum(config.data.batch.values())
+    devices = distributed.largest_divisor(rows, jax.device_count())
+    mesh = distributed.make_mesh(1, devices)
+    timed = timed_step(config, 1, mesh, steps, "train step")
+    step_s = timed["dispatch_s"] / k
     # XLA's cost analysis counts a while loop's body once, so the FLOPs of one update come from
     # a one-step program (the scan of k steps would report those same FLOPs, not k times them).
-    one_step = config.copy_and_resolve_references()
-    one_step.train.steps_per_dispatch = 1
-    one_step_fn = train.make_train_step(graphdef, rest, tx, one_step)
-    one_batch = jax.tree.map(lambda x: x[:1], batches)
-    flops = flops_of(jax.jit(one_step_fn).lower(state, one_batch, weights).compile())
+    one_step_fn = engine.make_step(timed["update"], 1)
+    one_batch = jax.tree.map(lambda x: x[:1], timed["batches"])
+    flops = flops_of(jax.jit(one_step_fn).lower(timed["state"], one_batch).compile())
     # The jaxpr has the global shapes; XLA's counts above are per device. So: single-device runs only.
-    matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, holder["state"], one_batch, weights), steps)
+    matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, timed["state"], one_batch), steps)
                if devices == 1 else {"matmul_count": None, "matmul_flops_per_step": None, "matmul_only_ms": None})
-    return {"data_devices": devices, "compile_s": compile_s, "train_step_ms": 1e3 * step_s,
+    params = jax.tree.map(lambda x: x[0], timed["state"].params)
+    rest = jax.tree.map(lambda x: x[0], timed["state"].rest)
+    return {"data_devices": devices, "compile_s": timed["compile_s"], "train_step_ms": 1e3 * step_s,
             "train_segments_per_s": rows * config.data.segments / step_s,
             "flops_per_step": flops,
             "achieved_flops_per_s": None if flops is None else flops / step_s,
             **matmuls,
-            "graphdef": graphdef, "params": holder["state"]["params"], "rest": rest}
+            "graphdef": timed["graphdef"], "params": params, "rest": rest}
 
 
 def bench_infer(graphdef, params, rest, config, steps: int) -> float:
-    """Segments per second of test-mode scoring of B videos (normal + abnormal rows) of T segments."""
+    """Segments per second of test-mode scoring of B videos (normal + abnormal rows) of T segments,
+    with the evaluator's scorer (full float32 precision)."""
     rows = config.data.batch.normal + config.data.batch.abnormal
     features = jax.random.uniform(jax.random.key(2), (rows, config.data.segments, config.model.feature_dim))
-    from flax import nnx
-
-    score = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest).scores(x))
-    times = time_calls(score, lambda: (params, features), steps, "inference")
+    score = make_scorer(graphdef, config.train.eval_precision)
+    stacked = lambda tree: jax.tree.map(lambda x: x[None], tree)
+    times = time_calls(score, lambda: (stacked(params), stacked(rest), features, None), steps, "inference")
     return rows * config.data.segments / statistics.median(times)
 
 
-def stacked_state(params, rest, tx, config, members: int) -> dict:
-    """The sweep's state for `members` copies of one model (throughput only: the values do not matter)."""
-    stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (members, *jnp.shape(x))).copy(), tree)
-    weights = default_loss_weights(config)
-    return {"step": jnp.zeros((), jnp.int32), "params": stack(params), "rest": stack(rest),
-            "opt_state": stack(tx.init(params)), "seed": jnp.arange(members, dtype=jnp.uint32),
-            "weights": {n: jnp.full((members,), v) for n, v in weights.items()}}
-
-
-def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) -> list[dict]:
-    """Member-steps per second of the vmapped sweep step for 1, 2, 4, ..., max_members members."""
+def bench_sweep(config, max_members: int, steps: int) -> list[dict]:
+    """Member-steps per second of the vmapped step for 1, 2, 4, ..., max_members members."""
     counts, m = [], 1
     while m < max_members:
         counts.append(m)
         m *= 2
     counts.append(max_members)
-    tx = train.make_optimizer(config.optim)
     k = int(config.train.steps_per_dispatch)
-    batches = random_batches(config, jax.random.key(3), k)
     results = []
     for members in counts:
-        mesh = sweep.member_mesh(members)
-        state = stacked_state(params, rest, tx, config, members)
-        step_count = jax.device_put(state.pop("step"), NamedSharding(mesh, P()))
-        state = jax.device_put(state, NamedSharding(mesh, P(sweep.MEMBER_AXIS))) | {"step": step_count}
-        step = jax.jit(sweep.make_sweep_step(graphdef, tx, config), donate_argnums=0)
-        start = time.perf_counter()
-        compiled = step.lower(state, batches).compile()
-        compile_s = time.perf_counter() - start
-        holder = {"state": state}
-
-        def run(batches):
-            holder["state"], terms = compiled(holder["state"], batches)
-            return terms
-
-        median = statistics.median(time_calls(run, lambda: (batches,), steps, f"sweep x{members}"))
-        results.append({"members": members, "devices": mesh.devices.size, "compile_s": compile_s,
-                        "dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median})
+        mesh = distributed.make_mesh(distributed.largest_divisor(members, jax.device_count()), 1)
+        timed = timed_step(config, members, mesh, steps, f"sweep x{members}")
+        results.append({"members": members, "devices": mesh.size, "compile_s": timed["compile_s"],
+                        "dispatch_ms": 1e3 * timed["dispatch_s"],
+                        "member_steps_per_s": members * k / timed["dispatch_s"]})
     return results
 
 
@@ -277,7 +266,7 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     result["matmul_only_fraction_of_peak"] = (
         None if not matmul_flops else matmul_flops / (result["matmul_only_ms"] / 1e3) / peak["flops_per_s"])
     if members:
-        result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps)
+        result["sweep"] = bench_sweep(config, members, steps)
     return result
 
 

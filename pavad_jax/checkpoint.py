@@ -1,11 +1,18 @@
-"""The on-disk model format shared by pavad-import-urdmu, pavad-train, pavad-eval and pavad-score.
+"""Every on-disk layout of the JAX side, in one place.
 
-A model directory holds:
-  config.json   {"format": 1, "model": <model config>, "loss": <loss config>} (ml_collections as JSON)
-  state/        an orbax StandardCheckpointer tree: the Detector's nnx state as a pure dict
-                (parameters and the memory slot masks)
-The model is rebuilt from config.json, then its state is restored into it. Training state
-(optimiser, data iterator) lives elsewhere: this directory is only what scoring needs.
+Training checkpoints (`TrainCheckpoints`), under RUN/checkpoints/<step>/ (Orbax):
+  state/      the engine's TrainState (params, model state, optimiser state, seeds, weights; a
+              leading member axis), saved by all processes together
+  progress/   JSON: the step, best results per member, evaluation history, wall time
+  iterator/   the grain iterator's state when batches stream from grain, so a resumed run
+              continues on the same batch
+
+Model exports (`export_model` / `load_model`): what scoring needs, nothing else.
+  config.json {"format": 1, "model": <model config>, "loss": <loss config>}
+  state/      an Orbax StandardCheckpointer tree: the Detector's nnx state as a pure dict
+pavad-train writes RUN/best/ and RUN/last/, pavad-sweep SWEEP/members/<i>/{best,last}/,
+pavad-import-urdmu one export. `resolve_model` turns any of these (or a run or sweep member
+folder, or a run folder plus a step) into a loaded detector.
 """
 from __future__ import annotations
 
@@ -16,16 +23,78 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from pavad_jax import atomic
-from pavad_jax.models.detector import Detector, build_detector, default_loss_config, default_model_config
+from pavad_jax.config_base import default_loss_config, default_model_config
+from pavad_jax.models.detector import Detector, build_detector
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 STATE_DIR = "state"
+CHECKPOINTS_DIR = "checkpoints"
+RUN_CONFIG = "config.json"  # a pavad-train run's full config, beside checkpoints/
+MEMBERS_DIR = "members"  # a sweep's per-member exports
 
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints.
+
+class TrainCheckpoints:
+    """The Orbax checkpoints of one training run (or sweep group): state, progress, iterator."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 2):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        self.directory = (pathlib.Path(run_dir) / CHECKPOINTS_DIR).absolute()
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, progress: dict, iterator=None) -> None:
+        """Saves on every process (Orbax synchronises them); returns when the files are final."""
+        items = {"state": ocp.args.StandardSave(state), "progress": ocp.args.JsonSave(progress)}
+        if iterator is not None:
+            import grain  # pylint: disable=import-outside-toplevel
+
+            items["iterator"] = grain.checkpoint.CheckpointSave(iterator)
+        self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, template: Any, iterator=None, step: int | None = None) -> tuple[Any, dict | None]:
+        """(state, progress) of `step` (default the latest) shaped and sharded like `template`;
+        (template, None) when there is no checkpoint. The iterator is restored in place."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return template, None
+        items = {"state": ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, template)),
+                 "progress": ocp.args.JsonRestore()}
+        if iterator is not None:
+            import grain  # pylint: disable=import-outside-toplevel
+
+            items["iterator"] = grain.checkpoint.CheckpointRestore(iterator)
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+        return restored["state"], restored["progress"]
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the `params` of a saved TrainState (leading member axis), on the default device."""
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; saved steps: {self.all_steps()}")
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True)))
+        return restored["state"]["params"]
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Model exports.
 
 def _split_config(config: Any) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """(model, loss) configs from an experiment config (`.model`, `.loss`) or a bare model config."""
@@ -38,7 +107,10 @@ def _split_config(config: Any) -> tuple[ml_collections.ConfigDict, ml_collection
 
 
 def export_model(directory: str | os.PathLike, detector: Detector, config: Any) -> pathlib.Path:
-    """Write `detector` and its config to `directory` (replacing a previous export there)."""
+    """Write `detector` and its config to `directory` (replacing a previous export there).
+
+    In a multi-host run every process calls it (Orbax synchronises them; the primary writes).
+    """
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     model_cfg, loss_cfg = _split_config(config)
@@ -46,12 +118,24 @@ def export_model(directory: str | os.PathLike, detector: Detector, config: Any) 
     with ocp.StandardCheckpointer() as checkpointer:  # orbax writes to a temp dir and renames
         checkpointer.save(directory / STATE_DIR, state, force=True)
         checkpointer.wait_until_finished()
-    atomic.write_json(directory / CONFIG_FILE, {
-        "format": FORMAT_VERSION,
-        "model": json.loads(model_cfg.to_json()),
-        "loss": json.loads(loss_cfg.to_json()),
-    }, indent=2, sort_keys=True)
+    if jax.process_index() == 0:
+        atomic.write_json(directory / CONFIG_FILE, {
+            "format": FORMAT_VERSION,
+            "model": json.loads(model_cfg.to_json()),
+            "loss": json.loads(loss_cfg.to_json()),
+        }, indent=2, sort_keys=True)
     return directory
+
+
+def is_model_dir(directory: str | os.PathLike) -> bool:
+    """Whether `directory` is a model export (config.json with a format and state/)."""
+    path = pathlib.Path(directory) / CONFIG_FILE
+    if not path.is_file() or not (pathlib.Path(directory) / STATE_DIR).is_dir():
+        return False
+    try:
+        return "format" in json.loads(path.read_text())
+    except ValueError:
+        return False
 
 
 def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -84,3 +168,55 @@ def load_model(directory: str | os.PathLike) -> tuple[Detector, ml_collections.C
         restored = checkpointer.restore(directory / STATE_DIR, target)
     nnx.replace_by_pure_dict(abstract_state, restored)
     return nnx.merge(graphdef, abstract_state), config
+
+
+# ---------------------------------------------------------------------------------------------
+# Any checkpoint a user may point at.
+
+def read_run_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict | None:
+    """The full config a pavad-train run (or sweep member) saved, or None when there is none."""
+    path = pathlib.Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    return None if "format" in payload else ml_collections.ConfigDict(payload)
+
+
+def resolve_model(path: str | os.PathLike, which: str = "best"
+                  ) -> tuple[Detector, ml_collections.ConfigDict, ml_collections.ConfigDict | None, str]:
+    """(detector, {model, loss} config, the run's full config or None, description) of any checkpoint.
+
+    `path` is a model export (a run's best/ or last/, a sweep member's, an imported UR-DMU
+    checkpoint), a pavad-train run folder or a sweep member folder (then `which` picks best,
+    last or a step number saved in its checkpoints/).
+    """
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint folder")
+    if is_model_dir(path):
+        detector, config = load_model(path)
+        return detector, config, read_run_config(path.parent), str(path)
+    run_config = read_run_config(path)
+    if which in ("best", "last"):
+        if not is_model_dir(path / which):
+            if run_config is None:
+                raise FileNotFoundError(f"{path} is neither a model export (config.json + state/) nor a run folder "
+                                        "(config.json + best/ or last/)")
+            raise FileNotFoundError(f"{path / which} does not exist (no evaluation has run yet?)")
+        detector, config = load_model(path / which)
+        return detector, config, run_config, f"{path / which}"
+    if not str(which).isdigit():
+        raise ValueError(f"--checkpoint must be best, last or a step number, got {which!r}")
+    if run_config is None:
+        raise FileNotFoundError(f"{path}: a step number needs a pavad-train run folder (config.json + checkpoints/)")
+    detector = build_detector(run_config.model, run_config.loss, seed=0)
+    graphdef, params, rest = nnx.split(detector, nnx.Param, ...)
+    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), params)
+    checkpoints = TrainCheckpoints(path)
+    try:
+        restored = checkpoints.restore_params(int(which), stacked)
+    finally:
+        checkpoints.close()
+    params = jax.tree.map(lambda x: np.asarray(x)[0], restored)
+    config = ml_collections.ConfigDict({"model": run_config.model, "loss": run_config.loss})
+    return nnx.merge(graphdef, params, rest), config, run_config, f"{path} step {which}"

@@ -1,7 +1,22 @@
-"""The base training config every file in configs/ starts from, and its variant parser."""
+"""Every default a config starts from, and the helpers config files use.
+
+Config files (configs/*.py) import only ml_collections and this module, so reading a config
+never imports jax, flax, grain or orbax (a test checks it). The model, loss and data modules
+read their defaults from here; docs/model.md and docs/architecture.md explain the fields.
+"""
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
+
+from pavad_jax.config_loader import parse_variants  # noqa: F401  (config files import it from here)
+
+METHODS = ("pavad", "urdmu", "gvvad")
+GV_MODES = ("none", "sample", "batch")  # GV-VAD's synthetic-sample loss scaling: off, Eq. 6, public code
+POOL_POINTS = ("selfatt", "embedding")  # embeddings mean-pooled for L_DA
+# Metric that picks the best checkpoint (best/): frame AUC, sklearn's average precision, or
+# UR-DMU's trapezoidal PR area.
+SELECT_BY = {"auc": "auc", "ap": "average_precision", "ap_trapezoid": "ap_pr_trapezoid"}
 
 # Detector-side ablations of PA-VAD's Table 5: which DARM terms are on.
 # (domain alignment on, usage-aware update on); a term that is off also gets weight 0.
@@ -13,31 +28,143 @@ ABLATIONS = {
 }
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Defaults shared by all training configs; each file in configs/ overrides what differs."""
-    from pavad_jax.data.pipeline import default_data_config
-    from pavad_jax.models.detector import default_loss_config, default_model_config
-
-    config = ml_collections.ConfigDict()
-    config.data = default_data_config()
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `config.data` fields every training config starts from (UR-DMU's values)."""
+    c = ml_collections.ConfigDict()
+    # Dataset folder holding <train_split>/ and <test_split>/, each a shard set or a folder of
+    # shard sets (found recursively by manifest.json).
+    c.dir = ""
+    c.train_split = "train"
+    c.test_split = "test"
     # The embedded benchmark: "" (use data.dir), "small" or "default"; built on first use.
-    config.data.synthetic = ""
-    config.data.synthetic_root = "~/.cache/pavad_jax"
-    config.model = default_model_config()
-    config.loss = default_loss_config()
-    # Adam as torch.optim.Adam (weight decay coupled to the gradient), UR-DMU's values.
-    config.optim = ml_collections.ConfigDict(
-        dict(learning_rate=1e-4, weight_decay=5e-5, b1=0.9, b2=0.999, eps=1e-8))
-    config.train = ml_collections.ConfigDict(dict(
+    c.synthetic = ""
+    c.synthetic_root = "~/.cache/pavad_jax"
+    # T: every training video is resampled to this many segments (UR-DMU: 200).
+    c.segments = 200
+    # Videos per stream in one *global* batch (all hosts together); rows are ordered normal,
+    # abnormal, pseudo-normal. UR-DMU splits the batch in halves, so normal == abnormal.
+    # pseudo_normal > 0 only for runs that use pseudo-normal videos (0 = stream unused).
+    c.batch = ml_collections.ConfigDict(dict(normal=64, abnormal=64, pseudo_normal=0))
+    # Which records feed the normal stream: "real" (PA-VAD, UR-DMU) or "any" (also pseudo).
+    c.normal_source = "real"
+    # Which records feed the abnormal stream: "pseudo" (PA-VAD trains on synthetic anomalies
+    # only), "real" (the UR-DMU baseline) or "any" (GV-VAD mixes real and synthetic).
+    c.abnormal_source = "pseudo"
+    # Keep the pre-resampled training set on the device and sample inside the jitted step:
+    # "auto" (when it fits device_budget_gb), True / "true", or False / "false".
+    c.device_resident = config_dict.FieldReference("auto", field_type=object)
+    # Largest pre-resampled training table (GiB, float32, one full copy per device) that "auto"
+    # puts on the device; also capped at half of the device memory where JAX reports it (on a
+    # CPU: a quarter of the RAM, shared by its simulated devices). UCF-Crime's 1610 videos x 10
+    # crops at T=200, D=1024 take 13 GiB.
+    c.device_budget_gb = 16.0
+    # Test videos per evaluation batch in the shortest bucket; longer buckets hold fewer videos
+    # (about the same number of segments per batch), at least one.
+    c.eval_batch_size = 16
+    # Padded lengths (segments) of evaluation batches: a video goes to the smallest bucket that
+    # holds it; longer videos are padded to a multiple of the largest bucket.
+    c.eval_buckets = (128, 256, 512, 1024, 2048, 4096, 8192)
+    # grain worker processes for the training pipeline; 0 reads in this process (threads).
+    # Worker processes need a `if __name__ == "__main__":` guard in the launching script.
+    c.worker_count = 0
+    # Threads that read and resample in this process, and batches prefetched ahead of the step
+    # (each thread builds a whole batch, so at most min(threads, prefetch) are built at once).
+    c.read_threads = 4
+    c.prefetch_batches = 4
+    # Seed of the shuffles and crop choices: the data order depends on it alone (not on
+    # train.seed), so sweep members with other seeds see the same batches.
+    c.seed = 2022
+    return c
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """UR-DMU's architecture as the reference builds it for I3D features (D = 1024)."""
+    return ml_collections.ConfigDict({
+        "feature_dim": 1024,
+        "hidden": 512,
+        "heads": 4,
+        "depth": 2,
+        "mlp_dim": 512,
+        "cls_hidden": 128,
+        "a_slots": 60,
+        "n_slots": 60,
+        "dropout": 0.5,
+        # The reference's quirks, reproduced by default; False gives the evident intent.
+        "quirks": {
+            "local_attn_column_norm": True,  # A / A.sum(-1) divides [i, j] by row j's sum
+            "kl_sum_over_time": True,  # KL summed over axis 1 (time), not over features
+        },
+    })
+
+
+def default_loss_config(method: str = "pavad") -> ml_collections.ConfigDict:
+    """Loss weights (traced) and structural loss choices (static) for one of METHODS.
+
+    pavad: UR-DMU + DARM (Table 8, UCF-Crime column); urdmu: the plain reference loss;
+    gvvad: the reference loss with GV-VAD's per-sample synthetic scaling (Eq. 6, lambda 0.5).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    darm_on = method == "pavad"
+    return ml_collections.ConfigDict({
+        "weights": {
+            "lambda1": 1.0 if darm_on else 0.0,  # weight of L_DA
+            "lambda2": 0.1 if darm_on else 0.0,  # weight of L_upd
+            "lambda_da": 0.1,  # gradient reversal strength (0.2 for SHT in Table 8)
+            "lambda_dist": 0.01,  # weight of ||mean f_N - mean f_pseudoN||^2 inside L_DA
+            "beta": 1.0,  # usage exponent of L_upd
+            "tau": 0.1,  # softmax temperature of the slot assignment Q (not in the paper)
+            "gv_lambda": 0.5,  # GV-VAD's synthetic-sample scale (Table III best)
+        },
+        "darm": {
+            "domain_alignment": darm_on,  # compute L_DA (needs pseudo-normal rows in the batch)
+            "usage_update": darm_on,  # compute L_upd
+            "discriminator_hidden": (256,),  # hidden widths of the discriminator MLP
+            "pool": "selfatt",  # embeddings mean-pooled for L_DA: "selfatt" or "embedding"
+            "stop_grad_centers": True,  # mu_k carries no gradient (slots move, not features)
+            "stop_grad_usage": True,  # the usage weights (u_bar / (u_k + eps))^beta carry none
+            "usage_eps": 1e-6,  # epsilon in u_k + eps
+        },
+        "gv": {
+            "mode": "sample" if method == "gvvad" else "none",  # "none", "sample" or "batch"
+            "learnable": False,  # lambda as a parameter (softplus), initialised at gv_lambda
+        },
+    })
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+    """Adam as torch.optim.Adam (weight decay coupled to the gradient), UR-DMU's values."""
+    return ml_collections.ConfigDict(dict(learning_rate=1e-4, weight_decay=5e-5, b1=0.9, b2=0.999, eps=1e-8))
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """The loop: steps, the intervals of its periodic actions, seed, devices, precision."""
+    return ml_collections.ConfigDict(dict(
         steps=3000,
-        steps_per_dispatch=1,  # optimiser steps per jitted call (lax.scan); > 1 when dispatch dominates
+        # Optimiser steps per jitted call (lax.scan); > 1 when dispatch dominates. log_every,
+        # eval_every and checkpoint_every must be multiples of it.
+        steps_per_dispatch=1,
         eval_every=10,
         checkpoint_every=100,
         log_every=10,
         keep_checkpoints=2,
-        seed=2022,
+        seed=2022,  # model initialisation, dropout and the UR sampling
         num_devices=0,  # devices in the data-parallel mesh; 0 = all (single process only)
+        select_by="auc",  # the metric that picks best/: one of SELECT_BY
+        # Matmul precision of evaluation and scoring: "highest" (full float32 on every
+        # backend, so scores equal the reference's) or "default" (TF32 / bf16 passes).
+        eval_precision="highest",
     ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by all training configs; each file in configs/ overrides what differs."""
+    config = ml_collections.ConfigDict()
+    config.data = default_data_config()
+    config.model = default_model_config()
+    config.loss = default_loss_config()
+    config.optim = default_optim_config()
+    config.train = default_train_config()
     return config
 
 
@@ -53,15 +180,6 @@ def narrow_model(config: ml_collections.ConfigDict, *, feature_dim: int, hidden:
     if heads is not None:
         config.model.heads = heads
     config.loss.darm.discriminator_hidden = (hidden // 2,)
-
-
-def parse_variants(arg: str | None, known: set[str]) -> set[str]:
-    """'runlocal,urdmu' -> {'runlocal', 'urdmu'}; an unknown word is an error naming the choices."""
-    words = {w.strip() for w in (arg or "").split(",") if w.strip()}
-    unknown = words - known
-    if unknown:
-        raise ValueError(f"unknown config variant(s) {sorted(unknown)}; choose from {sorted(known)}")
-    return words
 
 
 def apply_ablation(config: ml_collections.ConfigDict, words: set[str]) -> None:

@@ -1,4 +1,4 @@
-"""Checks a training config before anything is compiled, naming the field at fault."""
+"""Checks a training config once, at the entry point, before anything is compiled, naming the field."""
 from __future__ import annotations
 
 import pathlib
@@ -6,12 +6,11 @@ import pathlib
 import ml_collections
 
 from pavad_jax import shards
+from pavad_jax.config_base import GV_MODES, POOL_POINTS, SELECT_BY
+from pavad_jax.config_loader import ConfigError
 
 LOSS_WEIGHTS_NONNEGATIVE = ("lambda1", "lambda2", "lambda_da", "lambda_dist", "beta", "gv_lambda")
-
-
-class ConfigError(ValueError):
-    """A config field has a value the run cannot use; the message names the field."""
+EVAL_PRECISIONS = ("highest", "default")
 
 
 def _require(condition: bool, field: str, value, why: str) -> None:
@@ -28,21 +27,44 @@ def _manifest_feature_dims(split_dir: pathlib.Path) -> dict[str, int]:
     return {str(d / shards.MANIFEST): int(shards.load_manifest(d)["feature_dim"]) for d in set_dirs}
 
 
-def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.Path | None = None) -> None:
-    """Raises ConfigError for a config that cannot train; cheap (reads only manifests)."""
+def check_schedule(train: ml_collections.ConfigDict) -> None:
+    """train.steps and every interval a positive multiple of train.steps_per_dispatch."""
+    k = train.steps_per_dispatch
+    _require(isinstance(k, int) and k >= 1, "train.steps_per_dispatch", k, "must be an int >= 1")
+    for name in ("steps", "log_every", "eval_every", "checkpoint_every"):
+        value = train[name]
+        _require(isinstance(value, int) and value >= 1 and value % k == 0, f"train.{name}", value,
+                 f"must be a positive multiple of train.steps_per_dispatch = {k} (an interval that is not "
+                 "fires only at the least common multiple)")
+
+
+def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.Path | None = None, *,
+                          data_devices: int | None = None) -> None:
+    """Raises ConfigError for a config that cannot train; cheap (reads only manifests).
+
+    data_devices: the size of the mesh's "data" axis, which the global batch must divide.
+    """
     weights = config.loss.weights
     for name in LOSS_WEIGHTS_NONNEGATIVE:
         _require(weights[name] >= 0, f"loss.weights.{name}", weights[name], "must be >= 0")
     _require(weights.tau > 0, "loss.weights.tau", weights.tau, "the softmax temperature must be > 0")
+    _require(config.loss.darm.pool in POOL_POINTS, "loss.darm.pool", config.loss.darm.pool,
+             f"must be one of {POOL_POINTS}")
+    _require(config.loss.gv.mode in GV_MODES, "loss.gv.mode", config.loss.gv.mode, f"must be one of {GV_MODES}")
+    _require(not config.loss.gv.learnable or config.loss.gv.mode == "sample", "loss.gv.learnable",
+             config.loss.gv.learnable, "a learnable lambda needs loss.gv.mode = 'sample'")
     for name in ("a_slots", "n_slots"):
         value = config.model[name]
         _require(isinstance(value, int) and value > 0, f"model.{name}", value,
                  "a memory bank needs at least one slot")
+    _require(config.model.hidden % config.model.heads == 0, "model.heads", config.model.heads,
+             f"must divide model.hidden = {config.model.hidden}")
     _require(config.data.segments > 0, "data.segments", config.data.segments, "must be > 0")
-    _require(config.train.steps > 0, "train.steps", config.train.steps, "must be > 0")
-    k = config.train.steps_per_dispatch
-    _require(k > 0 and config.train.steps % k == 0, "train.steps", config.train.steps,
-             f"must be a multiple of train.steps_per_dispatch = {k}")
+    check_schedule(config.train)
+    _require(config.train.select_by in SELECT_BY, "train.select_by", config.train.select_by,
+             f"must be one of {sorted(SELECT_BY)}")
+    _require(config.train.eval_precision in EVAL_PRECISIONS, "train.eval_precision", config.train.eval_precision,
+             f"must be one of {EVAL_PRECISIONS}")
     _require(config.optim.learning_rate > 0, "optim.learning_rate", config.optim.learning_rate, "must be > 0")
     _require(config.optim.weight_decay >= 0, "optim.weight_decay", config.optim.weight_decay, "must be >= 0")
     batch = config.data.batch
@@ -52,6 +74,11 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
     if config.loss.darm.domain_alignment:
         _require(batch.pseudo_normal > 0, "data.batch.pseudo_normal", batch.pseudo_normal,
                  "domain alignment (loss.darm.domain_alignment) needs pseudo-normal videos in the batch")
+    if data_devices is not None:
+        rows = sum(batch.values())
+        _require(rows % data_devices == 0, "data.batch", dict(batch),
+                 f"the global batch of {rows} rows must divide evenly over the mesh's {data_devices} data devices "
+                 "(or set train.num_devices)")
     if data_dir is None:
         return
     for split in (config.data.train_split, config.data.test_split):

@@ -1,131 +1,106 @@
-"""pavad-eval: the UR-DMU evaluation protocol, batched and jitted.
+"""pavad-eval and the one evaluator: the UR-DMU protocol, batched and jitted.
 
-  pavad-eval --workdir runs/synthetic                       # best checkpoint, the run's test set
+  pavad-eval --workdir runs/synthetic                        # a run's best export, the run's test set
   pavad-eval --workdir runs/synthetic --checkpoint last --data /data/ucf --videos 4
+  pavad-eval --checkpoint /models/urdmu_ucf --data /data/ucf  # any export or imported checkpoint
 
 Test videos are scored at full length in length buckets (one compiled program per bucket),
 crop scores averaged, each segment score repeated for its 16 frames, and all videos
 concatenated in test-set order against the concatenated frame ground truth. Writes
-metrics.json, roc.png and score-trace PNGs (ground-truth intervals shaded) under
-WORKDIR/eval/<checkpoint>/, with every video's segment scores in scores.npz.
+metrics.json, roc.png and score-trace PNGs (ground-truth intervals shaded) with every video's
+segment scores in scores.npz.
+
+`Evaluator` is what pavad-train, pavad-sweep, pavad-eval, pavad-score and pavad-bench score
+with: every member of a (members, data) mesh at once, in full float32 matmul precision by
+default (train.eval_precision), so scores equal the reference's on every backend.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import pathlib
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-from pavad_jax import atomic, metrics, plots
+from pavad_jax import atomic, distributed, metrics, plots
 from pavad_jax.data import pipeline
-from pavad_jax.distributed import DATA_AXIS
+
+PRECISIONS = {"highest": "highest", "default": None}
 
 
-@dataclasses.dataclass
-class EvalData:
-    """This host's padded, length-bucketed test batches, and the whole test set's metadata."""
+def make_scorer(graphdef, precision: str = "highest"):
+    """jit(params, rest, features, mask) -> (M, B, T) test-mode scores of M stacked models.
 
-    batches: list[dict]
-    evalset: pipeline.EvalSet
-    mesh: jax.sharding.Mesh
-
-    @classmethod
-    def load(cls, data_config, mesh, split: str | None = None) -> "EvalData":
-        batches, evalset = pipeline.make_eval_batches(
-            data_config, split=split, process_index=jax.process_index(), process_count=jax.process_count(),
-            batch_multiple=mesh.size)
-        return cls(batches=batches, evalset=evalset, mesh=mesh)
-
-
-def make_scorer(graphdef, rest):
-    """jit(params, features, mask) -> (B, T) test-mode scores; compiles once per bucket shape."""
-
-    @jax.jit
-    def score(params, features, mask):
-        return nnx.merge(graphdef, params, rest).scores(features, mask)
-
-    return score
-
-
-def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
-    """The global value of a batch-sharded array (rows of every host, in process order)."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def video_scores(scorer, params, data: EvalData) -> list[np.ndarray]:
-    """Per-video segment scores (T,) in test-set order; batch rows sharded over the mesh."""
-    sharding = NamedSharding(data.mesh, P(DATA_AXIS))
-    params = jax.device_put(params, NamedSharding(data.mesh, P()))  # a no-op when already replicated
-    lengths = data.evalset.lengths
-    scores: list[np.ndarray | None] = [None] * len(data.evalset)
-    for batch in data.batches:
-        features, mask = (jax.make_array_from_process_local_data(sharding, batch[k]) for k in ("features", "mask"))
-        out, videos = _gather(scorer(params, features, mask)), _gather(batch["video"])
-        for row, video in enumerate(videos):
-            if video >= 0:
-                scores[video] = out[row, : lengths[video]]
-    missing = [data.evalset.ids[i] for i, s in enumerate(scores) if s is None]
-    if missing:
-        raise RuntimeError(f"evaluation batches skipped {len(missing)} videos, e.g. {missing[:3]}")
-    return scores
-
-
-def evaluate(scorer, params, data: EvalData, *, return_scores: bool = False):
-    """Frame-level AUC, both APs and per-class AUC over the whole test set."""
-    scores = video_scores(scorer, params, data)
-    result = metrics.video_metrics(scores, data.evalset.frame_labels, data.evalset.anomaly_classes)
-    return (result, scores) if return_scores else result
-
-
-def load_run(workdir: pathlib.Path, which: str = "best"):
-    """(detector, full training config) of a pavad-train run: its best or last export, or a step.
-
-    A step number restores the parameters from WORKDIR/checkpoints/STEP (the Orbax training
-    checkpoint); best and last are the model exports pavad-train writes beside it.
+    `precision` is a key of PRECISIONS: "highest" = full float32 matmuls on GPU/TPU too.
     """
-    import ml_collections
+    if precision not in PRECISIONS:
+        raise ValueError(f"config.train.eval_precision = {precision!r}: expected one of {sorted(PRECISIONS)}")
 
-    from pavad_jax import checkpoint
+    def score(params, rest, features, mask):
+        with jax.default_matmul_precision(PRECISIONS[precision]):
+            return jax.vmap(lambda p, r: nnx.merge(graphdef, p, r).scores(features, mask))(params, rest)
 
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{workdir} is not a pavad-train run: {config_path.name} is missing")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    if which in ("best", "last"):
-        if not (workdir / which).is_dir():
-            raise FileNotFoundError(f"{workdir / which} does not exist (no evaluation has run yet?)")
-        detector, _ = checkpoint.load_model(workdir / which)
-        return detector, config
-    if not which.isdigit():
-        raise ValueError(f"--checkpoint must be best, last or a step number, got {which!r}")
-    import orbax.checkpoint as ocp
+    return jax.jit(score)
 
-    from pavad_jax.models.detector import build_detector
-    from pavad_jax.train import split_model
 
-    detector = build_detector(config.model, config.loss, seed=0)
-    graphdef, params, rest = split_model(detector)
-    with ocp.CheckpointManager((workdir / "checkpoints").absolute()) as manager:
-        if int(which) not in manager.all_steps():
-            raise FileNotFoundError(f"no checkpoint for step {which} in {workdir / 'checkpoints'}; "
-                                    f"saved steps: {sorted(manager.all_steps())}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-        restored = manager.restore(int(which), args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True)))
-    return nnx.merge(graphdef, restored["state"]["params"], rest), config
+def stacked_model(detector) -> tuple:
+    """(graphdef, params, rest) of one model with a leading member axis of 1."""
+    graphdef, params, rest = nnx.split(detector, nnx.Param, ...)
+    add_axis = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None], tree)
+    return graphdef, add_axis(params), add_axis(rest)
+
+
+class Evaluator:
+    """The test split's padded, bucketed batches (this host's rows) and a scorer over a mesh."""
+
+    def __init__(self, data_config, mesh, graphdef, *, split: str | None = None, precision: str = "highest",
+                 shards=None):
+        self.mesh = mesh
+        index, count = distributed.data_slice(mesh)
+        self.batches, self.evalset = pipeline.make_eval_batches(
+            data_config, split=split, process_index=index, process_count=count,
+            batch_multiple=mesh.shape[distributed.DATA_AXIS], shards=shards)
+        self.scorer = make_scorer(graphdef, precision)
+
+    def scores(self, params, rest) -> list[list[np.ndarray]]:
+        """Per member, per video (test-set order) segment scores (T,); params/rest stacked (M, ...)."""
+        rows = distributed.batch_sharded(self.mesh)
+        params, rest = (distributed.put_global(jax.device_get(t), distributed.member_sharded(self.mesh))
+                        if not _on_mesh(t, self.mesh) else t for t in (params, rest))
+        lengths = self.evalset.lengths
+        scores: list[list[np.ndarray | None]] | None = None
+        for batch in self.batches:
+            features, mask, videos = (distributed.put_process_local(batch[k], rows) for k in ("features", "mask", "video"))
+            out, videos = distributed.gather(self.scorer(params, rest, features, mask)), distributed.gather(videos)
+            if scores is None:
+                scores = [[None] * len(self.evalset) for _ in range(out.shape[0])]
+            for row, video in enumerate(videos):
+                if video >= 0:
+                    for m in range(out.shape[0]):
+                        scores[m][video] = out[m, row, : lengths[video]]
+        missing = [self.evalset.ids[i] for i, s in enumerate(scores[0]) if s is None]
+        if missing:
+            raise RuntimeError(f"evaluation batches skipped {len(missing)} videos, e.g. {missing[:3]}")
+        return scores
+
+    def results(self, scores: list[list[np.ndarray]]) -> list[dict | None]:
+        """The protocol's metrics of each member's scores; None where a score is not finite."""
+        return [metrics.video_metrics(s, self.evalset.frame_labels, self.evalset.anomaly_classes)
+                if all(np.isfinite(v).all() for v in s) else None for s in scores]
+
+    def __call__(self, params, rest) -> list[dict | None]:
+        return self.results(self.scores(params, rest))
+
+
+def _on_mesh(tree, mesh) -> bool:
+    """Whether every leaf is already a global array on `mesh`."""
+    leaves = jax.tree.leaves(tree)
+    return all(isinstance(x, jax.Array) and getattr(x.sharding, "mesh", None) == mesh for x in leaves)
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots.
+# Plots and report.
 
 def _intervals(labels: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) frame intervals where labels are 1."""
@@ -180,33 +155,66 @@ def write_report(out_dir: pathlib.Path, result: dict, scores, evalset: pipeline.
 
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pavad-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a pavad-train run folder")
+    parser.add_argument("--workdir", default=None,
+                        help="a pavad-train run folder (its config gives the dataset; output under WORKDIR/eval/)")
     parser.add_argument("--checkpoint", default="best",
-                        help="best (default), last, or a step number saved in WORKDIR/checkpoints")
+                        help="best (default), last or a step number of --workdir; or any checkpoint folder: a model "
+                             "export (a run's best/ or last/, a sweep member's, pavad-import-urdmu output) or a run")
     parser.add_argument("--data", default=None, help="dataset folder to evaluate on (default: the run's)")
-    parser.add_argument("--split", default=None, help="split folder inside the dataset (default: config.data.test_split)")
+    parser.add_argument("--split", default=None, help="split folder inside the dataset (default: the config's, test)")
+    parser.add_argument("--output", default=None, help="where to write the report (default: WORKDIR/eval/CHECKPOINT, "
+                                                       "or CHECKPOINT/eval for a checkpoint folder)")
     parser.add_argument("--videos", type=int, default=4, help="how many score-trace PNGs to draw")
     parser.add_argument("--video-ids", nargs="*", default=None, help="draw traces for these test video ids instead")
-    args = parser.parse_args(argv)
+    return parser
 
-    from pavad_jax import distributed
-    from pavad_jax.train import split_model
 
-    workdir = pathlib.Path(args.workdir)
+def _resolve(args) -> tuple:
+    """(detector, data config, output folder, name of the checkpoint) from the command line."""
+    from pavad_jax import checkpoint
+    from pavad_jax.config_base import default_data_config, default_train_config
+
+    if args.workdir and not pathlib.Path(args.checkpoint).is_dir():
+        path, which = pathlib.Path(args.workdir), args.checkpoint
+    elif pathlib.Path(args.checkpoint).is_dir():
+        path, which = pathlib.Path(args.checkpoint), "best"
+    else:
+        raise ValueError(f"--checkpoint {args.checkpoint!r}: no such folder (give --workdir for best, last or a step)")
+    detector, _, run_config, name = checkpoint.resolve_model(path, which)
+    data_config = run_config.data if run_config is not None else default_data_config()
+    train_config = run_config.train if run_config is not None else default_train_config()
+    if args.data:
+        data_config.dir = args.data
+    if not data_config.dir:
+        raise ValueError(f"{path} records no dataset: pass --data DATASET")
+    if args.output:
+        out_dir = pathlib.Path(args.output)
+    elif args.workdir and path == pathlib.Path(args.workdir):
+        out_dir = path / "eval" / str(which)
+    elif checkpoint.read_run_config(path.parent) is not None and path.name in ("best", "last"):
+        out_dir = path.parent / "eval" / path.name
+    else:
+        out_dir = path / "eval"
+    return detector, data_config, train_config.get("eval_precision", "highest"), out_dir, name
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     try:
-        detector, config = load_run(workdir, args.checkpoint)
+        detector, data_config, precision, out_dir, name = _resolve(args)
+        graphdef, params, rest = stacked_model(detector)
+        evaluator = Evaluator(data_config, distributed.make_mesh(), graphdef, split=args.split, precision=precision)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"pavad-eval: {e}") from None
-    if args.data:
-        config.data.dir = args.data
-    data = EvalData.load(config.data, distributed.make_mesh(), split=args.split)
-    evalset = data.evalset
-    graphdef, params, rest = split_model(detector)
-    result, scores = evaluate(make_scorer(graphdef, rest), params, data, return_scores=True)
-    result |= {"checkpoint": args.checkpoint, "data_dir": str(config.data.dir), "videos": len(evalset)}
+    evalset = evaluator.evalset
+    scores = evaluator.scores(params, rest)[0]
+    result = evaluator.results([scores])[0]
+    if result is None:
+        raise SystemExit(f"pavad-eval: {name} gives non-finite scores on {data_config.dir}: no metric reported")
+    result |= {"checkpoint": name, "data_dir": str(data_config.dir), "videos": len(evalset)}
     if args.video_ids:
         unknown = sorted(set(args.video_ids) - set(evalset.ids))
         if unknown:
@@ -214,12 +222,11 @@ def main(argv=None) -> None:
         videos = [evalset.ids.index(v) for v in args.video_ids]
     else:
         videos = choose_trace_videos(evalset, args.videos)
-    out_dir = workdir / "eval" / str(args.checkpoint)
     write_report(out_dir, result, scores, evalset, videos)
     print(f"AUC {result['auc']:.4f}  AP(trapezoid) {result['ap_pr_trapezoid']:.4f}  "
           f"AP(average precision) {result['average_precision']:.4f}  over {len(evalset)} videos")
-    for name, auc in sorted(result.get("per_class_auc", {}).items()):
-        print(f"  {name:<20s} AUC {auc:.4f}")
+    for class_name, auc in sorted(result.get("per_class_auc", {}).items()):
+        print(f"  {class_name:<20s} AUC {auc:.4f}")
     print(f"wrote {out_dir}/metrics.json, scores.npz, roc.png and {len(videos)} score traces")
 
 

@@ -39,11 +39,34 @@ def default_loss_weights(config: Any) -> dict[str, np.float32]:
 
 # ---------------------------------------------------------------------------- primitives
 
-def bce(p: jax.Array, target: jax.Array | float) -> jax.Array:
-    """Elementwise binary cross-entropy on probabilities, logs clamped at -100 as torch's BCELoss."""
+@jax.custom_vjp
+def _bce(p: jax.Array, target: jax.Array) -> jax.Array:
     log_p = jnp.maximum(jnp.log(p), -100.0)
     log_not_p = jnp.maximum(jnp.log1p(-p), -100.0)
     return -(target * log_p + (1.0 - target) * log_not_p)
+
+
+def _bce_fwd(p, target):
+    return _bce(p, target), (p, target)
+
+
+def _bce_bwd(residuals, g):
+    # torch's binary_cross_entropy backward: (p - y) / max(p (1 - p), 1e-12). Finite at p = 0 and
+    # p = 1, where the chain rule through the clamped logs would give 0 * inf = NaN.
+    p, target = residuals
+    grad_p = g * (p - target) / jnp.maximum(p * (1.0 - p), 1e-12)
+    grad_target = g * (jnp.maximum(jnp.log1p(-p), -100.0) - jnp.maximum(jnp.log(p), -100.0))
+    return grad_p, grad_target
+
+
+_bce.defvjp(_bce_fwd, _bce_bwd)
+
+
+def bce(p: jax.Array, target: jax.Array | float) -> jax.Array:
+    """Elementwise binary cross-entropy on probabilities as torch's BCELoss: logs clamped at -100,
+    and its gradient, finite for p in {0, 1} (a saturated sigmoid)."""
+    p = jnp.asarray(p)
+    return _bce(p, jnp.broadcast_to(jnp.asarray(target, p.dtype), p.shape))
 
 
 def bce_with_logits(logits: jax.Array, target: jax.Array | float) -> jax.Array:

@@ -1,65 +1,77 @@
-"""clu metric writers: TensorBoard event files plus a JSON-lines log a script can read.
+"""Metrics of a run: TensorBoard event files (tensorboardX, no TensorFlow) and metrics.jsonl.
 
-Importing this module imports clu's TensorBoard writer (and with it TensorFlow, a few seconds),
-so the trainer imports it lazily.
+One schema for pavad-train, pavad-sweep and pavad-occ: every row of metrics.jsonl is
+{"step": s, "<group>/<name>": value, ...} with groups such as train/ and eval/; in a sweep each
+member's keys are prefixed by member/<index>/ (member_key). The same keys are TensorBoard tags.
 """
 from __future__ import annotations
 
 import json
-import os
+import math
 import pathlib
-from typing import Any, Mapping
+from typing import Mapping
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only writes event files here
+import numpy as np
 
-import numpy as np  # noqa: E402
-from clu import metric_writers  # noqa: E402
+JSONL = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-    """Appends one JSON object per write_scalars call: {"step": ..., name: value, ...}."""
+def member_key(member: int | None, key: str) -> str:
+    """`key` of one sweep member (member/<i>/key); unchanged for a single run (member None)."""
+    return key if member is None else f"member/{member}/{key}"
 
-    def __init__(self, path: pathlib.Path):
-        self._file = open(path, "a", buffering=1)
 
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-        row = {"step": int(step)} | {k: float(np.asarray(v)) for k, v in scalars.items()}
+class MetricsLog:
+    """Appends rows to WORKDIR/metrics.jsonl and TensorBoard scalars to WORKDIR/tensorboard/.
+
+    Only the main process writes; elsewhere every call is a no-op.
+    """
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool = True, *, tensorboard: bool = True):
+        self.enabled = enabled
+        self._file = self._board = None
+        if not enabled:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._file = open(workdir / JSONL, "a", buffering=1)
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+            self._board = SummaryWriter(str(workdir / TENSORBOARD), flush_secs=30)
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """One row: every scalar at `step` (non-finite values are written as null)."""
+        if not self.enabled or not scalars:
+            return
+        values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+        row = {"step": int(step)} | {k: (v if math.isfinite(v) else None) for k, v in values.items()}
         self._file.write(json.dumps(row) + "\n")
+        if self._board is not None:
+            for key, value in values.items():
+                self._board.add_scalar(key, value, int(step))
 
-    def write_hparams(self, hparams: Mapping[str, Any]):
-        self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")
+    def flush(self) -> None:
+        if self._board is not None:
+            self._board.flush()
 
-    # Only scalars and hparams go to the JSON log; the rest lives in TensorBoard.
-    def write_summaries(self, step, values, metadata=None):
-        pass
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
-    def write_images(self, step, images):
-        pass
+    def __enter__(self) -> "MetricsLog":
+        return self
 
-    def write_videos(self, step, videos):
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate):
-        pass
-
-    def write_texts(self, step, texts):
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-        pass
-
-    def flush(self):
-        self._file.flush()
-
-    def close(self):
-        self._file.close()
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def create_writer(workdir: pathlib.Path, is_main: bool) -> metric_writers.MetricWriter:
-    """TensorBoard events in workdir/tensorboard and workdir/metrics.jsonl (main process only)."""
-    if not is_main:
-        return metric_writers.MultiWriter([])
-    return metric_writers.MultiWriter([
-        metric_writers.SummaryWriter(str(workdir / "tensorboard")),
-        JsonlWriter(workdir / "metrics.jsonl"),
-    ])
+def read_rows(path: pathlib.Path) -> list[dict]:
+    """Every row of a metrics.jsonl."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -25,15 +25,22 @@ def load_features(path: str, feature_dim: int) -> np.ndarray:
     return features.astype(np.float32)
 
 
-def score_video(detector, features: np.ndarray) -> np.ndarray:
-    """(T, D) or (crops, T, D) -> (T,) scores, crops averaged."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+def score_video(detector, features: np.ndarray, precision: str = "highest") -> np.ndarray:
+    """(T, D) or (crops, T, D) -> (T,) scores, crops averaged: the evaluator's scorer, padded to the
+    evaluation bucket as pavad-eval pads it."""
+    from pavad_jax.config_base import default_data_config  # pylint: disable=import-outside-toplevel
+    from pavad_jax.data.pipeline import bucket_length  # pylint: disable=import-outside-toplevel
+    from pavad_jax.evaluate import make_scorer, stacked_model  # pylint: disable=import-outside-toplevel
 
-    batch = features[None] if features.ndim == 3 else features[None, None]
-    with jax.default_matmul_precision("highest"):  # full fp32 on GPU/TPU too (no TF32/bf16 passes)
-        scores = jax.jit(detector.scores)(jnp.asarray(batch))
-    return np.asarray(scores[0])
+    crops = features if features.ndim == 3 else features[None]
+    length = crops.shape[1]
+    padded = bucket_length(length, default_data_config().eval_buckets)
+    batch = np.zeros((1, crops.shape[0], padded, crops.shape[2]), np.float32)
+    batch[0, :, :length] = crops
+    mask = np.zeros((1, padded), bool)
+    mask[0, :length] = True
+    graphdef, params, rest = stacked_model(detector)
+    return np.asarray(make_scorer(graphdef, precision)(params, rest, batch, mask))[0, 0, :length]
 
 
 def save_atomic(path: str, array: np.ndarray) -> None:
@@ -57,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "writes one anomaly score in [0, 1] per segment (crops averaged; a segment is 16 frames for "
         "I3D features) and prints a short summary.")
     parser.add_argument("--checkpoint", required=True,
-                        help="model directory written by pavad-train, pavad-import-urdmu or export_model")
+                        help="a model export (a run's best/ or last/, a sweep member's, pavad-import-urdmu output) "
+                        "or a pavad-train run folder (its best/)")
     parser.add_argument("--features", required=True, help=".npy file with (T, D) or (crops, T, D) features")
     parser.add_argument("--output", help="where to write the (T,) float32 scores as .npy (default: not written)")
     parser.add_argument("--top", type=int, default=5, help="how many top segments to print (default 5)")
@@ -66,15 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pavad_jax.checkpoint import load_model, read_config  # pylint: disable=import-outside-toplevel
+    from pavad_jax.checkpoint import resolve_model  # pylint: disable=import-outside-toplevel
 
     try:
-        feature_dim = int(read_config(args.checkpoint).model.feature_dim)
+        detector, config, run_config, _ = resolve_model(args.checkpoint)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
-    features = load_features(args.features, feature_dim)
-    detector, _ = load_model(args.checkpoint)
-    scores = score_video(detector, features)
+    features = load_features(args.features, int(config.model.feature_dim))
+    precision = run_config.train.get("eval_precision", "highest") if run_config is not None else "highest"
+    scores = score_video(detector, features, precision)
     if args.output:
         save_atomic(args.output, scores.astype(np.float32))
     print(summary(scores, args.top))

@@ -5,141 +5,42 @@
 
 Rerunning the same command with the same --workdir resumes from the last checkpoint (model,
 optimiser and data-iterator state), so a killed run ends with the same parameters as an
-uninterrupted one. Multi-host: pass --coordinator_address/--num_processes/--process_id, or
-run under a multi-host TPU slice or a Slurm job and they are detected (see launch/).
+uninterrupted one. SIGTERM (sent by schedulers before the time limit) to any process makes
+every process save the same step and exit. A loss or gradient that goes non-finite stops the
+run with an error naming the step and the terms; the last checkpoint stays the last good one.
+Multi-host: pass --coordinator_address/--num_processes/--process_id, or run under a multi-host
+TPU slice or a Slurm job and they are detected (see launch/).
+
+This module is the detector's side of the one engine (pavad_jax/engine.py): `train_members`
+trains any number of members in one program, and pavad-train is its one-member case.
 """
 from __future__ import annotations
 
-import hashlib
+import argparse
+import dataclasses
+import json
 import logging
 import pathlib
-import signal
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
-from pavad_jax import atomic, checkpoint, distributed, evaluate
-from pavad_jax.config_checks import ConfigError, check_training_config
+from pavad_jax import atomic, checkpoint, distributed, engine
+from pavad_jax.config_base import SELECT_BY
+from pavad_jax.config_checks import check_training_config
+from pavad_jax.config_loader import ConfigError, load_config, split_config_args
 from pavad_jax.data import pipeline
+from pavad_jax.evaluate import Evaluator
 from pavad_jax.losses import compute_loss, default_loss_weights
-from pavad_jax.models.detector import build_detector
+from pavad_jax.metric_writers import MetricsLog
+from pavad_jax.models.detector import build_detector, set_active_slots
 
-
-# ---------------------------------------------------------------------------------------------
-# Pieces shared with pavad-sweep and pavad-bench.
-
-def pytorch_adam(learning_rate, weight_decay, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
-    """Adam as torch.optim.Adam: weight decay is added to the gradient (coupled), not decoupled."""
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
-def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimiser with learning rate and weight decay as state, so a sweep can trace them."""
-    return optax.inject_hyperparams(pytorch_adam)(
-        learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
-        b1=optim.b1, b2=optim.b2, eps=optim.eps)
-
-
-def split_model(detector: nnx.Module):
-    """(graphdef, trainable params, everything else) of an NNX module."""
-    return nnx.split(detector, nnx.Param, ...)
-
-
-def params_sha256(params) -> str:
-    """SHA-256 over every parameter's path, dtype, shape and bytes, in sorted path order."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    digest = hashlib.sha256()
-    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-        value = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(f"{value.dtype}{value.shape}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
-    return digest.hexdigest()
-
-
-def stream_row_permutation(batch_counts: dict[str, int], process_count: int) -> np.ndarray | None:
-    """Gather indices that turn host-major rows into stream-major rows.
-
-    Each host contributes its slice of every stream ([normal, abnormal, pseudo-normal] per
-    host), and the global array concatenates hosts; UR-DMU needs all normal rows first.
-    """
-    if process_count == 1:
-        return None
-    counts = [batch_counts[s] for s in ("normal", "abnormal", "pseudo_normal")]
-    local = [c // process_count for c in counts]
-    per_host = sum(local)
-    order = []
-    for stream, n in enumerate(local):
-        start = sum(local[:stream])
-        for host in range(process_count):
-            order.extend(host * per_host + start + r for r in range(n))
-    return np.asarray(order, np.int32)
-
-
-def make_update(graphdef, tx, config, *, row_permutation=None, batch_sharding=None):
-    """One optimiser update as a pure function, the unit that pavad-train scans and pavad-sweep vmaps.
-
-    update(params, rest, opt_state, step, base_key, batch, weights, sampler)
-        -> (params, opt_state), terms
-    `rest` is the non-trainable model state (e.g. slot masks), `base_key` the run's seed key,
-    `weights` the traced loss weights. Either `batch` is given (streamed data) or `sampler`
-    draws it inside the step (device-resident data). Randomness is fold_in(base_key, step), so
-    a resumed run, or a sweep member with the same seed, draws the same numbers.
-    """
-
-    def update(params, rest, opt_state, step, base_key, batch, weights, sampler):
-        key = jax.random.fold_in(base_key, step)
-        if sampler is not None:
-            batch = sampler.sample(jax.random.fold_in(key, 1))
-            if batch_sharding is not None:
-                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        elif row_permutation is not None:
-            batch = jax.tree.map(lambda x: x[row_permutation], batch)
-
-        def loss_fn(p):
-            return compute_loss(nnx.merge(graphdef, p, rest), batch, weights, jax.random.fold_in(key, 0),
-                                config=config)
-
-        (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), terms
-
-    return update
-
-
-def make_train_step(graphdef, rest, tx, config, *, row_permutation=None, batch_sharding=None):
-    """`train.steps_per_dispatch` updates in one lax.scan: train_step(state, batches, weights, sampler).
-
-    state = {"step", "params", "opt_state"}; `batches` holds k stacked batches, or is None when
-    `sampler` draws them on the device. Per-step loss terms come back stacked (k,).
-    """
-    update = make_update(graphdef, tx, config, row_permutation=row_permutation, batch_sharding=batch_sharding)
-    base_key = jax.random.key(config.train.seed)
-
-    def train_step(state, batches, weights, sampler=None):
-        def body(carry, batch):
-            params, opt_state, step = carry
-            (params, opt_state), terms = update(params, rest, opt_state, step, base_key, batch, weights, sampler)
-            return (params, opt_state, step + 1), terms
-
-        carry = (state["params"], state["opt_state"], state["step"])
-        (params, opt_state, step), terms = jax.lax.scan(body, carry, batches, length=config.train.steps_per_dispatch)
-        return {"step": step, "params": params, "opt_state": opt_state}, terms
-
-    return train_step
+SUMMARY = "summary.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,22 +66,63 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
     return path
 
 
-class TrainData:
-    """Training batches for the mesh: sampled on the device, or streamed from grain."""
+def stream_row_permutation(batch_counts: dict[str, int], process_count: int) -> np.ndarray | None:
+    """Gather indices that turn host-major rows into stream-major rows.
 
-    def __init__(self, config, mesh):
-        self.steps = config.train.steps_per_dispatch
-        self.batch_sharding = distributed.batch_sharded(mesh)
-        self.stacked_sharding = NamedSharding(mesh, P(None, distributed.DATA_AXIS))
-        shards = pipeline.open_split(config.data, config.data.train_split)
+    Each host contributes its slice of every stream ([normal, abnormal, pseudo-normal] per
+    host), and the global array concatenates hosts; UR-DMU needs all normal rows first.
+    """
+    if process_count == 1:
+        return None
+    counts = [batch_counts[s] for s in ("normal", "abnormal", "pseudo_normal")]
+    local = [c // process_count for c in counts]
+    per_host = sum(local)
+    order = []
+    for stream, n in enumerate(local):
+        start = sum(local[:stream])
+        for host in range(process_count):
+            order.extend(host * per_host + start + r for r in range(n))
+    return np.asarray(order, np.int32)
+
+
+def subset_clips(indices: np.ndarray, clips: int, seed: int) -> np.ndarray:
+    """A fixed random subset of `clips` pseudo-abnormal videos (the same for every member and rerun)."""
+    if clips > len(indices):
+        raise ConfigError(f"config.data.abnormal_clips = {clips}: the training split has only {len(indices)} "
+                          "abnormal-stream videos")
+    order = np.random.default_rng([seed, 1]).permutation(len(indices))
+    return np.sort(indices[order[:clips]])
+
+
+class DetectorData:
+    """Training batches for a (members, data) mesh, shared by every member.
+
+    Device-resident (`sampler`: the resampled table on every device, batch `step` drawn inside
+    the program) or streamed from grain (`iterator`: this process's rows, see
+    distributed.data_slice). Either way the batch of a step depends on data.seed only.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh, shards):
+        self.steps = int(config.train.steps_per_dispatch)
+        self.stacked_sharding = distributed.stacked_batch_sharded(mesh)
+        index, count = distributed.data_slice(mesh)
+        self.row_permutation = stream_row_permutation(dict(config.data.batch), count)
         self.sampler = self.iterator = None
+        clips = int(config.data.get("abnormal_clips", 0) or 0)
         if pipeline.use_device_resident(config.data, shards):
-            self.sampler = pipeline.DeviceResidentSampler.from_config(
-                config.data, sharding=distributed.replicated(mesh), shards=shards)
+            streams = pipeline.select_streams(shards, config.data)
+            if clips:
+                streams[1] = subset_clips(streams[1], clips, int(config.data.seed))
+            host = pipeline.build_resampled_table(shards, streams, int(config.data.segments))
+            self.sampler = pipeline.DeviceResidentSampler.from_table(
+                host, pipeline.stream_counts(config.data), sharding=distributed.replicated(mesh),
+                seed=int(config.data.seed))
         else:
-            self.iterator = pipeline.make_train_iterator(
-                config.data, process_index=jax.process_index(), process_count=jax.process_count(),
-                shards=shards)
+            if clips:
+                raise ConfigError(f"config.data.abnormal_clips = {clips} needs the device-resident data mode "
+                                  "(set --config.data.device_resident=true)")
+            self.iterator = pipeline.make_train_iterator(config.data, process_index=index, process_count=count,
+                                                         shards=shards)
 
     def next(self):
         """The next `steps` batches stacked (k, B, ...) as global arrays, or None when sampled on device."""
@@ -188,186 +130,232 @@ class TrainData:
             return None
         local = [next(self.iterator) for _ in range(self.steps)]
         stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
-        return {k: jax.make_array_from_process_local_data(self.stacked_sharding, v)
-                for k, v in stacked.items()}
+        return distributed.put_process_local(stacked, self.stacked_sharding)
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints.
+# Members.
 
-def make_checkpoint_manager(workdir: pathlib.Path, config) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.train.keep_checkpoints, create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
-
-
-def save_checkpoint(manager, state, data: TrainData, progress: dict) -> None:
-    import grain
-
-    items = {"state": ocp.args.StandardSave(state), "progress": ocp.args.JsonSave(progress)}
-    if data.iterator is not None:
-        items["iterator"] = grain.checkpoint.CheckpointSave(data.iterator)
-    manager.save(int(progress["step"]), args=ocp.args.Composite(**items), force=True)
-    manager.wait_until_finished()
+def padded_template(config: ml_collections.ConfigDict, a_slots: int, n_slots: int):
+    """A detector with the group's padded slot counts: its graphdef and shapes are every member's."""
+    model = config.model.copy_and_resolve_references()
+    model.a_slots, model.n_slots = a_slots, n_slots
+    return build_detector(model, config.loss, seed=0)
 
 
-def restore_checkpoint(manager, state, data: TrainData):
-    """(state, progress) from the latest checkpoint, or (state, None) for a fresh run."""
-    import grain
-
-    step = manager.latest_step()
-    if step is None:
-        return state, None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    items = {"state": ocp.args.StandardRestore(abstract), "progress": ocp.args.JsonRestore()}
-    if data.iterator is not None:
-        items["iterator"] = grain.checkpoint.CheckpointRestore(data.iterator)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], restored["progress"]
+def _pad_leaf(leaf, shape) -> np.ndarray:
+    """Zero-pad an array at the end of every axis to `shape` (a bigger memory bank)."""
+    leaf = np.asarray(leaf)
+    if leaf.shape == tuple(shape):
+        return leaf
+    return np.pad(leaf, [(0, s - n) for n, s in zip(leaf.shape, shape)])
 
 
-class PreemptionFlag:
-    """Set by SIGTERM (what schedulers send before killing a job): save, then stop."""
+def init_member(config: ml_collections.ConfigDict, template) -> dict:
+    """One member's initial params, rest, opt_state, seed and weights, padded to the template's slots.
 
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
+    The parameters are drawn exactly as a standalone run of `config` draws them; padded memory
+    rows are zero (masked out, they get zero gradient and zero weight decay, so they stay zero).
+    """
+    _, params, _ = nnx.split(build_detector(config.model, config.loss, seed=int(config.train.seed)), nnx.Param, ...)
+    set_active_slots(template, int(config.model.a_slots), int(config.model.n_slots))
+    _, template_params, rest = nnx.split(template, nnx.Param, ...)
+    params = jax.tree.map(lambda p, t: _pad_leaf(p, t.shape), params, template_params)
+    return {"params": params, "rest": jax.tree.map(np.asarray, rest),
+            "opt_state": engine.make_optimizer(config.optim).init(params), "seed": int(config.train.seed),
+            "weights": default_loss_weights(config)}
 
-    def _handle(self, *_):
-        self.requested = True
+
+def member_detector(host_params, member: int, config: ml_collections.ConfigDict):
+    """Member `member` of stacked host params as a standalone Detector at its own slot counts."""
+    graphdef, own_params, rest = nnx.split(build_detector(config.model, config.loss, seed=0), nnx.Param, ...)
+    params = jax.tree.map(lambda p, own: np.asarray(p)[member][tuple(slice(0, n) for n in own.shape)],
+                          host_params, own_params)
+    return nnx.merge(graphdef, params, rest)
+
+
+def detector_loss_fn(graphdef, config: ml_collections.ConfigDict) -> engine.LossFn:
+    """The engine's loss function for the detector: compute_loss on the merged model."""
+
+    def loss_fn(params, rest, batch, weights, key):
+        total, terms = compute_loss(nnx.merge(graphdef, params, rest), batch, weights, key, config=config)
+        return total, (terms, rest)
+
+    return loss_fn
+
+
+_COMPILED: dict = {}
+
+
+def compiled_step(graphdef, config: ml_collections.ConfigDict, data: DetectorData, mesh):
+    """The jitted step (state donated), once per structure and mesh in a process, so sweep groups
+    and reruns of the same structure reuse the compiled program."""
+    static = {"loss": config.loss.to_dict(), "batch": config.data.batch.to_dict(),
+              "k": config.train.steps_per_dispatch, "adam": [config.optim.b1, config.optim.b2, config.optim.eps],
+              "resident": data.sampler is not None,
+              "rows": None if data.row_permutation is None else data.row_permutation.tolist()}
+    key = (graphdef, json.dumps(static, sort_keys=True, default=str), mesh)
+    if key not in _COMPILED:
+        update = engine.make_update(detector_loss_fn(graphdef, config), engine.make_optimizer(config.optim))
+        step = engine.make_step(update, int(config.train.steps_per_dispatch), mesh=mesh,
+                                row_permutation=data.row_permutation)
+        _COMPILED[key] = engine.jit_step(step, mesh)
+    return _COMPILED[key]
+
+
+@dataclasses.dataclass
+class MemberResult:
+    """What one member's training gave (a row of sweep_results.csv, pavad-train's summary)."""
+
+    best_step: int
+    best: dict | None
+    final: dict | None
+    diverged_at: int | None
+    diverged_terms: list[str] | None
+    params_sha256: str
+    evals: list[dict]
+
+
+def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_collections.ConfigDict],
+                  run_dir: pathlib.Path, data_dir: pathlib.Path, *, export_dirs: list[pathlib.Path | None],
+                  member_ids: list[int] | None = None, mesh=None, desc: str = "train"
+                  ) -> tuple[list[MemberResult], str, dict]:
+    """Trains the members (one program, vmapped) to config.train.steps, resuming from run_dir.
+
+    `structure` holds everything the members share (model shapes up to slot counts, loss
+    structure, data, schedule); `member_configs` are the standalone configs of the members,
+    whose traced values (seed, loss weights, learning rate, weight decay, slot counts) may
+    differ. Member m exports best/ and last/ under export_dirs[m] (None: not exported).
+    Returns (results, status, progress) with status "finished", "preempted" or "diverged".
+    """
+    config = structure.copy_and_resolve_references()
+    config.data.dir = str(data_dir)
+    schedule = engine.Schedule.from_config(config.train)
+    is_main = jax.process_index() == 0
+    mesh = mesh or distributed.make_mesh(1, int(config.train.num_devices) or None)
+    template = padded_template(config, max(int(c.model.a_slots) for c in member_configs),
+                               max(int(c.model.n_slots) for c in member_configs))
+    graphdef = nnx.split(template, nnx.Param, ...)[0]
+    state = engine.put_state(engine.stack_members([init_member(c, template) for c in member_configs]), mesh)
+    shards = pipeline.open_split(config.data, config.data.train_split)
+    data = DetectorData(config, mesh, shards)
+    evaluator = Evaluator(config.data, mesh, graphdef, precision=config.train.eval_precision)
+    checkpoints = checkpoint.TrainCheckpoints(run_dir, int(config.train.keep_checkpoints))
+    state, progress = checkpoints.restore(state, data.iterator)
+    progress = progress or engine.new_progress(len(member_configs))
+
+    def export(state, member: int, which: str) -> None:
+        if export_dirs[member] is not None:
+            detector = member_detector(jax.tree.map(distributed.gather, state.params), member, member_configs[member])
+            checkpoint.export_model(export_dirs[member] / which, detector, member_configs[member])
+
+    log = MetricsLog(run_dir, is_main)
+    loop = engine.Loop(step_fn=compiled_step(graphdef, config, data, mesh), data=data, schedule=schedule,
+                       checkpoints=checkpoints, log=log, evaluate=lambda s: evaluator(s.params, s.rest),
+                       on_best=lambda state, member, _: export(state, member, "best"), select_by=SELECT_BY[config.train.select_by], member_ids=member_ids,
+                       desc=desc, is_main=is_main)
+    try:
+        state, progress, status = loop.run(state, progress)
+    finally:
+        log.close()
+        checkpoints.close()
+    if status != "preempted":
+        for m in range(len(member_configs)):
+            export(state, m, "last")
+    host_params = jax.tree.map(distributed.gather, state.params)
+    results = []
+    for m, entry in enumerate(progress["members"]):
+        params = nnx.split(member_detector(host_params, m, member_configs[m]), nnx.Param, ...)[1]
+        results.append(MemberResult(entry["best_step"], entry["best"], entry["final"], entry["diverged_at"],
+                                    entry["diverged_terms"], engine.params_sha256(params), entry["evals"]))
+    return results, status, progress
 
 
 # ---------------------------------------------------------------------------------------------
+# pavad-train.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Trains, evaluates every `train.eval_every` steps, keeps the best; returns summary.json."""
+    """Trains one detector, evaluates every train.eval_every steps, keeps the best; returns summary.json.
+
+    Raises ConfigError for a config that cannot train (before anything compiles) and
+    engine.TrainingDiverged when the loss or gradient goes non-finite.
+    """
     start = time.time()
     workdir = pathlib.Path(workdir)
     data_dir = resolve_data_dir(config)
-    check_training_config(config, data_dir)
+    mesh = distributed.make_mesh(1, int(config.train.num_devices) or None)
+    check_training_config(config, data_dir, data_devices=mesh.shape[distributed.DATA_AXIS])
     config = config.copy_and_resolve_references()
-    config.data.dir = str(data_dir)  # the pipelines read data.dir
+    config.data.dir = str(data_dir)
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-    mesh = distributed.make_mesh(config.train.num_devices or None)
-    global_batch = sum(config.data.batch.values())
-    if global_batch % mesh.size:
-        raise ConfigError(f"config.data.batch = {dict(config.data.batch)}: the global batch {global_batch} "
-                          f"must divide evenly over the mesh's {mesh.size} devices (or set train.num_devices)")
-
-    detector = build_detector(config.model, config.loss, seed=config.train.seed)
-    graphdef, params, rest = split_model(detector)
-    tx = make_optimizer(config.optim)
-    replicated = distributed.replicated(mesh)
-    rest = jax.device_put(rest, replicated)  # global arrays: multi-host checkpoints cannot save host-local ones
-    state = jax.device_put({"step": jnp.zeros((), jnp.int32), "params": params,
-                            "opt_state": tx.init(params)}, replicated)
-    weights = jax.device_put(default_loss_weights(config), replicated)
-
-    data = TrainData(config, mesh)
-    eval_data = evaluate.EvalData.load(config.data, mesh)
-    manager = make_checkpoint_manager(workdir, config)
-    state, progress = restore_checkpoint(manager, state, data)
-    state = jax.device_put(state, replicated)
-    progress = progress or {"step": 0, "best_step": -1, "best_auc": -1.0, "best_metrics": None,
-                            "train_wall_s": 0.0, "evals": []}
-    step = int(progress["step"])
-
-    train_step = jax.jit(make_train_step(
-        graphdef, rest, tx, config, batch_sharding=data.batch_sharding,
-        row_permutation=stream_row_permutation(dict(config.data.batch), jax.process_count())),
-        donate_argnums=0)
-    scorer = evaluate.make_scorer(graphdef, rest)
-    from pavad_jax.metric_writers import create_writer  # imports TensorFlow: only when training
-
-    writer = create_writer(workdir, is_main)
-    preemption = PreemptionFlag()
-    total, k = config.train.steps, config.train.steps_per_dispatch
-
-    bar = tqdm(total=total, initial=step, desc="train", disable=not is_main, unit="step")
-    segment_start, loop_start, first_step = time.time(), time.time(), step
-    latest_auc = progress["evals"][-1]["auc"] if progress["evals"] else float("nan")
-    latest_loss = float("nan")
-    while step < total:
-        state, terms = train_step(state, data.next(), weights, data.sampler)
-        step += k
-        bar.update(k)
-        if step % config.train.log_every == 0 or step == total:
-            last = {name: float(v[-1]) for name, v in jax.device_get(terms).items()}
-            writer.write_scalars(step, {f"train/{n}": v for n, v in last.items()})
-            latest_loss = last["total"]
-        if step % config.train.log_every == 0 or step % config.train.eval_every == 0 or step == total:
-            bar.set_postfix(loss=f"{latest_loss:.4f}", auc=f"{latest_auc:.4f}")
-        if step % config.train.eval_every == 0 or step == total:
-            result = evaluate.evaluate(scorer, state["params"], eval_data)
-            latest_auc = result["auc"]
-            writer.write_scalars(step, {f"eval/{n}": v for n, v in result.items() if np.isscalar(v)})
-            progress["evals"].append({"step": step, "auc": result["auc"]})
-            if result["auc"] > progress["best_auc"]:
-                progress.update(best_step=step, best_auc=result["auc"], best_metrics=result)
-                # Every process calls the export: orbax synchronises the hosts and the primary writes.
-                checkpoint.export_model(workdir / "best", nnx.merge(graphdef, state["params"], rest), config)
-        if step % config.train.checkpoint_every == 0 or step == total or preemption.requested:
-            progress["step"] = step
-            progress["train_wall_s"] += time.time() - segment_start
-            segment_start = time.time()
-            save_checkpoint(manager, state, data, progress)
-            if preemption.requested and step < total:
-                logging.warning("SIGTERM: saved step %d; rerun the same command to resume", step)
-                bar.close()
-                writer.close()
-                return {"preempted_at_step": step}
-    bar.close()
-    steps_run, loop_s = step - first_step, time.time() - loop_start
-
-    final_params = state["params"]
-    checkpoint.export_model(workdir / "last", nnx.merge(graphdef, final_params, rest), config)
-    best = progress["best_metrics"] or {}
+        atomic.write_text(workdir / checkpoint.RUN_CONFIG, config.to_json_best_effort(indent=2))
+    loop_start = time.time()
+    (result,), status, progress = train_members(config, [config], workdir, data_dir, export_dirs=[workdir], mesh=mesh)
+    if status == "preempted":
+        return {"preempted_at_step": progress["step"]}
+    best = result.best or {}
     summary = {
-        "final_step": step,
-        "best_step": progress["best_step"],
+        "final_step": progress["step"],
+        "best_step": result.best_step,
+        "select_by": config.train.select_by,
         "auc": best.get("auc"),
         "ap_pr_trapezoid": best.get("ap_pr_trapezoid"),
         "average_precision": best.get("average_precision"),
         "per_class_auc": best.get("per_class_auc", {}),
-        "final_auc": progress["evals"][-1]["auc"] if progress["evals"] else None,
+        "final_auc": (result.final or {}).get("auc"),
         "wall_s": round(time.time() - start, 3),
         "train_wall_s": round(progress["train_wall_s"], 3),
-        "steps_per_s": round(steps_run / loop_s, 3) if steps_run else None,
-        "params_sha256": params_sha256(final_params),
+        "steps_per_s": round(progress["step"] / (time.time() - loop_start), 3),
+        "params_sha256": result.params_sha256,
         "devices": mesh.size,
         "processes": jax.process_count(),
         "data_dir": str(data_dir),
     }
     if is_main:
-        atomic.write_json(workdir / "summary.json", summary, indent=2)
-        print(f"AUC {summary['auc']:.4f} at step {summary['best_step']} (final step {step}); "
-              f"summary in {workdir / 'summary.json'}")
-    writer.close()
+        atomic.write_json(workdir / SUMMARY, summary, indent=2)
+        print(f"{config.train.select_by.upper()} {best.get(SELECT_BY[config.train.select_by], float('nan')):.4f} "
+              f"(AUC {summary['auc']:.4f}) at step {summary['best_step']} (final step {summary['final_step']}); "
+              f"summary in {workdir / SUMMARY}")
     return summary
 
 
+def build_parser(prog: str, doc: str, config_help: str, workdir_help: str) -> argparse.ArgumentParser:
+    """The command line of pavad-train and pavad-sweep: --config, --workdir, --config.FIELD=VALUE, multi-host."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Override any config field with --config.FIELD=VALUE "
+                                            "(e.g. --config.train.steps=20).")
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--workdir", required=True, help=workdir_help)
+    distributed.add_multihost_arguments(parser)
+    return parser
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv, expected: str):
+    """(args, config) of a command line, the config loaded with its overrides; errors exit with one line."""
+    rest, overrides = split_config_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    try:
+        config = load_config(args.config, overrides, command=parser.prog, expected=expected)
+    except ConfigError as e:
+        parser.exit(2, f"{parser.prog}: {e}\n")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+    return args, config
+
+
 def main(argv=None):
-    from absl import app, flags
-    from absl import logging as absl_logging
-
-    distributed.define_run_flags(
-        "Config file, e.g. configs/synthetic.py or configs/synthetic.py:runlocal; override fields with "
-        "--config.field=value.",
-        "Run folder: checkpoints, metrics, summary.json. Rerun to resume.", __doc__)
-
-    def _main(_):
-        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-        distributed.initialize_from_flags()
-        try:
-            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-        except ConfigError as e:
-            raise SystemExit(f"pavad-train: {e}") from None
-
-    app.run(_main, argv=argv)
+    parser = build_parser("pavad-train", __doc__,
+                          "config file, e.g. configs/synthetic.py or configs/synthetic.py:runlocal",
+                          "run folder: checkpoints, metrics, summary.json; rerun to resume")
+    args, config = parse_command_line(parser, argv, "train")
+    distributed.initialize_from_args(args)
+    try:
+        train_and_evaluate(config, args.workdir)
+    except ConfigError as e:
+        raise SystemExit(f"pavad-train: {e}") from None
+    except engine.TrainingDiverged as e:
+        raise SystemExit(f"pavad-train: {e}") from None
 
 
 if __name__ == "__main__":

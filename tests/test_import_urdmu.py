@@ -181,7 +181,7 @@ def test_pavad_score_writes_scores_and_checks_the_feature_dim(imported, tmp_path
     np.save(tmp_path / "small.npy", features[0, :, :100])
     with pytest.raises(SystemExit, match=r"small\.npy.*D=100.*feature_dim=1024"):
         score.main(["--checkpoint", str(model_dir), "--features", str(tmp_path / "small.npy")])
-    with pytest.raises(SystemExit, match="not a model directory"):
+    with pytest.raises(SystemExit, match="neither a model export"):
         score.main(["--checkpoint", str(tmp_path), "--features", str(tmp_path / "video.npy")])
 
 

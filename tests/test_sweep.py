@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pavad_jax import sweep, train
-from pavad_jax.config_checks import ConfigError
+from pavad_jax import distributed, engine, sweep, train
+from pavad_jax.config_loader import ConfigError, load_config_file
 from pavad_jax.losses import compute_loss
 from train_fixtures import tiny_config, write_easy_dataset
 
@@ -70,10 +70,13 @@ def test_groups_split_structure_pad_to_the_mesh_and_share_slot_padding(easy_data
     groups = sweep.plan_groups(base, members, members_per_group=2, device_count=8)
     assert [g.members for g in groups] == [[0, 1], [2, 3], [4], [5]]
     assert [g.padding for g in groups] == [0, 0, 1, 0]  # chunks of one structure share one shape
-    assert [g.a_slots for g in groups] == [8, 8, 8, 3]  # padded to the structure's largest K
+    assert [g.config.model.a_slots for g in groups] == [8, 8, 8, 3]  # padded to the structure's largest K
     assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, False, False, True]
     assert sweep.padded_group_size(13, 8) == 14 and sweep.padded_group_size(12, 8) == 12
-    assert sweep.member_mesh(12).devices.size == 6
+    twelve = sweep.Group(0, list(range(12)), 0, base)
+    assert dict(sweep.group_mesh(twelve, rows=8).shape) == {"members": 6, "data": 1}
+    one = sweep.Group(0, [0], 0, base)
+    assert dict(sweep.group_mesh(one, rows=8).shape) == {"members": 1, "data": 8}  # as pavad-train
 
 
 def test_member_config_is_a_standalone_config(easy_data):
@@ -89,16 +92,18 @@ def test_member_config_is_a_standalone_config(easy_data):
 def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data):
     base = tiny_config(easy_data)
     base.loss.weights.lambda2 = 1.0  # L_upd acts on the abnormal memory directly
+    base.data.device_resident = True
     members = [{"a_slots": 8, "n_slots": 8, "seed": 0}, {"a_slots": 3, "n_slots": 5, "seed": 1}]
     group = sweep.plan_groups(base, members, 0, jax.device_count())[0]
-    mesh = sweep.member_mesh(group.size)
-    state = sweep.init_group_state(group, members, base, mesh)
-    graphdef, _, _ = train.split_model(sweep.padded_template(base, 8, 8))
-    data = sweep.SweepData(base, mesh)
-    params1 = jax.tree.map(lambda x: np.asarray(x)[1], state["params"])
-    rest1 = jax.tree.map(lambda x: np.asarray(x)[1], state["rest"])
-    weights1 = {k: v[1] for k, v in state["weights"].items()}
-    batch = data.sampler.sample(jax.random.key(0))
+    configs = [sweep.member_config(base, m) for m in members]
+    mesh = sweep.group_mesh(group, rows=8)
+    template = train.padded_template(group.config, 8, 8)
+    graphdef = nnx.split(template, nnx.Param, ...)[0]
+    state = engine.put_state(engine.stack_members([train.init_member(c, template) for c in configs]), mesh)
+    data = train.DetectorData(group.config, mesh, train.pipeline.open_split(base.data, "train"))
+    params1, rest1 = (engine.member_tree(tree, 1) for tree in (state.params, state.rest))
+    weights1 = {k: v[1] for k, v in engine.member_tree(state.weights, slice(None)).items()}
+    batch = data.sampler.sample(0)
 
     def loss(p):
         return compute_loss(nnx.merge(graphdef, p, rest1), batch, weights1, jax.random.key(1), config=base)[0]
@@ -108,15 +113,15 @@ def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data):
     assert np.all(a_grad[3:] == 0.0) and np.all(n_grad[5:] == 0.0)
     assert np.abs(a_grad[:3]).sum() > 0 and np.abs(n_grad[:5]).sum() > 0
 
-    step = sweep.jitted_sweep_step(graphdef, base)
-    before = jax.tree.map(np.asarray, state["params"])
+    step = train.compiled_step(graphdef, group.config, data, mesh)
+    before = jax.tree.map(np.asarray, engine.member_tree(state.params, slice(None)))
     for _ in range(3):
         state, terms = step(state, None, data.sampler)
-    after = jax.tree.map(np.asarray, state["params"])
+    after = engine.member_tree(state.params, slice(None))
     a_after = after["urdmu"]["a_memory"]["memory_block"][...]
     assert np.all(a_after[1, 3:] == 0.0) and np.all(after["urdmu"]["n_memory"]["memory_block"][...][1, 5:] == 0.0)
     assert not np.allclose(a_after[1, :3], before["urdmu"]["a_memory"]["memory_block"][...][1, :3])
-    assert np.all(np.isfinite(np.asarray(terms["total"]))) and terms["total"].shape == (2, 1)
+    assert np.all(np.isfinite(np.asarray(terms["total"]))) and terms["total"].shape == (1, 2)
 
 
 def _standalone_losses(config, workdir) -> list[float]:
@@ -138,7 +143,8 @@ def test_a_member_trains_exactly_as_a_standalone_pavad_train(easy_data, tmp_path
     for m in (0, 2):  # one padded in each bank
         standalone = sweep.member_config(sweep.base_of(config), members[m])
         expected, summary = _standalone_losses(standalone, tmp_path / f"standalone{m}")
-        got = [r["total"] for r in sorted((r for r in log if r["member"] == m), key=lambda r: r["step"])]
+        key = f"member/{m}/train/total"
+        got = [r[key] for r in sorted(log, key=lambda r: r["step"]) if key in r]
         np.testing.assert_allclose(got, expected, rtol=1e-4)
         assert abs(rows[m]["best_auc"] - summary["auc"]) < 1e-3
     assert len({r["params_sha256"] for r in rows}) == 3
@@ -152,14 +158,11 @@ def test_resume_after_preemption_matches_an_uninterrupted_sweep(easy_data, tmp_p
     config.train.eval_every = 2
     whole = sweep.run_sweep(config, tmp_path / "whole")
 
-    class StopAfterFirstCheckpoint:
+    def stop_after_first_checkpoint(self):
         """Asks to stop once the second group has a checkpoint (as a SIGTERM would)."""
+        return pathlib.Path(tmp_path / "cut" / "groups" / "001" / "checkpoints").exists()
 
-        @property
-        def requested(self):
-            return pathlib.Path(tmp_path / "cut" / "groups" / "001" / "checkpoints").exists()
-
-    monkeypatch.setattr(train, "PreemptionFlag", StopAfterFirstCheckpoint)
+    monkeypatch.setattr(engine.Preemption, "requested", stop_after_first_checkpoint)
     assert sweep.run_sweep(config, tmp_path / "cut") == []
     progress = json.loads((tmp_path / "cut" / sweep.PROGRESS_JSON).read_text())
     assert list(progress["groups"]) == ["0"]  # group 0 finished, group 1 stopped at step 2
@@ -203,7 +206,7 @@ def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path):
                                                ("pavad_table5", None, 12), ("pavad_table5", "ucf", 12),
                                                ("pavad_table6", None, 18), ("gvvad_lambda", None, 12)])
 def test_sweep_configs_expand_and_group(name, arg, count):
-    config = sweep.load_config_file(REPO / "configs" / "sweeps" / f"{name}.py", arg)
+    config = load_config_file(REPO / "configs" / "sweeps" / f"{name}.py", arg)
     members = sweep.expand_members(config.sweep)
     assert len(members) == count
     groups = sweep.plan_groups(sweep.base_of(config), members, config.sweep.members_per_group, 8)
@@ -217,17 +220,18 @@ def test_sweep_configs_expand_and_group(name, arg, count):
 def test_abnormal_clips_keeps_a_fixed_subset_of_the_abnormal_stream(easy_data):
     config = sweep.member_config(tiny_config(easy_data), {"abnormal_clips": 3})
     config.data.device_resident = True
-    mesh = sweep.member_mesh(1)
-    first, again = (sweep.SweepData(config, mesh).sampler for _ in range(2))
+    mesh = distributed.make_mesh(1, 1)
+    shards = train.pipeline.open_split(config.data, "train")
+    first, again = (train.DetectorData(config, mesh, shards).sampler for _ in range(2))
     assert first.first_row[1].shape == (3,) and first.first_row[0].shape == (8,)  # normal stream untouched
     np.testing.assert_array_equal(first.first_row[1], again.first_row[1])
     too_many = sweep.member_config(config, {"abnormal_clips": 9})
     with pytest.raises(ConfigError, match="abnormal_clips = 9.*only 8"):
-        sweep.SweepData(too_many, mesh)
+        train.DetectorData(too_many, mesh, shards)
     streamed = sweep.member_config(config, {"abnormal_clips": 3})
     streamed.data.device_resident = False
     with pytest.raises(ConfigError, match="device-resident"):
-        sweep.SweepData(streamed, mesh)
+        train.DetectorData(streamed, mesh, shards)
 
 
 @pytest.mark.slow
@@ -241,5 +245,6 @@ def test_structural_axes_run_as_their_own_groups(easy_data, tmp_path):
     assert all(r["best_auc"] is not None for r in rows)
     learned = [json.loads(line) for line in (tmp_path / "groups" / "000" / "metrics.jsonl").read_text().splitlines()]
     fixed = [json.loads(line) for line in (tmp_path / "groups" / "001" / "metrics.jsonl").read_text().splitlines()]
-    assert learned[-1]["gv_lambda"] != pytest.approx(0.5, abs=1e-7)  # the learnable lambda moved
-    assert {r["gv_lambda"] for r in fixed} == {0.25}
+    learned = [r["member/0/train/gv_lambda"] for r in learned if "member/0/train/gv_lambda" in r]
+    assert learned[-1] != pytest.approx(0.5, abs=1e-7)  # the learnable lambda moved
+    assert {r["member/1/train/gv_lambda"] for r in fixed if "member/1/train/gv_lambda" in r} == {0.25}

@@ -19,7 +19,7 @@ import pathlib
 import ml_collections
 
 from pavad_jax.config_base import parse_variants
-from pavad_jax.sweep import load_config_file
+from pavad_jax.config_loader import load_config_file
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent
 

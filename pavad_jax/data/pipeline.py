@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
-from ml_collections import config_dict
 from tqdm import tqdm
 
+from pavad_jax.config_base import default_data_config  # noqa: F401  (the data fields' defaults)
 from pavad_jax.data.resample import resample_segments
 from pavad_jax.shards import SEGMENT_FRAMES, STREAMS, ShardSet, align_labels
 
@@ -51,51 +51,6 @@ _SOURCES = {
     "abnormal_source": ("pseudo", "real", "any"),
 }
 GIB = 2**30
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The `config.data` fields every training config starts from (UR-DMU's values)."""
-    c = ml_collections.ConfigDict()
-    # Dataset folder holding <train_split>/ and <test_split>/, each a shard set or a folder of
-    # shard sets (found recursively by manifest.json).
-    c.dir = ""
-    c.train_split = "train"
-    c.test_split = "test"
-    # T: every training video is resampled to this many segments (UR-DMU: 200).
-    c.segments = 200
-    # Videos per stream in one *global* batch (all hosts together); rows are ordered normal,
-    # abnormal, pseudo-normal. UR-DMU splits the batch in halves, so normal == abnormal.
-    # pseudo_normal > 0 only for runs that use pseudo-normal videos (0 = stream unused).
-    c.batch = ml_collections.ConfigDict(dict(normal=64, abnormal=64, pseudo_normal=0))
-    # Which records feed the normal stream: "real" (PA-VAD, UR-DMU) or "any" (also pseudo).
-    c.normal_source = "real"
-    # Which records feed the abnormal stream: "pseudo" (PA-VAD trains on synthetic anomalies
-    # only), "real" (the UR-DMU baseline) or "any" (GV-VAD mixes real and synthetic).
-    c.abnormal_source = "pseudo"
-    # Keep the pre-resampled training set on the device and sample inside the jitted step:
-    # "auto" (when it fits device_budget_gb), True / "true", or False / "false".
-    c.device_resident = config_dict.FieldReference("auto", field_type=object)
-    # Largest pre-resampled training table (GiB, float32, one full copy per device) that "auto"
-    # puts on the device; also capped at half of the device memory where JAX reports it (on a
-    # CPU: a quarter of the RAM, shared by its simulated devices). UCF-Crime's 1610 videos x 10
-    # crops at T=200, D=1024 take 13 GiB.
-    c.device_budget_gb = 16.0
-    # Test videos per evaluation batch in the shortest bucket; longer buckets hold fewer videos
-    # (about the same number of segments per batch), at least one.
-    c.eval_batch_size = 16
-    # Padded lengths (segments) of evaluation batches: a video goes to the smallest bucket that
-    # holds it; longer videos are padded to a multiple of the largest bucket.
-    c.eval_buckets = (128, 256, 512, 1024, 2048, 4096, 8192)
-    # grain worker processes for the training pipeline; 0 reads in this process (threads).
-    # Worker processes need a `if __name__ == "__main__":` guard in the launching script.
-    c.worker_count = 0
-    # Threads that read and resample in this process, and batches prefetched ahead of the step
-    # (each thread builds a whole batch, so at most min(threads, prefetch) are built at once).
-    c.read_threads = 4
-    c.prefetch_batches = 4
-    # Seed of the shuffles and crop choices when make_train_iterator gets no explicit seed.
-    c.seed = 2022
-    return c
 
 
 # ----------------------------------------------------------------------------- selection
@@ -406,14 +361,16 @@ class DeviceResidentSampler:
     label: tuple[jax.Array, ...]
     synthetic: tuple[jax.Array, ...]
     counts: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+    seed: int = dataclasses.field(default=0, metadata=dict(static=True))  # data.seed
 
     @classmethod
-    def from_table(cls, host: ResampledTable, counts: Sequence[int], *, sharding: jax.sharding.Sharding | None = None
-                   ) -> "DeviceResidentSampler":
+    def from_table(cls, host: ResampledTable, counts: Sequence[int], *, sharding: jax.sharding.Sharding | None = None,
+                   seed: int = 0) -> "DeviceResidentSampler":
         """Move a host table to the device(s): `sharding` (e.g. replicated over the mesh) or the default device."""
         put = lambda x: jax.device_put(x, sharding)
         return cls(put(host.table), tuple(map(put, host.first_row)), tuple(map(put, host.crops)),
-                   tuple(map(put, host.label)), tuple(map(put, host.synthetic)), tuple(int(c) for c in counts))
+                   tuple(map(put, host.label)), tuple(map(put, host.synthetic)), tuple(int(c) for c in counts),
+                   int(seed))
 
     @classmethod
     def from_config(cls, data_config: ml_collections.ConfigDict, *, sharding: jax.sharding.Sharding | None = None,
@@ -421,15 +378,16 @@ class DeviceResidentSampler:
         """Read and resample the training split of `data_config` and put it on the device(s)."""
         shards = shards if shards is not None else open_split(data_config, data_config.train_split)
         host = build_resampled_table(shards, select_streams(shards, data_config), data_config.segments)
-        return cls.from_table(host, stream_counts(data_config), sharding=sharding)
+        return cls.from_table(host, stream_counts(data_config), sharding=sharding, seed=int(data_config.seed))
 
     @property
     def nbytes(self) -> int:
         """Bytes of the resampled table (per device holding a full copy)."""
         return self.table.size * self.table.dtype.itemsize
 
-    def sample(self, key: jax.Array) -> dict[str, jax.Array]:
-        """One global training batch drawn with `key` (jittable; the trainer passes fold_in(rng, step))."""
+    def sample(self, step: jax.Array) -> dict[str, jax.Array]:
+        """The global training batch of `step` (jittable; drawn from data.seed and the step only)."""
+        key = jax.random.fold_in(jax.random.key(self.seed), step)
         rows, labels, synthetic, streams = [], [], [], []
         for stream_id, count in enumerate(self.counts):
             if count == 0:
@@ -615,10 +573,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"grain: {_time_per_step(lambda: next(iterator), args.steps) * 1e3:.1f} ms/step")
     print(f"device-resident under data.device_resident='auto': {use_device_resident(config, shards)}")
     sampler = DeviceResidentSampler.from_config(config, shards=shards)
-    sample = jax.jit(lambda s, key: s.sample(key))
-    keys = iter(jax.random.split(jax.random.key(0), args.steps + 1))
+    sample = jax.jit(lambda s, step: s.sample(step))
+    steps = iter(range(args.steps + 1))
     print(f"device table {sampler.nbytes / 2**20:.1f} MiB on {jax.devices()[0].platform}, "
-          f"sample: {_time_per_step(lambda: sample(sampler, next(keys)), args.steps) * 1e3:.2f} ms/step")
+          f"sample: {_time_per_step(lambda: sample(sampler, next(steps)), args.steps) * 1e3:.2f} ms/step")
     batches, eval_set = make_eval_batches(config, batch_multiple=jax.device_count())
     shapes = sorted({b["features"].shape for b in batches}, key=lambda s: s[2])
     print(f"eval: {len(eval_set)} videos in {len(batches)} batches of shapes {shapes}")

@@ -1,5 +1,6 @@
-"""The top-level detector (UR-DMU + DARM discriminator + optional learnable GV-VAD lambda)
-and its config defaults. docs/model.md explains every field."""
+"""The top-level detector: UR-DMU + DARM discriminator + optional learnable GV-VAD lambda.
+
+Its config defaults live in pavad_jax/config_base.py; docs/model.md explains every field."""
 from __future__ import annotations
 
 import math
@@ -7,71 +8,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
+from pavad_jax.config_base import GV_MODES, POOL_POINTS, default_loss_config, default_model_config  # noqa: F401
 from pavad_jax.models.darm import DomainDiscriminator
 from pavad_jax.models.urdmu import URDMU
 
-METHODS = ("pavad", "urdmu", "gvvad")
-GV_MODES = ("none", "sample", "batch")
-POOL_POINTS = ("selfatt", "embedding")
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    """UR-DMU's architecture as the reference builds it for I3D features (D = 1024)."""
-    return ml_collections.ConfigDict({
-        "feature_dim": 1024,
-        "hidden": 512,
-        "heads": 4,
-        "depth": 2,
-        "mlp_dim": 512,
-        "cls_hidden": 128,
-        "a_slots": 60,
-        "n_slots": 60,
-        "dropout": 0.5,
-        # The reference's quirks, reproduced by default; False gives the evident intent.
-        "quirks": {
-            "local_attn_column_norm": True,  # A / A.sum(-1) divides [i, j] by row j's sum
-            "kl_sum_over_time": True,  # KL summed over axis 1 (time), not over features
-        },
-    })
-
-
-def default_loss_config(method: str = "pavad") -> ml_collections.ConfigDict:
-    """Loss weights (traced) and structural loss choices (static) for one of METHODS.
-
-    pavad: UR-DMU + DARM (Table 8, UCF-Crime column); urdmu: the plain reference loss;
-    gvvad: the reference loss with GV-VAD's per-sample synthetic scaling (Eq. 6, lambda 0.5).
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    darm_on = method == "pavad"
-    return ml_collections.ConfigDict({
-        "weights": {
-            "lambda1": 1.0 if darm_on else 0.0,  # weight of L_DA
-            "lambda2": 0.1 if darm_on else 0.0,  # weight of L_upd
-            "lambda_da": 0.1,  # gradient reversal strength (0.2 for SHT in Table 8)
-            "lambda_dist": 0.01,  # weight of ||mean f_N - mean f_pseudoN||^2 inside L_DA
-            "beta": 1.0,  # usage exponent of L_upd
-            "tau": 0.1,  # softmax temperature of the slot assignment Q (not in the paper)
-            "gv_lambda": 0.5,  # GV-VAD's synthetic-sample scale (Table III best)
-        },
-        "darm": {
-            "domain_alignment": darm_on,  # compute L_DA (needs pseudo-normal rows in the batch)
-            "usage_update": darm_on,  # compute L_upd
-            "discriminator_hidden": (256,),  # hidden widths of the discriminator MLP
-            "pool": "selfatt",  # embeddings mean-pooled for L_DA: "selfatt" or "embedding"
-            "stop_grad_centers": True,  # mu_k carries no gradient (slots move, not features)
-            "stop_grad_usage": True,  # the usage weights (u_bar / (u_k + eps))^beta carry none
-            "usage_eps": 1e-6,  # epsilon in u_k + eps
-        },
-        "gv": {
-            "mode": "sample" if method == "gvvad" else "none",  # one of GV_MODES
-            "learnable": False,  # lambda as a parameter (softplus), initialised at gv_lambda
-        },
-    })
 
 
 def validate_loss_config(loss_cfg: Any) -> None:
