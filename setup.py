@@ -15,10 +15,8 @@ JAX_SIDE = [
     "orbax-checkpoint>=0.12",
     "grain==0.2.18",
     "ml_collections>=1.1",
-    "clu>=0.0.12",
-    "tensorflow-cpu",  # clu's TensorBoard SummaryWriter imports TensorFlow
     "absl-py",
-    "tensorboard",
+    "tensorboard",  # its event-file writer needs no TensorFlow (pavad_jax/metric_writers.py)
     "tqdm",
     "matplotlib",
     "scikit-learn",

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_config_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.config_overrides = extra
-    from generation.run import ConfigError
+    from pavad_jax.config_loader import ConfigError
 
     try:
         return int(args.func(args) or 0)

@@ -27,64 +27,20 @@ its shard's items, which is how the launch/ templates run one step on many worke
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
 from generation import workers
+from pavad_jax.config_loader import load_config
 
 STEPS = ("select", "refine", "synthesize", "extract")
 
 
 # --------------------------------------------------------------------------- config
-
-class ConfigError(ValueError):
-    """A config file, variant or --config override that cannot be used; the message names it."""
-
-
-def load_config(spec: str, overrides: list[str] = ()):
-    """`get_config(arg)` of a config file ("path.py" or "path.py:arg"), with --config.* overrides."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"pavad_gen_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: a config file must define get_config(arg=None)")
-    try:
-        config = module.get_config(arg or None)
-    except ValueError as e:  # configs reject unknown variants with a ValueError
-        raise ConfigError(f"{path}: {e}") from None
-    for key, value in parse_overrides(overrides).items():
-        section, _, field = key.partition(".")
-        if section not in config or (field and field.split(".")[0] not in config[section]):
-            raise ConfigError(f"{path}: --config.{key}: no such field in the config")
-        config.update_from_flattened_dict({key: value})
-    return config
-
-
-def parse_overrides(tokens: list[str]) -> dict:
-    """`--config.a.b=v` / `--config.a.b v` tokens -> {"a.b": literal value}."""
-    overrides, tokens = {}, list(tokens)
-    while tokens:
-        token = tokens.pop(0)
-        if not token.startswith("--config."):
-            raise ConfigError(f"unexpected argument {token!r} (overrides look like --config.SECTION.FIELD=VALUE)")
-        key, eq, raw = token[len("--config."):].partition("=")
-        if not eq:
-            if not tokens:
-                raise ConfigError(f"{token}: missing value")
-            raw = tokens.pop(0)
-        try:
-            overrides[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            overrides[key] = raw  # a bare string such as a path
-    return overrides
-
+# Config files and --config.FIELD=VALUE overrides are read by the one loader every command
+# uses (pavad_jax/config_loader.py: plain Python and ml_collections, no JAX).
 
 def section(config, name: str) -> dict:
     """A config section as plain keyword arguments (ConfigDicts and tuples unwrapped)."""
@@ -203,7 +159,7 @@ def register(subparsers) -> None:
 
 def _main(args) -> int:
     """Entry of `pavad-gen run`."""
-    config = load_config(args.config, args.config_overrides)
+    config = load_config(args.config, args.config_overrides, command="pavad-gen run", expected="generation")
     run_all(config, args.workdir, steps=tuple(args.steps), shard=workers.resolve_shard(args))
     return 0
 

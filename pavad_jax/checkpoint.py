@@ -81,13 +81,14 @@ class TrainCheckpoints:
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
         return restored["state"], restored["progress"]
 
-    def restore_params(self, step: int, abstract_params: Any) -> Any:
-        """Only the `params` of a saved TrainState (leading member axis), on the default device."""
+    def restore_fields(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
+        """Some fields of a saved TrainState, e.g. {"params": ShapeDtypeStructs (leading member
+        axis)}, on the default device: what scoring needs, without the optimiser state."""
         if step not in self.all_steps():
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; saved steps: {self.all_steps()}")
         restored = self._manager.restore(int(step), args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True)))
-        return restored["state"]["params"]
+            state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)))
+        return restored["state"]
 
     def close(self) -> None:
         self._manager.close()
@@ -214,7 +215,7 @@ def resolve_model(path: str | os.PathLike, which: str = "best"
     stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), params)
     checkpoints = TrainCheckpoints(path)
     try:
-        restored = checkpoints.restore_params(int(which), stacked)
+        restored = checkpoints.restore_fields(int(which), {"params": stacked})["params"]
     finally:
         checkpoints.close()
     params = jax.tree.map(lambda x: np.asarray(x)[0], restored)

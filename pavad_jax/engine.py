@@ -131,7 +131,8 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation):
 
     A member whose loss, loss terms or gradient are non-finite at this step, or that diverged
     before, keeps its state unchanged, so its last good parameters are never overwritten.
-    `terms` gains grad_norm (the global L2 norm of the gradient).
+    `terms` gains total (the loss, unless the task logs it) and grad_norm (the gradient's
+    global L2 norm).
     """
 
     def update(params, rest, opt_state, seed, weights, diverged_at, step, batch):
@@ -144,7 +145,7 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation):
         healthy = finite & (diverged_at < 0)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new, old)
         diverged_at = jnp.where((diverged_at < 0) & ~finite, step, diverged_at)
-        terms = dict(terms, grad_norm=grad_norm)
+        terms = {"total": loss, **terms, "grad_norm": grad_norm}
         return keep(new_params, params), keep(new_rest, rest), keep(new_opt_state, opt_state), diverged_at, terms
 
     return update

@@ -1,4 +1,4 @@
-"""Metrics of a run: TensorBoard event files (tensorboardX, no TensorFlow) and metrics.jsonl.
+"""Metrics of a run: TensorBoard event files (tensorboard's own writer, no TensorFlow) and metrics.jsonl.
 
 One schema for pavad-train, pavad-sweep and pavad-occ: every row of metrics.jsonl is
 {"step": s, "<group>/<name>": value, ...} with groups such as train/ and eval/; in a sweep each
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import time
 from typing import Mapping
 
 import numpy as np
@@ -36,9 +37,10 @@ class MetricsLog:
         workdir.mkdir(parents=True, exist_ok=True)
         self._file = open(workdir / JSONL, "a", buffering=1)
         if tensorboard:
-            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+            # tensorboard's event writer and protos need neither TensorFlow nor torch.
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter  # pylint: disable=import-outside-toplevel
 
-            self._board = SummaryWriter(str(workdir / TENSORBOARD), flush_secs=30)
+            self._board = EventFileWriter(str(workdir / TENSORBOARD), flush_secs=30)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         """One row: every scalar at `step` (non-finite values are written as null)."""
@@ -48,8 +50,11 @@ class MetricsLog:
         row = {"step": int(step)} | {k: (v if math.isfinite(v) else None) for k, v in values.items()}
         self._file.write(json.dumps(row) + "\n")
         if self._board is not None:
-            for key, value in values.items():
-                self._board.add_scalar(key, value, int(step))
+            from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=import-outside-toplevel
+
+            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)
+                                                 for k, v in values.items()])
+            self._board.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def flush(self) -> None:
         if self._board is not None:

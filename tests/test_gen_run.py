@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from generation import cli, run, workers
+from pavad_jax.config_loader import ConfigError, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "generation"
@@ -35,10 +36,17 @@ def test_overrides_are_typed_and_checked():
                               "--config.synthesize.guidance=(6.5, 4.5)"])
     assert config.synthesize.steps == 3 and config.select.videos == "/data/x"
     assert tuple(config.synthesize.guidance) == (6.5, 4.5)
-    with pytest.raises(run.ConfigError, match="no such field"):
+    with pytest.raises(ConfigError, match="no such field"):
         run.load_config(str(CONFIGS / "tiny.py"), ["--config.synthesize.stepz=3"])
     with pytest.raises(ValueError, match="unexpected argument"):
-        run.parse_overrides(["--steps=3"])
+        parse_overrides(["--steps=3"])
+
+
+def test_a_gvvad_config_given_to_run_names_the_command_to_use(tmp_path, capsys):
+    status = cli.main(["run", "--config", str(CONFIGS / "gvvad_tiny.py"), "--workdir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert "gvvad_tiny.py is a gvvad generation config" in err[0] and "`pavad-gen gvvad --config" in err[0]
 
 
 def test_cli_lists_every_step_and_rejects_stray_arguments(capsys):

@@ -10,7 +10,7 @@ import pytest
 
 from generation import workers
 from generation.gvvad import describe, features, filter as video_filter, run, t2v
-from generation.run import ConfigError
+from pavad_jax.config_loader import ConfigError
 from pavad_jax import shards
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

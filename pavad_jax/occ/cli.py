@@ -11,8 +11,6 @@ imports torch. Override config fields with --config.section.field=value.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import os
 import pathlib
@@ -22,41 +20,9 @@ import sys
 import ml_collections
 
 from pavad_jax import atomic, plots
+from pavad_jax.config_loader import ConfigError, load_config
 
 PROG = "pavad-occ"
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """get_config(arg) of a config file given as 'path.py' or 'path.py:arg'."""
-    path, _, arg = spec.partition(":")
-    if not pathlib.Path(path).is_file():
-        raise SystemExit(f"{PROG}: --config {path}: no such file")
-    module_spec = importlib.util.spec_from_file_location("occ_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-    """Sets --config.a.b=value fields (values parsed as Python literals, else kept as strings)."""
-    for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise SystemExit(f"{PROG}: unrecognised argument {item!r} (overrides look like --config.spatial.lr=1e-3)")
-        dotted, raw = item[len("--config."):].split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        *parents, field = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if field not in node:
-            raise SystemExit(f"{PROG}: --config.{dotted}: no such config field")
-        try:
-            node[field] = value  # ConfigDict refuses a type change (an int into a float field is fine)
-        except TypeError as e:
-            raise SystemExit(f"{PROG}: --config.{dotted}={raw}: {e}") from None
 
 
 def workdir_config(args) -> ml_collections.ConfigDict:
@@ -64,8 +30,10 @@ def workdir_config(args) -> ml_collections.ConfigDict:
     workdir = pathlib.Path(args.workdir)
     saved = workdir / "config.json"
     if args.config:
-        config = load_config(args.config)
-        apply_overrides(config, args.overrides)
+        try:
+            config = load_config(args.config, args.overrides, command=f"{PROG} {args.command}", expected="occ")
+        except ConfigError as e:
+            raise SystemExit(f"{PROG}: {e}") from None
         atomic.write_json(saved, json.loads(config.to_json()), indent=2)
         return config
     if args.overrides:
@@ -186,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--workdir", required=True, help="run folder: data/, checkpoints/, metrics.jsonl, eval/")
         p.set_defaults(func=func, needs_config=name != "eval")
     args, overrides = parser.parse_known_args(argv)
-    args.overrides = overrides
+    args.overrides = overrides  # --config.FIELD=VALUE tokens; anything else is an error of the loader
     if args.needs_config and not args.config and not (pathlib.Path(args.workdir) / "config.json").is_file():
         parser.error(f"{args.command} needs --config (or a WORKDIR/config.json from an earlier run)")
     args.func(args)

@@ -107,7 +107,7 @@ def score_videos(config, workdir, data_dir) -> tuple[dict[str, dict[str, np.ndar
     eta = tuple(config.score.eta)
 
     def restored(name, model):
-        model = occ_train.restore_model(workdir / "checkpoints" / name, model)
+        model = occ_train.restore_model(occ_train.model_dir(workdir, name), model)
         model.eval()
         return nnx.jit(lambda m, x: m(x)), model
 
