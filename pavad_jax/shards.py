@@ -38,6 +38,9 @@ DTYPES = ("float16", "float32")
 FORMAT_NAME = "pavad-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# Files whose checksum was verified, keyed by name: their size, mtime and the manifest's sha256.
+# Opening a dataset re-hashes only files that changed since (pavad-data validate hashes all).
+STAMP = "verified.json"
 SEGMENT_FRAMES = 16  # frames per I3D snippet: frame labels of a video with T snippets span T*16 frames
 
 _MAGIC = b"PVR1"
@@ -468,15 +471,26 @@ class ShardSet:
             self.verify()
 
     def verify(self) -> None:
-        """Check every file against its manifest: present, sha256, record count; entry dims."""
+        """Check every file against its manifest: present, size, sha256 (unless the verification
+        stamp says this very file already matched), record count; entry dims."""
         for d, m in zip(self.set_dirs, self.manifests):
+            stamp = read_stamp(d)
+            verified = {}
             for f in m["files"]:
                 path = d / f["name"]
                 if not path.is_file():
                     raise ShardError(f"{path}: file listed in {d / MANIFEST} is missing")
-                if file_sha256(path) != f["sha256"]:
-                    raise ShardError(f"{path}: field 'sha256' does not match the manifest (corrupt or truncated; "
-                                     f"{path.stat().st_size} bytes, manifest says {f.get('bytes')})")
+                key = file_key(path, f["sha256"])
+                if f.get("bytes") is not None and key["bytes"] != f["bytes"]:
+                    raise ShardError(f"{path}: field 'bytes' does not match the manifest (truncated or replaced; "
+                                     f"{key['bytes']} bytes, manifest says {f['bytes']})")
+                if stamp.get(f["name"]) != key:
+                    if file_sha256(path) != f["sha256"]:
+                        raise ShardError(f"{path}: field 'sha256' does not match the manifest (corrupt or "
+                                         f"truncated; {key['bytes']} bytes, manifest says {f.get('bytes')})")
+                verified[f["name"]] = key
+            if verified:
+                write_stamp(d, stamp | verified)
         for i, (path, expected) in enumerate(self._files):
             self._readers.setdefault(i, _open_reader(path, expected))
         for entry in self.entries:
@@ -583,6 +597,29 @@ def _open_reader(path: pathlib.Path, expected_records: int) -> ArrayRecordReader
 # ----------------------------------------------------------------------------- validation
 
 
+def file_key(path: pathlib.Path, sha256: str) -> dict:
+    """What the verification stamp records of a file: size, modification time, the verified sha256."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+
+
+def read_stamp(set_dir: pathlib.Path) -> dict:
+    """{file name: file_key} of the files verified in a shard set ({} when there is no stamp)."""
+    try:
+        stamp = json.loads((set_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def write_stamp(set_dir: pathlib.Path, stamp: dict) -> None:
+    """Record verified files; a read-only dataset is simply verified again next time."""
+    try:
+        atomic.write_text(set_dir / STAMP, json.dumps(stamp, indent=1, sort_keys=True))
+    except OSError:
+        pass
+
+
 def validate(path: os.PathLike | str, progress: Callable[[Iterable], Iterable] | None = None) -> list[str]:
     """Every problem found below `path`, each naming the file, record and field; [] = valid.
 
@@ -615,6 +652,7 @@ def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable
     by_file = collections.defaultdict(list)
     for entry in manifest["records"]:
         by_file[entry["file"]].append(entry)
+    verified = {}
     for i, f in progress(list(enumerate(manifest["files"]))):
         path = set_dir / f["name"]
         if not path.is_file():
@@ -623,6 +661,8 @@ def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable
         if file_sha256(path) != f["sha256"]:
             problems.append(f"{path}: field 'sha256' does not match the manifest "
                             f"({path.stat().st_size} bytes, manifest says {f.get('bytes')})")
+        else:
+            verified[f["name"]] = file_key(path, f["sha256"])
         try:
             reader = _open_reader(path, f["records"])
         except ShardError as e:
@@ -637,6 +677,8 @@ def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable
     if manifest.get("num_records") != len(manifest["records"]):
         problems.append(f"{set_dir / MANIFEST}: field 'num_records' is {manifest.get('num_records')}, "
                         f"but it lists {len(manifest['records'])} records")
+    write_stamp(set_dir, {name: key for name, key in (read_stamp(set_dir) | verified).items()
+                          if name in verified or name in listed})
     return problems
 
 

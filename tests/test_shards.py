@@ -175,8 +175,26 @@ def test_truncated_shard_is_named(shard_dir):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     problems = shards.validate(shard_dir)
     assert problems and all(str(path) in p for p in problems)
+    with pytest.raises(ShardError, match="part-00001.*field 'bytes'"):
+        ShardSet(shard_dir)
+
+
+def test_opening_hashes_only_files_changed_since_they_were_verified(shard_dir, monkeypatch):
+    ShardSet(shard_dir)  # verifies every file and records the stamp
+    stamp = json.loads((shard_dir / shards.STAMP).read_text())
+    assert sorted(stamp) == sorted(f["name"] for f in json.loads((shard_dir / "manifest.json").read_text())["files"])
+    hashed = []
+    real_sha256 = shards.file_sha256
+    monkeypatch.setattr(shards, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    ShardSet(shard_dir)
+    assert hashed == []  # sizes and the stamp checked, no byte read
+    path = part_file(shard_dir)
+    data = bytearray(path.read_bytes())
+    data[300] ^= 0xFF  # same size, new modification time
+    path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="part-00001.*sha256"):
         ShardSet(shard_dir)
+    assert hashed == [path]  # only the changed file was hashed again
 
 
 def test_flipped_byte_names_file_and_record(shard_dir):
