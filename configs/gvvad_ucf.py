@@ -14,8 +14,7 @@ GV-VAD plugs SSLS into RTFM, TEVAD and LAP; here the detector is UR-DMU (this pr
 backbone), so numbers are not the paper's 89.3 AUC. Paper settings kept: Adam lr 1e-3, weight
 decay 5e-3, CLIP-L 768-d features, 300 + 300 generated videos.
 """
-from pavad_jax.config_base import base_config, parse_variants
-from pavad_jax.models.detector import default_loss_config
+from pavad_jax.config_base import base_config, default_loss_config, parse_variants
 
 
 def get_config(arg=None):

@@ -8,8 +8,7 @@
 Expected (UR-DMU's paper and code): AUC 0.8697 at step 1430 on the 290 test videos (10 crops).
 No DARM terms (the reference loss alone) and no pseudo-normal stream.
 """
-from pavad_jax.config_base import base_config
-from pavad_jax.models.detector import default_loss_config
+from pavad_jax.config_base import base_config, default_loss_config
 
 
 def get_config(arg=None):

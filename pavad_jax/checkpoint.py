@@ -115,7 +115,9 @@ def export_model(directory: str | os.PathLike, detector: Detector, config: Any) 
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     model_cfg, loss_cfg = _split_config(config)
-    state = nnx.to_pure_dict(nnx.state(detector))
+    # numpy leaves: identical on every process, written once (Orbax refuses host-local jax.Arrays
+    # in a multi-host run)
+    state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(detector)))
     with ocp.StandardCheckpointer() as checkpointer:  # orbax writes to a temp dir and renames
         checkpointer.save(directory / STATE_DIR, state, force=True)
         checkpointer.wait_until_finished()

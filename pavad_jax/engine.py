@@ -73,7 +73,7 @@ class TrainState:
     opt_state: Any
     seed: jax.Array  # (M,) uint32: initialisation / dropout seed of each member
     weights: dict  # {name: (M,) float32}: traced loss weights
-    diverged_at: jax.Array  # (M,) int32: first step with a non-finite loss or gradient; -1 if none
+    diverged_at: jax.Array  # (M,) int32: first step (1-based, as logged) with a non-finite loss or gradient; -1 none
 
     @property
     def members(self) -> int:
@@ -144,7 +144,7 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation):
         new_params = optax.apply_updates(params, updates)
         healthy = finite & (diverged_at < 0)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(healthy, a, b), new, old)
-        diverged_at = jnp.where((diverged_at < 0) & ~finite, step, diverged_at)
+        diverged_at = jnp.where((diverged_at < 0) & ~finite, step + 1, diverged_at)  # logged step numbers
         terms = {"total": loss, **terms, "grad_norm": grad_norm}
         return keep(new_params, params), keep(new_rest, rest), keep(new_opt_state, opt_state), diverged_at, terms
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from pavad_jax import losses
 from pavad_jax.models.darm import DomainDiscriminator, gradient_reversal
+from pavad_jax.models.urdmu import MemoryUnit
 from pavad_jax.models.detector import build_detector, default_loss_config, default_model_config, set_active_slots
 
 T, D = 16, 24
@@ -286,3 +287,35 @@ def test_jitted_training_step_with_darm_traces_once():
     for name in ("anomaly", "A_loss", "panomaly", "N_loss", "A_Nloss", "triplet", "kl", "distance", "urdmu_total",
                  "da_bce", "da_dist", "da_total", "upd", "total"):
         assert name in terms, name
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 1e-30, 1.0 - 1e-7, 0.3])
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_bce_gradient_is_finite_and_equals_torch_even_at_saturation(p, target):
+    import torch
+
+    x = torch.tensor(p, dtype=torch.float32, requires_grad=True)
+    expected = torch.nn.functional.binary_cross_entropy(x, torch.tensor(target, dtype=torch.float32))
+    expected.backward()
+    value, grad = jax.value_and_grad(lambda q: losses.bce(q, target))(jnp.float32(p))
+    assert np.isfinite(float(grad)) and np.isfinite(float(value))
+    np.testing.assert_allclose(float(value), expected.item(), rtol=1e-6)
+    np.testing.assert_allclose(float(grad), x.grad.item(), rtol=1e-5)
+
+
+def test_a_saturated_memory_unit_keeps_the_memory_losses_gradient_finite():
+    """Memory units are sigmoids of raw dot products: large embeddings make them exactly 0 or 1 in
+    float32, and UR-DMU's A/N memory losses are BCEs on them (targets 1 and 0)."""
+    unit = MemoryUnit(6, 16, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(unit, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(0), (2, 20, 16)) * 400.0
+
+    def loss(p, x):
+        score, _ = nnx.merge(graphdef, p, rest)(x)
+        att = jax.nn.sigmoid(jnp.einsum("btd,kd->btk", x, p["memory_block"][...]) / 4.0)
+        return losses.bce(score, 1.0).mean() + losses.bce(att, 1.0).mean() + losses.bce(att, 0.0).mean()
+
+    att = jax.nn.sigmoid(jnp.einsum("btd,kd->btk", x, params["memory_block"][...]) / 4.0)
+    assert float(att.max()) == 1.0 and float(att.min()) == 0.0  # saturated both ways
+    grads = jax.grad(loss, argnums=(0, 1))(params, x)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
