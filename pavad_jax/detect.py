@@ -259,9 +259,10 @@ def report_html(result: dict, video_src: str, embedded: bool) -> str:
                 scores=[s["score"] for s in segments], plot=_PLOT)
     rows = "\n".join(
         f'<tr data-seek="{i["start_s"]}"><td>{i["start_s"]:.2f} – {i["end_s"]:.2f} s</td>'
-        f'<td>frames {i["start_frame"]}–{i["end_frame"]}</td><td>peak {i["peak_score"]:.3f}</td>'
-        f'<td>mean {i["mean_score"]:.3f}</td></tr>' for i in intervals)
-    table = (f"<table><tr><th>anomalous interval</th><th></th><th></th><th></th></tr>{rows}</table>"
+        f'<td>{i["start_frame"]}–{i["end_frame"]}</td><td>{i["peak_score"]:.3f}</td>'
+        f'<td>{i["mean_score"]:.3f}</td></tr>' for i in intervals)
+    table = (f"<table><tr><th>anomalous interval (click to seek)</th><th>frames</th><th>peak score</th>"
+             f"<th>mean score</th></tr>{rows}</table>"
              if intervals else f"<p>No segment scores above the threshold {result['threshold']:g}.</p>")
     fps_note = "" if result["fps_declared"] else f" (the video declares no frame rate: {ASSUMED_FPS:g} assumed)"
     source_note = "embedded" if embedded else "linked by relative path: keep the report beside it"
@@ -275,8 +276,8 @@ def report_html(result: dict, video_src: str, embedded: bool) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(result['name'])}: anomaly scores</title>
 <style>{_CSS}</style></head>
 <body>
-<h1>{html.escape(str(result['video']))}</h1>
-<p class="meta">{html.escape(meta)}</p>
+<h1>{html.escape(pathlib.Path(result['video']).name)}</h1>
+<p class="meta">{html.escape(str(result['video']))}<br>{html.escape(meta)}</p>
 <div class="row">
 <video id="video" controls preload="metadata" src="{html.escape(video_src)}"></video>
 <div>{curve_svg(segments, intervals, result['threshold'], duration)}

