@@ -67,10 +67,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
                             "written by pavad-train or pavad-import-urdmu) or a pavad-train run folder")
 
 
-def recorded_protocol(model_dir: pathlib.Path) -> str | None:
-    """The feature protocol a model directory records (config.json "features": {"protocol": ...}), if any."""
-    payload = json.loads((model_dir / "config.json").read_text())
-    features = payload.get("features")
+def feature_protocol(given: str | None, model_dir: pathlib.Path) -> str | None:
+    """--protocol, else the one the model directory records (config.json "features": {"protocol": ...}).
+
+    None leaves the choice to the extractor (its default).
+    """
+    if given:
+        return given
+    features = json.loads((model_dir / "config.json").read_text()).get("features")
     return features.get("protocol") if isinstance(features, dict) else None
 
 
@@ -92,12 +96,15 @@ def list_videos(inputs: list[str]) -> tuple[list[pathlib.Path], list[str]]:
 
 
 def output_names(videos: list[pathlib.Path]) -> list[str]:
-    """A distinct folder name per video: its stem with unsafe characters replaced, numbered when repeated."""
-    names, seen = [], {}
+    """A distinct folder name per video: its stem with characters other than A-Z a-z 0-9 _ - replaced, numbered when repeated."""
+    names: list[str] = []
     for video in videos:
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", video.stem) or "video"
-        seen[name] = seen.get(name, 0) + 1
-        names.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+        base = re.sub(r"[^A-Za-z0-9_-]", "_", video.stem) or "video"
+        name, number = base, 1
+        while name in names:
+            number += 1
+            name = f"{base}_{number}"
+        names.append(name)
     return names
 
 
@@ -279,7 +286,7 @@ def report_html(result: dict, video_src: str, embedded: bool) -> str:
 <h1>{html.escape(pathlib.Path(result['video']).name)}</h1>
 <p class="meta">{html.escape(str(result['video']))}<br>{html.escape(meta)}</p>
 <div class="row">
-<video id="video" controls preload="metadata" src="{html.escape(video_src)}"></video>
+<video id="video" controls preload="auto" src="{html.escape(video_src)}"></video>
 <div>{curve_svg(segments, intervals, result['threshold'], duration)}
 <div id="readout"></div></div>
 </div>
@@ -390,7 +397,7 @@ def detect_videos(videos: list[pathlib.Path], model_dir: pathlib.Path, out_root:
         jobs_file = pathlib.Path(scratch) / "jobs.json"
         jobs_file.write_text(json.dumps([dict(video=str(v), features=str(d / "features.npy"))
                                          for v, d in zip(videos, out_dirs)]))
-        command = extraction_command(jobs_file, args, args.protocol or recorded_protocol(model_dir))
+        command = extraction_command(jobs_file, args, feature_protocol(args.protocol, model_dir))
         for event in extraction_events(command):
             kind, i = event["event"], event.get("index")
             if kind == "ready":
@@ -439,8 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="segments scoring above it form the anomalous intervals (default 0.5)")
     parser.add_argument("--protocol", default=None,
-                        help="I3D feature protocol (extract.protocol: urdmu or shortside); default: the one the "
-                             "checkpoint records, else the extractor's default. Use the training data's protocol")
+                        help="I3D feature protocol (generation/extract.py's protocol setting: urdmu, the public "
+                             "releases' resize and crop order, or shortside); default: the one the checkpoint records "
+                             "(config.json features.protocol), else urdmu. Use the training features' protocol")
     parser.add_argument("--device", default=None, help="torch device of the I3D extraction (default cuda if available)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="16-frame segments per I3D forward pass, times 10 crops (default 8 on a GPU, 1 on a CPU)")

@@ -124,7 +124,10 @@ def chromium(*args: str, tmp: pathlib.Path) -> str:
 
 
 # Appended to a copy of the report: record what the page did, as data attributes the dumped DOM shows.
-# It seeks the video directly (the cursor must follow), then clicks the middle of the plot (the video must seek).
+# The media element delays the load event until its metadata is read, so "loadedmetadata" fires before
+# the DOM is dumped; "seeked" would come later, on the decoder's own time. So the probe moves the
+# playback position and fires the "timeupdate" event a playing video fires (the cursor must follow),
+# then clicks at 75 % of the plot (the video must seek there).
 PROBE = """<script>
 (function () {
   var b = document.body, v = document.getElementById("video"), svg = document.getElementById("curve");
@@ -136,17 +139,15 @@ PROBE = """<script>
     b.dataset.videoBox = box(v);
     b.dataset.duration = v.duration;
     b.dataset.videoWidth = v.videoWidth;
-    v.addEventListener("seeked", function first() {
-      v.removeEventListener("seeked", first);
-      b.dataset.cursorAfterSeek = cursor.getAttribute("x1");
-      var r = svg.getBoundingClientRect();
-      var x = r.left + (g.left + 0.75 * (g.width - g.left - g.right)) * r.width / g.width;
-      svg.dispatchEvent(new MouseEvent("click", {clientX: x, clientY: r.top + r.height / 2, bubbles: true}));
-      b.dataset.timeAfterClick = v.currentTime;
-      b.dataset.cursorAfterClick = cursor.getAttribute("x1");
-      b.dataset.readout = document.getElementById("readout").textContent;
-    });
     v.currentTime = 0.2;
+    v.dispatchEvent(new Event("timeupdate"));
+    b.dataset.cursorAfterPlayback = cursor.getAttribute("x1");
+    var r = svg.getBoundingClientRect();
+    var x = r.left + (g.left + 0.75 * (g.width - g.left - g.right)) * r.width / g.width;
+    svg.dispatchEvent(new MouseEvent("click", {clientX: x, clientY: r.top + r.height / 2, bubbles: true}));
+    b.dataset.timeAfterClick = v.currentTime;
+    b.dataset.cursorAfterClick = cursor.getAttribute("x1");
+    b.dataset.readout = document.getElementById("readout").textContent;
   });
   v.addEventListener("error", function () { b.dataset.videoError = v.error ? v.error.code : "?"; });
 })();
@@ -171,14 +172,14 @@ def test_html_report_plays_the_video_beside_its_curve(detection, tmp_path):
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html  # no network
     assert 'src="data:video/mp4;base64,' in html  # a 0.6 MB clip is embedded
     probe = probe_report(report, tmp_path)
-    assert "videoError" not in probe and "video-error" not in probe, probe
+    assert "video-error" not in probe, probe
     assert float(probe["duration"]) == pytest.approx(120 / 29.97, abs=0.05)  # Chromium decoded the embedded clip
     assert int(probe["video-width"]) > 0
     assert probe["dom"].count("<polyline") == 1 and 'id="cursor"' in probe["dom"]
     # Geometry of the plot in SVG units: 0.2 s and 0.75 of the scored 24 frames.
     g, duration = detect._PLOT, MAX_FRAMES / 29.97
     width = g["width"] - g["left"] - g["right"]
-    assert float(probe["cursor-after-seek"]) == pytest.approx(g["left"] + width * 0.2 / duration, abs=0.5)
+    assert float(probe["cursor-after-playback"]) == pytest.approx(g["left"] + width * 0.2 / duration, abs=0.5)
     assert float(probe["time-after-click"]) == pytest.approx(0.75 * duration, abs=0.02)
     assert float(probe["cursor-after-click"]) == pytest.approx(g["left"] + 0.75 * width, abs=1.0)
     assert "segment 1" in probe["readout"]
@@ -209,11 +210,22 @@ def test_report_links_a_large_video_by_relative_path(detection, tmp_path):
 
 
 def test_an_extractor_that_cannot_start_fails_every_video_in_one_line(tmp_path, tiny_checkpoint, capsys):
-    code = detect.main([str(CLIP), "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path),
-                        "--protocol", "bogus"])
+    # The protocol the checkpoint records is the default of --protocol; this one does not exist.
+    recorded = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, recorded)
+    config = json.loads((recorded / "config.json").read_text())
+    (recorded / "config.json").write_text(json.dumps(dict(config, features={"protocol": "bogus"})))
+    assert detect.feature_protocol(None, recorded) == "bogus" and detect.feature_protocol("urdmu", recorded) == "urdmu"
+    assert detect.feature_protocol(None, tiny_checkpoint) is None  # records none: the extractor's default
+    code = detect.main([str(CLIP), "--checkpoint", str(recorded), "--output", str(tmp_path / "out")])
     assert code == 1
     (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("pavad-detect: error:")]
     assert str(CLIP) in line and "I3D extractor stopped" in line and "bogus" in line, line
+
+
+def test_output_names_are_distinct():
+    videos = [pathlib.Path(p) for p in ("a/cam 1.mp4", "b/cam 1.mp4", "cam_1_2.avi", "c/..mp4")]
+    assert detect.output_names(videos) == ["cam_1", "cam_1_2", "cam_1_2_2", "_"]
 
 
 def test_help_explains_inputs_outputs_and_flags():
