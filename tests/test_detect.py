@@ -233,3 +233,6 @@ def test_help_explains_inputs_outputs_and_flags():
                          check=True).stdout
     for word in ("--checkpoint", "--threshold", "--protocol", "report.html", "segments.csv", "best/"):
         assert word in out
+    # The scoring side never imports torch (the extractor is a subprocess).
+    check = "import sys; from pavad_jax import detect, score, checkpoint; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.strip() == "False"
