@@ -57,6 +57,7 @@ setup(
             "pavad-train=pavad_jax.train:main",
             "pavad-eval=pavad_jax.evaluate:main",
             "pavad-score=pavad_jax.score:main",
+            "pavad-detect=pavad_jax.detect:main",
             "pavad-import-urdmu=pavad_jax.import_urdmu:main",
             "pavad-sweep=pavad_jax.sweep:main",
             "pavad-bench=pavad_jax.bench:main",

@@ -403,6 +403,14 @@ def find_shard_sets(path: os.PathLike | str) -> list[pathlib.Path]:
     return found
 
 
+def folders_without_manifest(path: os.PathLike | str) -> list[pathlib.Path]:
+    """Folders at or below `path` holding .array_record files but no manifest.json (sorted).
+
+    Readers skip such a folder (it is not a shard set), so validate names it.
+    """
+    return sorted({p.parent for p in pathlib.Path(path).rglob("*.array_record") if not (p.parent / MANIFEST).is_file()})
+
+
 def load_manifest(set_dir: os.PathLike | str) -> dict:
     """Read and sanity-check a shard set's manifest.json."""
     path = pathlib.Path(set_dir) / MANIFEST
@@ -631,7 +639,9 @@ def validate(path: os.PathLike | str, progress: Callable[[Iterable], Iterable] |
         set_dirs = find_shard_sets(path)
     except ShardError as e:
         return [str(e)]
-    problems: list[str] = []
+    problems = [f"{folder}: field 'manifest.json' is missing: its {len(list(folder.glob('*.array_record')))} "
+                ".array_record files belong to no shard set and are skipped by every reader (an unfinished or "
+                "crashed write: rewrite or delete it)" for folder in folders_without_manifest(path)]
     for set_dir in set_dirs:
         problems += _validate_set(set_dir, progress or (lambda files: files))
     return problems

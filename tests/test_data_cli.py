@@ -135,6 +135,31 @@ def test_validate_missing_manifest(damaged, capsys):
     assert code == 1 and "manifest.json" in out and str(damaged) in out
 
 
+def test_validate_dataset_names_the_split_that_lost_its_manifest(dataset, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "syn"
+    shutil.copytree(dataset, copy)
+    (copy / "train" / "manifest.json").unlink()
+    code, out = run_validate(copy, capsys)
+    assert code == 1
+    assert f"{copy / 'train'}: field 'manifest.json' is missing" in out, out
+    assert str(copy / "test") not in out  # the intact split has no problem
+
+
+def test_validate_names_a_shard_set_without_manifest_beside_good_ones(damaged, tmp_path, capsys):
+    # Two workers' shard sets of one split; the second one's manifest is gone.
+    split = tmp_path / "train"
+    for part in ("part-00000-of-00002", "part-00001-of-00002"):
+        shards.write_shard_set(split / part, [shards.ShardSet(damaged)[0]])
+    (split / "part-00001-of-00002" / "manifest.json").unlink()
+    assert shards.find_shard_sets(split) == [split / "part-00000-of-00002"]  # a reader silently skips it
+    code, out = run_validate(split, capsys)
+    assert code == 1
+    (line,) = out.strip().splitlines()
+    assert line.startswith(f"{split / 'part-00001-of-00002'}: field 'manifest.json' is missing: its 1 .array_record")
+
+
 def test_import_folder_then_inspect(tmp_path, capsys):
     (tmp_path / "f").mkdir()
     for i in range(3):

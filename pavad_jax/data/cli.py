@@ -5,7 +5,8 @@
       stream (PA-VAD Table 1's statistic). DIR: a dataset (train/ and test/), a shard set or a
       folder of shard sets.
   pavad-data validate DIR
-      decode every record; exit 1 listing each problem (file, record, field).
+      decode every record of every split; exit 1 listing each problem (file, record, field),
+      including a folder whose .array_record files have no manifest.json.
   pavad-data import urdmu --list UCF_Test.list --features DIR --dataset ucf --gt gt-ucf.npy --output OUT
   pavad-data import rtfm --list shanghai-i3d-test-10crop.list --features DIR --dataset sht \\
       --gt test_frame_mask/ --output OUT
@@ -131,16 +132,20 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """Validate each split of a dataset (train/, test/) on its own, else the folder itself."""
     progress = lambda files: tqdm(files, desc="validate", unit="file", leave=False)
-    problems = shards.validate(args.dir, progress=progress)
+    groups = _groups(pathlib.Path(args.dir))
+    problems = [problem for folder in groups.values() for problem in shards.validate(folder, progress=progress)]
     if problems:
         for problem in problems:
             print(problem)
         print(f"INVALID: {len(problems)} problem(s) in {args.dir}", file=sys.stderr)
         return 1
-    sets = shards.find_shard_sets(args.dir)
-    records = sum(shards.load_manifest(d)["num_records"] for d in sets)
-    print(f"OK: {records} records in {len(sets)} shard set(s) under {args.dir}")
+    sets = {name: shards.find_shard_sets(folder) for name, folder in groups.items()}
+    records = {name: sum(shards.load_manifest(d)["num_records"] for d in found) for name, found in sets.items()}
+    per_split = f" ({', '.join(f'{name} {n}' for name, n in records.items())})" if len(groups) > 1 else ""
+    print(f"OK: {sum(records.values())} records in {sum(map(len, sets.values()))} shard set(s) under {args.dir}"
+          f"{per_split}")
     return 0
 
 
