@@ -185,6 +185,23 @@ def read_run_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict | N
     return None if "format" in payload else ml_collections.ConfigDict(payload)
 
 
+def model_dir_of(path: str | os.PathLike, which: str = "best") -> pathlib.Path:
+    """The model export a user points at: an export as is; a run or sweep member folder's `which`
+    (best or last). A one-line FileNotFoundError says what the folder lacks."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such checkpoint folder")
+    if is_model_dir(path):
+        return path
+    if is_model_dir(path / which):
+        return path / which
+    if read_run_config(path) is not None or (path / "last").is_dir():
+        raise FileNotFoundError(f"{path / which} does not exist (no evaluation has run yet?); pass "
+                                f"{path / 'last'} or a step number")
+    raise FileNotFoundError(f"{path} is neither a model export (config.json + state/) nor a run folder "
+                            "(config.json + best/ or last/)")
+
+
 def resolve_model(path: str | os.PathLike, which: str = "best"
                   ) -> tuple[Detector, ml_collections.ConfigDict, ml_collections.ConfigDict | None, str]:
     """(detector, {model, loss} config, the run's full config or None, description) of any checkpoint.
@@ -194,22 +211,11 @@ def resolve_model(path: str | os.PathLike, which: str = "best"
     last or a step number saved in its checkpoints/).
     """
     path = pathlib.Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such checkpoint folder")
-    if is_model_dir(path):
-        detector, config = load_model(path)
-        return detector, config, read_run_config(path.parent), str(path)
+    if not str(which).isdigit() or is_model_dir(path):
+        directory = model_dir_of(path, which)
+        detector, config = load_model(directory)
+        return detector, config, read_run_config(directory.parent), str(directory)
     run_config = read_run_config(path)
-    if which in ("best", "last"):
-        if not is_model_dir(path / which):
-            if run_config is None:
-                raise FileNotFoundError(f"{path} is neither a model export (config.json + state/) nor a run folder "
-                                        "(config.json + best/ or last/)")
-            raise FileNotFoundError(f"{path / which} does not exist (no evaluation has run yet?)")
-        detector, config = load_model(path / which)
-        return detector, config, run_config, f"{path / which}"
-    if not str(which).isdigit():
-        raise ValueError(f"--checkpoint must be best, last or a step number, got {which!r}")
     if run_config is None:
         raise FileNotFoundError(f"{path}: a step number needs a pavad-train run folder (config.json + checkpoints/)")
     detector = build_detector(run_config.model, run_config.loss, seed=0)

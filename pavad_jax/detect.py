@@ -52,21 +52,6 @@ EVENT_PREFIX = "@pavad-detect "  # generation.detect_features.EVENT_PREFIX (not 
 
 # --------------------------------------------------------------------------- inputs
 
-def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
-    """The model directory to load: an export (config.json + state/) as is, a pavad-train run folder's best/."""
-    path = pathlib.Path(path)
-    is_export = lambda d: (d / "config.json").is_file() and (d / "state").is_dir()
-    if is_export(path):
-        return path
-    if is_export(path / "best"):
-        return path / "best"
-    if (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: a pavad-train run folder without best/ (no evaluation has run yet?); "
-                                f"pass {path / 'last'} or a step's export")
-    raise FileNotFoundError(f"{path}: not a checkpoint: expected a model directory (config.json and state/, "
-                            "written by pavad-train or pavad-import-urdmu) or a pavad-train run folder")
-
-
 def feature_protocol(given: str | None, model_dir: pathlib.Path) -> str | None:
     """--protocol, else the one the model directory records (config.json "features": {"protocol": ...}).
 
@@ -469,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     from pavad_jax import checkpoint  # imports JAX
 
     try:
-        model_dir = resolve_checkpoint(args.checkpoint)
+        model_dir = checkpoint.model_dir_of(args.checkpoint)
         feature_dim = int(checkpoint.read_config(model_dir).model.feature_dim)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"{PROG}: error: {error}") from error

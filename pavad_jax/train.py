@@ -244,6 +244,13 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
     state, progress = checkpoints.restore(state, data.iterator)
     progress = progress or engine.new_progress(len(member_configs))
 
+    if is_main:  # each member's folder says how it was trained (pavad-eval and pavad-detect read it)
+        for directory, member_config in zip(export_dirs, member_configs):
+            if directory is not None:
+                resolved = member_config.copy_and_resolve_references()
+                resolved.data.dir = str(data_dir)
+                atomic.write_text(directory / checkpoint.RUN_CONFIG, resolved.to_json_best_effort(indent=2))
+
     def export(state, member: int, which: str) -> None:
         if export_dirs[member] is not None:
             detector = member_detector(jax.tree.map(distributed.gather, state.params), member, member_configs[member])
@@ -288,9 +295,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     config = config.copy_and_resolve_references()
     config.data.dir = str(data_dir)
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(workdir / checkpoint.RUN_CONFIG, config.to_json_best_effort(indent=2))
     loop_start = time.time()
     (result,), status, progress = train_members(config, [config], workdir, data_dir, export_dirs=[workdir], mesh=mesh)
     if status == "preempted":

@@ -93,13 +93,13 @@ def test_checkpoint_resolution_and_feature_dim_check(tmp_path, tiny_checkpoint, 
     run = tmp_path / "run"
     shutil.copytree(tiny_checkpoint, run / "best")
     (run / "config.json").write_text("{}")  # a pavad-train run folder: its config beside best/ and last/
-    assert detect.resolve_checkpoint(run) == run / "best"
-    assert detect.resolve_checkpoint(run / "best") == run / "best"
+    assert checkpoint.model_dir_of(run) == run / "best"
+    assert checkpoint.model_dir_of(run / "best") == run / "best"
     shutil.rmtree(run / "best")
-    with pytest.raises(FileNotFoundError, match="run folder without best/"):
-        detect.resolve_checkpoint(run)
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
-        detect.resolve_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="best does not exist"):
+        checkpoint.model_dir_of(run)
+    with pytest.raises(FileNotFoundError, match="neither a model export"):
+        checkpoint.model_dir_of(tmp_path)
     # A checkpoint of the synthetic benchmark's 64-d features cannot score I3D features.
     small = tmp_path / "d64"
     shutil.copytree(tiny_checkpoint, small)
