@@ -22,7 +22,7 @@ from flax import nnx
 
 from pavad_jax.import_urdmu import _conv1d, _linear, _same, read_torch_checkpoint, unwrap_state_dict
 from pavad_jax.models import lap, rtfm
-from pavad_jax.models.defaults_lap import lap_config
+from pavad_jax.models.defaults_lap import lap_config, tevad_config
 from pavad_jax.models.defaults_rtfm import rtfm_config
 
 Conversion = Callable[[np.ndarray], np.ndarray]
@@ -114,28 +114,31 @@ def rtfm_from_state_dict(arrays: dict, *, source: str = "checkpoint") -> tuple[r
     return _build_from(lambda: rtfm.build(config), arrays, mapping, source), config
 
 
-def lap_from_state_dict(arrays: dict, prompt_bank: np.ndarray, *, source: str = "checkpoint"
+def lap_from_state_dict(arrays: dict, prompt_bank: np.ndarray | None, *, source: str = "checkpoint"
                         ) -> tuple[lap.LAP, ml_collections.ConfigDict]:
     """A LAP (concat fusion, caption branch aggregated) from a GV-VAD model_tcc_triplet_v2_oral state_dict.
 
-    The prompt bank is not in the state_dict (the code loads it from a .npy): pass it.
+    The prompt bank is not in the state_dict (the code loads it from a .npy): pass it; None
+    gives TEVAD (model_TEVAD.py, the same network without the prompt losses).
     """
     arrays = unwrap_state_dict(arrays, source)
-    config = lap_config()
+    config = lap_config() if prompt_bank is not None else tevad_config()
     config.model.feature_dim = int(_require(arrays, "Aggregate.conv_1.0.weight", source, "a LAP").shape[1])
     config.model.text_dim = int(_require(arrays, "Aggregate_text.conv_1.0.weight", source, "a LAP").shape[1])
     config.model.head_hidden = (int(_require(arrays, "fc1.weight", source, "a LAP").shape[0]),
                                 int(_require(arrays, "fc2.weight", source, "a LAP").shape[0]))
-    config.model.prompts = int(np.shape(prompt_bank)[0])
     config.loss.gv.learnable = "VLR" in arrays
     if config.loss.gv.learnable:
         config.loss.gv.mode = "official"
         config.loss.weights.gv_lambda = float(np.asarray(arrays["VLR"]))
     mapping = key_map(text_branch=True, learnable_lambda=config.loss.gv.learnable)
     _check_keys(arrays, mapping, source, "GV-VAD's LAP Model (feature_group both, concat)")
-    bank = np.asarray(prompt_bank, np.float32)
-    model = _build_from(lambda: lap.build(config, prompt_bank=bank), arrays, mapping, source,
-                        extra={("prompt_bank",): bank})
+    extra, bank = {}, None
+    if prompt_bank is not None:
+        bank = np.asarray(prompt_bank, np.float32)
+        config.model.prompts = bank.shape[0]
+        extra[("prompt_bank",)] = bank
+    model = _build_from(lambda: lap.build(config, prompt_bank=bank), arrays, mapping, source, extra)
     return model, config
 
 

@@ -192,7 +192,7 @@ def reference_scores_one_crop(reference, x):
 
 
 def test_dropout_and_selection_only_in_training():
-    model = rtfm.build(experiment_config())
+    model = tiny_model(1)
     x = make_batch(32, seed=1)["features"]
     forward = jit_method(model, "train_forward")
     a, b = forward(x, jax.random.key(1), None), forward(x, jax.random.key(2), None)
@@ -204,24 +204,24 @@ def test_dropout_and_selection_only_in_training():
 
 
 def test_score_view_quirk_and_topk_switches():
-    batch = make_batch(64, seed=2)
+    batch = jax.tree.map(jnp.asarray, make_batch(64, seed=2))
     model = tiny_model(2)
 
-    def terms(config):
-        return jit_loss(rtfm, model, config)(batch, jax.random.key(0))[1]
+    def terms(config):  # eager: one compiled program per variant would cost more than op-by-op here
+        return rtfm.loss(model, batch, jax.random.key(0), config)[1]
 
     quirk, flat = terms(experiment_config()), terms(experiment_config(quirks={"score_view_32": False}))
     np.testing.assert_allclose(quirk["bce"], flat["bce"], rtol=1e-6)
     assert abs(float(quirk["smoothness"] - flat["smoothness"])) > 1e-4  # lag-2 pairs vs consecutive segments
     # At T = 64 the code's view gives columns of even and odd segments: the mean of their norms.
-    abnormal = np.asarray(jit_method(model, "train_forward")(batch["features"], jax.random.key(0), None)["scores"])
+    abnormal = np.asarray(model.train_forward(batch["features"], jax.random.key(0))["scores"])
     by_hand = np.mean(np.linalg.norm(abnormal[HALF:].reshape(-1, 2), axis=0))
     np.testing.assert_allclose(quirk["sparsity"], by_hand, rtol=1e-5)
     assert float(terms(experiment_config(topk_by="score"))["bce"]) != pytest.approx(float(quirk["bce"]))
     no_regularisers = terms(experiment_config(sparsity_smoothness=False))
     np.testing.assert_allclose(no_regularisers["cost"], quirk["bce"] + 1e-4 * quirk["magnitude"], rtol=1e-5)
     with pytest.raises(ValueError, match="multiple of 32"):
-        jit_loss(rtfm, model, experiment_config())(make_batch(48, seed=2), None)
+        rtfm.loss(model, jax.tree.map(jnp.asarray, make_batch(48, seed=2)), None, experiment_config())
 
 
 def test_loss_rejects_batches_it_cannot_train_on():
