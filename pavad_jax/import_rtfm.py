@@ -103,8 +103,13 @@ def _require(arrays: dict, key: str, source: str, what: str) -> np.ndarray:
 
 
 def rtfm_from_state_dict(arrays: dict, *, source: str = "checkpoint") -> tuple[rtfm.RTFM, ml_collections.ConfigDict]:
-    """An RTFM holding the weights and BatchNorm statistics of an official RTFM state_dict."""
-    arrays = unwrap_state_dict(arrays, source)
+    """An RTFM holding the weights and BatchNorm statistics of an official RTFM state_dict.
+
+    GV-VAD's RTFM runs (model_TEVAD.py with --feature-group vis) also save a caption branch
+    that their forward never uses: its `Aggregate_text.*` keys are skipped.
+    """
+    arrays = {key: value for key, value in unwrap_state_dict(arrays, source).items()
+              if not key.startswith("Aggregate_text.")}
     config = rtfm_config()
     config.model.feature_dim = int(_require(arrays, "Aggregate.conv_1.0.weight", source, "an RTFM").shape[1])
     config.model.head_hidden = (int(_require(arrays, "fc1.weight", source, "an RTFM").shape[0]),
@@ -146,8 +151,8 @@ def to_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The official state_dict (numpy, torch layouts) of an RTFM or LAP; num_batches_tracked as 0."""
     flat = {path: variable.get_value() for path, variable in nnx.to_flat_state(nnx.state(model))}
     mapping = key_map(text_branch=isinstance(model, lap.LAP), learnable_lambda=model.gv_lambda is not None)
-    inverse = {_linear: _linear, _same: _same, _conv1d: lambda w: w.transpose(2, 1, 0)}
-    out = {key: np.asarray(inverse[convert](np.asarray(flat[path]))) for key, (path, convert) in mapping.items()}
+    # Every conversion (a transpose or the identity) is its own inverse.
+    out = {key: convert(np.asarray(flat[path])) for key, (path, convert) in mapping.items()}
     for key in list(out):
         if key.endswith(".running_var"):
             out[key.removesuffix("running_var") + "num_batches_tracked"] = np.zeros((), np.int64)

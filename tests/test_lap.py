@@ -10,35 +10,27 @@ from flax import nnx
 
 from pavad_jax import import_rtfm
 from pavad_jax.models import lap
-from pavad_jax.models.defaults_lap import lap_config, tevad_config
+from pavad_jax.models.defaults_lap import lap_config
 from pavad_jax.models.detector import count_parameters
 import lap_torch_reference as ref
-from test_rtfm import (assert_matches_torch_after_backward, jit_loss, jit_method, loss_step, numpy_state,
-                       perturb_batch_norms, torch_masks)
+import test_rtfm as rtfm_tests
+from test_rtfm import (D, HALF, HIDDEN, assert_matches_torch_after_backward, jit_loss, jit_method, loss_step,
+                       numpy_state, perturb_batch_norms, torch_masks)
 
-D, E, P, HIDDEN, CROPS, HALF = 16, 8, 3, (12, 6), 5, 2  # the code reads crop 4 of the captions: >= 5 crops
+E, P, CROPS = 8, 3, 5  # caption width, prompts; the code reads crop 4 of the captions: >= 5 crops
 
 
 def prompt_bank(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(P, E)).astype(np.float32)
 
 
-def experiment_config(base=lap_config, **loss_overrides) -> ml_collections.ConfigDict:
-    config = base()
-    config.model.update(feature_dim=D, text_dim=E, head_hidden=HIDDEN, prompts=P if config.model.prompts else 0)
-    config.data = ml_collections.ConfigDict({"batch": {"normal": HALF, "abnormal": HALF, "pseudo_normal": 0}})
-    for field, value in loss_overrides.items():
-        config.loss[field] = value
-    return config
+def experiment_config(**loss_overrides) -> ml_collections.ConfigDict:
+    model = {"feature_dim": D, "text_dim": E, "head_hidden": HIDDEN, "prompts": P}
+    return rtfm_tests.experiment_config(lap_config, model, **loss_overrides)
 
 
 def make_batch(t: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"features": rng.normal(size=(2 * HALF, CROPS, t, D)).astype(np.float32),
-            "caption_embedding": rng.normal(size=(2 * HALF, t, E)).astype(np.float32),
-            "label": np.array([0, 0, 1, 1], np.float32),
-            "synthetic": np.array([0, 1, 0, 1], np.float32),
-            "stream": np.array([0, 0, 1, 1], np.int32)}
+    return rtfm_tests.make_batch(t, seed, crops=CROPS, text_dim=E)
 
 
 def tiled(captions: np.ndarray) -> torch.Tensor:

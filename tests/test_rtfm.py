@@ -1,5 +1,9 @@
 """RTFM in Flax NNX against a PyTorch re-implementation of the official code: training forward,
 loss, gradients, BatchNorm statistics, test scores, checkpoint import."""
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,21 +42,26 @@ def torch_masks(masks) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.array(mask)) for name, mask in masks.items()}
 
 
-def experiment_config(**loss_overrides) -> ml_collections.ConfigDict:
-    config = rtfm_config()
-    config.model.update(feature_dim=D, head_hidden=HIDDEN)
+def experiment_config(base=rtfm_config, model=None, **loss_overrides) -> ml_collections.ConfigDict:
+    """A tiny config of `base` (model fields `model`), two normal and two abnormal rows per batch."""
+    config = base()
+    config.model.update(model or {"feature_dim": D, "head_hidden": HIDDEN})
     config.data = ml_collections.ConfigDict({"batch": {"normal": HALF, "abnormal": HALF, "pseudo_normal": 0}})
     for field, value in loss_overrides.items():
         config.loss[field] = value
     return config
 
 
-def make_batch(t: int, seed: int) -> dict[str, np.ndarray]:
+def make_batch(t: int, seed: int, crops: int = CROPS, text_dim: int | None = None) -> dict[str, np.ndarray]:
+    """Random features (and captions), normal rows first; one synthetic video in each stream."""
     rng = np.random.default_rng(seed)
-    return {"features": rng.normal(size=(2 * HALF, CROPS, t, D)).astype(np.float32),
-            "label": np.array([0, 0, 1, 1], np.float32),
-            "synthetic": np.array([0, 1, 0, 1], np.float32),
-            "stream": np.array([0, 0, 1, 1], np.int32)}
+    batch = {"features": rng.normal(size=(2 * HALF, crops, t, D)).astype(np.float32),
+             "label": np.array([0, 0, 1, 1], np.float32),
+             "synthetic": np.array([0, 1, 0, 1], np.float32),
+             "stream": np.array([0, 0, 1, 1], np.int32)}
+    if text_dim:
+        batch["caption_embedding"] = rng.normal(size=(2 * HALF, t, text_dim)).astype(np.float32)
+    return batch
 
 
 def reference_model(seed: int) -> ref.RTFM:
@@ -125,6 +134,12 @@ def jit_loss(module, model, config):
 def tiny_model(seed: int) -> rtfm.RTFM:
     """A small RTFM with the weights of a random torch reference (BatchNorms perturbed)."""
     return import_rtfm.rtfm_from_state_dict(numpy_state(reference_model(seed)))[0]
+
+
+def test_config_defaults_import_no_jax():
+    code = ("import sys; import pavad_jax.models.defaults_rtfm, pavad_jax.models.defaults_lap; "
+            "assert 'jax' not in sys.modules and 'flax' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
 
 
 def test_parameter_count_at_the_papers_sizes():
@@ -240,7 +255,9 @@ def test_loss_rejects_batches_it_cannot_train_on():
 def test_import_round_trip_and_cli(tmp_path):
     reference = reference_model(5)
     arrays = numpy_state(reference)
-    model, config = import_rtfm.rtfm_from_state_dict({"state_dict": {f"module.{k}": v for k, v in arrays.items()}})
+    unused_caption_branch = {"Aggregate_text.conv_1.0.weight": np.zeros((2, 8, 3), np.float32)}  # GV-VAD's runs
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in {**arrays, **unused_caption_branch}.items()}}
+    model, config = import_rtfm.rtfm_from_state_dict(wrapped)
     assert config.model.feature_dim == D and tuple(config.model.head_hidden) == HIDDEN
     back = import_rtfm.to_state_dict(model)
     assert set(back) == set(arrays)

@@ -24,9 +24,9 @@ from flax import nnx
 
 from pavad_jax.losses import bce, triplet_margin
 from pavad_jax.models.defaults_lap import lap_config
-from pavad_jax.models.rtfm import (MultiScaleTemporalNetwork, ScoreHead, apply_dropout, check_halves, draw_keep_masks,
-                                   finish, learnable_gv_lambda, magnitude_selection, resolve_weights, rtfm_terms,
-                                   ssls_setup, weighted_mean)
+from pavad_jax.models.rtfm import (MultiScaleTemporalNetwork, ScoreHead, apply_dropout, apply_ssls, check_halves,
+                                   draw_keep_masks, learnable_gv_lambda, magnitude_selection, resolve_weights,
+                                   rtfm_terms, ssls_setup, weighted_mean)
 from pavad_jax.models.urdmu import crop_mean, flatten_crops
 
 TEXT_FIELD = "caption_embedding"
@@ -201,4 +201,4 @@ def loss(model: LAP, batch: dict[str, jax.Array], key: jax.Array | None, config:
                                                         margin=weights["triplet_margin"]), triplet_weights)
         gamma = weights["gamma"] * weights["gamma"] if loss_cfg.quirks.gamma_twice else weights["gamma"]
         cost = cost + weights["beta"] * terms["pseudo_anomaly"] + gamma * terms["triplet"]
-    return finish(cost, terms, batch, config, n_normal, n_abnormal, gv_lambda, step)
+    return apply_ssls(cost, terms, batch, config, n_normal, n_abnormal, gv_lambda, step)

@@ -375,30 +375,26 @@ def ssls_setup(model: nnx.Module, batch: dict[str, jax.Array], config: Any, weig
     return n_normal, n_abnormal, gv_lambda, sample_weights
 
 
-def ssls_scale(batch: dict[str, jax.Array], config: Any, n_normal: int, n_abnormal: int, gv_lambda: jax.Array,
-               step: jax.Array | int | None) -> tuple[jax.Array, jax.Array]:
-    """(the factor on the whole cost, the lambda warm-up factor) for config.loss.gv.mode."""
+def apply_ssls(cost: jax.Array, terms: dict[str, jax.Array], batch: dict[str, jax.Array], config: Any,
+               n_normal: int, n_abnormal: int, gv_lambda: jax.Array, step: jax.Array | int | None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The total: the cost times the SSLS factor of config.loss.gv.mode; and every logged scalar.
+
+    ("sample" weighted the terms per video already, "none" leaves the cost as it is.)
+    """
     gv = config.loss.gv
     synthetic = batch["synthetic"][:n_normal + n_abnormal]
-    one = jnp.ones((), jnp.float32)
+    scale = warmup = jnp.ones((), jnp.float32)
     if gv.mode == "batch":
-        return gv_batch_scale(synthetic, gv_lambda), one
-    if gv.mode != "official":
-        return one, one
-    warmup = one
-    if gv.warmup != "none":
-        if step is None:
-            raise ValueError("loss.gv.warmup needs the training step: call loss(..., step=step)")
-        # The code counts steps from 1.
-        warmup = gv_lambda_warmup(jnp.asarray(step) + 1, int(gv.max_steps), gv.warmup,
-                                  warmup_ratio=float(gv.warmup_ratio), offset=int(gv.warmup_offset))
-    return gv_official_scale(synthetic[n_normal:], gv_lambda, warmup), warmup
-
-
-def finish(cost: jax.Array, terms: dict[str, jax.Array], batch: dict[str, jax.Array], config: Any, n_normal: int,
-           n_abnormal: int, gv_lambda: jax.Array, step) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Apply SSLS to the cost; the total and every logged scalar."""
-    scale, warmup = ssls_scale(batch, config, n_normal, n_abnormal, gv_lambda, step)
+        scale = gv_batch_scale(synthetic, gv_lambda)
+    elif gv.mode == "official":
+        if gv.warmup != "none":
+            if step is None:
+                raise ValueError("loss.gv.warmup needs the training step: call loss(..., step=step)")
+            # The code counts steps from 1.
+            warmup = gv_lambda_warmup(jnp.asarray(step) + 1, int(gv.max_steps), gv.warmup,
+                                      warmup_ratio=float(gv.warmup_ratio), offset=int(gv.warmup_offset))
+        scale = gv_official_scale(synthetic[n_normal:], gv_lambda, warmup)
     total = cost * scale
     terms = {**terms, "cost": cost, "ssls_scale": scale, "gv_warmup": warmup,
              "gv_lambda": jnp.asarray(gv_lambda, jnp.float32), "total": total}
@@ -420,5 +416,5 @@ def loss(model: RTFM, batch: dict[str, jax.Array], key: jax.Array | None, config
     n_main = n_normal + n_abnormal
     out = model.train_forward(batch["features"][:n_main], key)
     cost, terms = rtfm_terms(out, batch["label"][:n_main], weights, config.loss, model.topk, sample_weights)
-    return finish(cost, terms, batch, config, n_normal, n_abnormal, gv_lambda, step)
+    return apply_ssls(cost, terms, batch, config, n_normal, n_abnormal, gv_lambda, step)
 
