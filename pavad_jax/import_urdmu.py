@@ -131,7 +131,7 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
     try:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError as err:
-        raise SystemExit("pavad-import-urdmu needs PyTorch to read the checkpoint: "
+        raise SystemExit("reading a PyTorch checkpoint needs PyTorch: "
                          "`pip install -e .[gen]` or `pip install torch==2.13.0` (use -c constraints.txt)") from err
     obj = torch.load(path, map_location="cpu", weights_only=True)
     obj = unwrap_state_dict(obj, path)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavad_jax.models.darm import gradient_reversal
+from pavad_jax.models.defaults_rtfm import WARMUP_DECAYS, WARMUP_RISES
 from pavad_jax.models.detector import Detector, default_loss_config, validate_loss_config
 
 WEIGHT_NAMES = ("lambda1", "lambda2", "lambda_da", "lambda_dist", "beta", "tau", "gv_lambda")
@@ -167,6 +168,69 @@ def gv_batch_scale(synthetic: jax.Array, gv_lambda: jax.Array) -> jax.Array:
     """GV-VAD's public-code variant: the batch loss times (real fraction + lambda * synthetic fraction)."""
     synthetic_fraction = (synthetic > 0.5).mean()
     return (1.0 - synthetic_fraction) + gv_lambda * synthetic_fraction
+
+
+# GV-VAD's official code (Sumutan/GV-VAD train_tcc_difLR.py, dataset_difLR.py), in its own forms.
+# Its learnable lambda is a raw model parameter initialised at lambda (no softplus), updated by
+# the same Adam with weight decay 5e-3 as the rest: the detectors hold it as `gv_lambda`.
+
+def gv_official_scale(synthetic_abnormal: jax.Array, gv_lambda: jax.Array, warmup: jax.Array | float = 1.0
+                      ) -> jax.Array:
+    """The code's SSLS factor on the whole batch loss: cost * mean(real) + cost * mean(syn) * lambda * warmup.
+
+    The fractions come from the abnormal loader's rows only (its `sources`), not the whole batch.
+    """
+    synthetic_fraction = (synthetic_abnormal > 0.5).astype(jnp.float32).mean()
+    return (1.0 - synthetic_fraction) + synthetic_fraction * gv_lambda * warmup
+
+
+def gv_lambda_warmup(step: jax.Array | int, max_steps: int, strategy: str, *, warmup_ratio: float = 0.1,
+                     offset: int = 100) -> jax.Array:
+    """The code's `get_warmup_lr(step + offset, max_steps, warmup_ratio, strategy)` factor on lambda.
+
+    `step` counts from 1, as the code's; strategy "none" gives 1, otherwise "<rise>_<decay>":
+    rise linear / exponential / cosine from 0.001 to 1 over the first int(max_steps * ratio)
+    steps, then decay cosine (to 0 at max_steps, rising again after) / step (x0.1 every 200) / none.
+    With the code's offset of 100 and max_steps 1000, step + 100 is never inside the rise.
+    """
+    if strategy == "none":
+        return jnp.float32(1.0)
+    rise, _, decay = strategy.partition("_")
+    if rise not in WARMUP_RISES or decay not in WARMUP_DECAYS:
+        raise ValueError(f"loss.gv.warmup must be 'none' or '<rise>_<decay>' with rise in {WARMUP_RISES} and "
+                         f"decay in {WARMUP_DECAYS}, got {strategy!r}")
+    initial, target = 0.001, 1.0
+    warmup_steps = int(max_steps * warmup_ratio)
+    epoch = jnp.asarray(step, jnp.float32) + offset
+    progress = epoch / max(warmup_steps, 1)
+    rising = {
+        "linear": initial + (target - initial) * progress,
+        "exponential": initial * (target / initial) ** progress,
+        "cosine": initial + 0.5 * (target - initial) * (1.0 - jnp.cos(jnp.pi * progress)),
+    }[rise]
+    after = epoch - warmup_steps
+    decaying = {
+        "cosine": target * 0.5 * (1.0 + jnp.cos(jnp.pi * after / max(max_steps - warmup_steps, 1))),
+        "step": target * 0.1 ** jnp.floor(after / 200.0),
+        "none": jnp.full_like(after, target),
+    }[decay]
+    return jnp.where(epoch < warmup_steps, rising, decaying)
+
+
+def dsr_indices(synthetic: np.ndarray, rate: float, seed: int) -> np.ndarray:
+    """GV-VAD's DSR on one loader's video list: int(n_real * rate) real videos drawn without
+    replacement, then every synthetic video; rate 1 keeps the list as it is.
+
+    synthetic (N,) bool in list order; returns indices into that list (numpy, for the data side).
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"DSR rate must be in (0, 1], got {rate}")
+    synthetic = np.asarray(synthetic, bool)
+    if rate == 1.0:
+        return np.arange(synthetic.size)
+    real = np.flatnonzero(~synthetic)
+    kept = np.random.default_rng(seed).choice(real, int(real.size * rate), replace=False)
+    return np.concatenate([kept, np.flatnonzero(synthetic)])
 
 
 # ---------------------------------------------------------------------------- DARM
