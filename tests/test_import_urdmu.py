@@ -1,4 +1,5 @@
 """UR-DMU checkpoint import, the model directory format and pavad-score, against the reference."""
+import json
 import math
 import sys
 
@@ -189,3 +190,48 @@ def test_import_without_torch_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     with pytest.raises(SystemExit, match=r"pip install -e \.\[gen\]"):
         import_urdmu.main([str(tmp_path / "urdmu.pkl"), "--output", str(tmp_path / "model")])
+
+
+def test_an_imported_checkpoint_evaluates_on_a_ucf_layout_test_set(annotations_dir, tmp_path):
+    """pavad-import-urdmu output + `pavad-data import urdmu` test split -> pavad-eval, no run folder."""
+    from sklearn.metrics import roc_auc_score
+
+    from pavad_jax import evaluate
+    from pavad_jax.data import cli as data_cli, importers
+    from pavad_jax.shards import ShardSet
+
+    ucf = annotations_dir / "ucf"
+    lengths = {name: int(t) for name, t in (line.split() for line in importers.read_list(ucf / "test_num_segments.txt"))}
+    chosen = ["RoadAccidents021_x264", "Shooting037_x264", "Normal_Videos_345_x264", "Normal_Videos_881_x264"]
+    lines = [line for line in importers.read_list(ucf / "UCF_Test.list")
+             if importers.basename(line).rsplit("__", 1)[0] in chosen]
+    assert len(lines) == 40  # 10 crops each, in the list's order
+    (tmp_path / "Test.list").write_text("\n".join(lines) + "\n")
+    rng = np.random.default_rng(0)
+    features = {}
+    for line in lines:
+        name = importers.basename(line)
+        video = name.rsplit("__", 1)[0]
+        features.setdefault(video, []).append(rng.random((lengths[video], D), dtype=np.float32))
+        np.save(tmp_path / name, features[video][-1])
+    assert data_cli.main(["import", "urdmu", "--list", str(tmp_path / "Test.list"), "--features", str(tmp_path),
+                          "--dataset", "ucf", "--gt", str(ucf / "UCF_Annotation.txt"),
+                          "--output", str(tmp_path / "ucf" / "test"), "--dtype", "float32"]) == 0
+
+    model = reference_model(3)
+    detector, _ = save_and_import(tmp_path, model)
+    evaluate.main(["--checkpoint", str(tmp_path / "model"), "--data", str(tmp_path / "ucf"), "--videos", "1"])
+    metrics = json.loads((tmp_path / "model" / "eval" / "metrics.json").read_text())
+
+    # The reference: each video's 10 crops through the PyTorch model, segment scores x 16 frames.
+    test = ShardSet(tmp_path / "ucf" / "test")
+    labels, scores = [], []
+    for i in range(len(test)):
+        record = test[i]
+        video = record.id.rsplit("/", 1)[-1]
+        with torch.no_grad():
+            s = model(torch.from_numpy(np.stack(features[video])[None]))["frame"].numpy()[0]
+        scores.append(np.repeat(s, 16))
+        labels.append(record.frame_labels[: 16 * len(s)])
+    assert metrics["videos"] == 4
+    assert metrics["auc"] == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(scores)), abs=1e-5)
