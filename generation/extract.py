@@ -276,8 +276,6 @@ class ExtractSettings:
                              f"and crops {URDMU_CROP}")
         if self.batch_size < 1 or self.records_per_file < 1:
             raise ValueError("extract: fields 'batch_size' and 'records_per_file' must be >= 1")
-        if self.test_videos and not self.test_labels:
-            raise ValueError("extract: test_videos needs test_labels (frame labels of the test videos)")
 
     def provenance(self) -> dict[str, str]:
         """The manifest's feature_extractor and protocol of features made with these settings."""
@@ -347,6 +345,8 @@ def collect_items(settings: ExtractSettings, videos_dir=None) -> list[dict]:
     if settings.real_normal:
         items += real_normal_items(settings.real_normal)
     if settings.test_videos:
+        if not settings.test_labels:
+            raise ValueError("extract: test_videos needs test_labels (frame labels of the test videos)")
         items += test_items(settings.test_videos, settings.test_labels)
     for split in ("train", "test"):
         workers.check_item_ids([i for i in items if i["split"] == split], source=f"extract ({split} videos)")
