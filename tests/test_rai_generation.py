@@ -121,3 +121,21 @@ def test_read_sample_video_and_pasted_anomaly_labels():
     assert grey.shape == (2, 32, 32, 1)
     with pytest.raises(FileNotFoundError, match="no such"):
         prepare.read_frames("/nonexistent/video.mp4", 32)
+
+
+def test_prepare_settings_are_the_occ_configs_generation_section():
+    """Every field of both occ configs' `generation` section is a PrepareSettings field, and a typo is named."""
+    import importlib.util
+    import pathlib
+
+    from generation.step_settings import from_section
+
+    for name in ("tiny", "ped2"):
+        path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "occ" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"occ_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        settings = from_section(prepare.PrepareSettings, module.get_config().generation, "generation")
+        assert settings.flow_method == "tvl1" and settings.mixup_alpha == 0.4
+    with pytest.raises(ValueError, match=r"'generation': unknown fields \['mask_typ'\]"):
+        from_section(prepare.PrepareSettings, {"mask_typ": "box"}, "generation")
