@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from generation.workers import atomic_path
-from pavad_jax.ground_truth import VIDEO_SUFFIXES, video_stem  # noqa: F401  (one definition for both sides)
+from pavad_jax import ground_truth
+
+VIDEO_SUFFIXES = ground_truth.VIDEO_SUFFIXES  # one definition for both sides: ground truth is keyed by stem
+video_stem = ground_truth.video_stem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SEGMENT_FRAMES = 16  # frames per I3D snippet, as in every public VAD feature release
