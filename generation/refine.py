@@ -16,12 +16,14 @@ coarse prompt was kept) on every line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 from generation import workers
 from generation.models import DEFAULT_VLM
+from generation.step_settings import add_flags, from_args, setting
 
 DEFAULT_TEMPLATE = ("natural movement", "fixed camera")
 MIN_WORDS = 4  # a refined sentence shorter than this is treated as unusable
@@ -101,42 +103,57 @@ def vlm_answer(processor, model, image, instruction: str, max_new_tokens: int) -
     return processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
 
 
-def run_refine(*, workdir: str, plan: str | None = None, vlm_model: str = DEFAULT_VLM,
-               refine: bool = True, template: tuple[str, ...] | list[str] = DEFAULT_TEMPLATE,
-               max_new_tokens: int = 77, device: str = "cpu", dtype: str = "auto",
-               shard: tuple[int, int] = (0, 1)) -> Path | None:
+@dataclasses.dataclass
+class RefineSettings:
+    """How the prompts of a plan are written (Eq. 5-6)."""
+
+    plan: str | None = setting(None, "plan to refine; None: <workdir>/plan.jsonl")
+    vlm_model: str = setting(DEFAULT_VLM, "any image-text-to-text model id or local path (AutoProcessor + "
+                             "AutoModelForImageTextToText); 'tiny' = random tiny model")
+    refine: bool = setting(True, "ask the VLM; --no-refine is the w/o-refine ablation: 'Generate <class>' plus "
+                           "the template, no VLM")
+    template: tuple[str, ...] = setting(DEFAULT_TEMPLATE, "template phrases g_tem appended to every prompt")
+    max_new_tokens: int = setting(77, "VLM answer length limit")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+    dtype: str = setting("auto", "VLM weights dtype: auto, bfloat16, float16, float32")
+
+
+def run_refine(settings: RefineSettings, *, workdir: str, shard: tuple[int, int] = (0, 1)) -> Path | None:
     """Write prompts for this shard's plan items; rewrite the plan once all have one."""
     from PIL import Image
 
+    s = settings
+    refine, template = s.refine, s.template
     workdir = Path(workdir)
-    plan_path = Path(plan) if plan else workdir / "plan.jsonl"
+    plan_path = Path(s.plan) if s.plan else workdir / "plan.jsonl"
     items = workers.read_jsonl(plan_path)
     out_dir = workdir / "prompts"
-    settings = {"model": vlm_model if refine else None, "refine": refine, "template": list(template),
-                "max_new_tokens": max_new_tokens}
+    recorded = {"model": s.vlm_model if refine else None, "refine": refine, "template": list(template),
+                "max_new_tokens": s.max_new_tokens}
+
     def finished(item):
         marker = workers.metadata_path(out_dir, item["id"])
-        return marker.exists() and json.loads(marker.read_text())["settings"] == settings
+        return marker.exists() and json.loads(marker.read_text())["settings"] == recorded
 
     index, count = shard
     mine = workers.items_for_shard(items, index, count)
     loaded = {}
     if refine and not all(finished(item) for item in mine):
         # Load before the item loop: a model that cannot load is an error, not 29 failed items.
-        loaded["processor"], loaded["model"] = _load_vlm(vlm_model, device, dtype)
+        loaded["processor"], loaded["model"] = _load_vlm(s.vlm_model, workers.resolve_device(s.device), s.dtype)
 
     def refine_item(item):
         answer = None
         if refine:
             image = Image.open(workers.plan_file_path(plan_path, item["image"])).convert("RGB")
             answer = vlm_answer(loaded["processor"], loaded["model"], image, instruction_for(item),
-                                max_new_tokens)
+                                s.max_new_tokens)
             prompt, used = postprocess(answer, item, template)
         else:
             prompt, used = with_template(coarse_prompt(item), template), False
         workers.atomic_write_json(workers.metadata_path(out_dir, item["id"]), {
             "id": item["id"], "prompt": prompt, "refined": used, "vlm_answer": answer,
-            "coarse": coarse_prompt(item), "settings": settings})
+            "coarse": coarse_prompt(item), "settings": recorded})
 
     summary = workers.run_items(mine, refine_item,
                                 out_dir=out_dir, done=finished,
@@ -167,24 +184,12 @@ def register(subparsers) -> None:
         "refine", help="VLM prompt refinement (CA-PAG, Eq. 5-6)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="folder of `select` (prompts/ is written here)")
-    parser.add_argument("--plan", default=None, help="plan to refine (default <workdir>/plan.jsonl)")
-    parser.add_argument("--vlm-model", default=DEFAULT_VLM,
-                        help="any image-text-to-text model id or local path (AutoProcessor + "
-                             "AutoModelForImageTextToText); 'tiny' = random tiny model")
-    parser.add_argument("--no-refine", dest="refine", action="store_false",
-                        help="w/o-refine ablation: 'Generate <class>' plus the template, no VLM")
-    parser.add_argument("--template", nargs="+", default=list(DEFAULT_TEMPLATE),
-                        help="template phrases g_tem appended to every prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=77, help="VLM answer length limit")
-    parser.add_argument("--device", default="cpu", help="torch device (cuda, or cuda:0 ...)")
-    parser.add_argument("--dtype", default="auto", help="VLM weights dtype: auto, bfloat16, float16, float32")
+    add_flags(parser, RefineSettings)
     workers.add_shard_args(parser)
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     """Entry of `pavad-gen refine`."""
-    run_refine(workdir=args.workdir, plan=args.plan, vlm_model=args.vlm_model, refine=args.refine,
-               template=args.template, max_new_tokens=args.max_new_tokens, device=args.device,
-               dtype=args.dtype, shard=workers.resolve_shard(args))
+    run_refine(from_args(RefineSettings, args), workdir=args.workdir, shard=workers.resolve_shard(args))
     return 0

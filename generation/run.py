@@ -5,9 +5,11 @@
         --config.select.videos=/data/sht/train_normal --config.synthesize.device=cuda
 
 The config (ml_collections, ``get_config(arg)``; ``--config FILE:ARG`` picks a variant) has one
-section per step whose fields are the keyword arguments of ``run_select``, ``run_refine``,
-``run_synthesize`` and ``run_extract``; any field can be overridden with
-``--config.SECTION.FIELD=VALUE`` (VALUE is read as a Python literal, else as a string).
+section per step whose fields are those of the step's settings (``SelectSettings``,
+``RefineSettings``, ``SynthesizeSettings``, ``ExtractSettings``: the same names as the step's
+flags, ``pavad-gen STEP --help``); every section is checked before the first step runs. Any
+field can be overridden with ``--config.SECTION.FIELD=VALUE`` (VALUE is read as a Python
+literal, else as a string).
 
 Outputs under ``--workdir``: plan.jsonl, init_images/, prompts/, videos/ and the dataset
 ``features/`` with ``train/`` (real normal, pseudo-abnormal, pseudo-normal streams) and
@@ -27,12 +29,14 @@ its shard's items, which is how the launch/ templates run one step on many worke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from generation import workers
+from generation import media, workers
+from generation.step_settings import from_section
 from pavad_jax.config_loader import load_config
 
 STEPS = ("select", "refine", "synthesize", "extract")
@@ -52,18 +56,17 @@ def section(config, name: str) -> dict:
 # --------------------------------------------------------------------------- synthetic test split
 
 def build_synthetic_test_set(workdir: Path, *, count: int, real_videos: str, real_frames: int,
-                             synthesize: dict, shard: tuple[int, int]) -> None:
+                             synthesize, shard: tuple[int, int]) -> None:
     """Make `count` labelled test videos: real normal frames, then a freshly synthesised clip."""
     from generation.select import candidate_videos
     from generation.synthesize import run_synthesize
-    from generation.video_io import read_frames, write_mp4
 
     plan = [item for item in workers.read_jsonl(workdir / "plan.jsonl") if item["kind"] == "abnormal"]
     test_plan = [{**item, "id": f"test-{item['id']}"} for item in plan[:count]]
     test_dir = workdir / "test_synth"
     workers.write_jsonl(test_dir / "plan.jsonl", [{**item, "image": str(workers.plan_file_path(
         workdir / "plan.jsonl", item["image"]).resolve())} for item in test_plan])
-    run_synthesize(**{**synthesize, "workdir": str(test_dir), "shard": shard})
+    run_synthesize(dataclasses.replace(synthesize, plan=None), workdir=str(test_dir), shard=shard)
     reals = candidate_videos(real_videos)
     labels = {}
     for number, item in enumerate(test_plan):  # every shard writes every finished test video
@@ -73,64 +76,52 @@ def build_synthetic_test_set(workdir: Path, *, count: int, real_videos: str, rea
         target = workdir / "test_videos" / f"{item['id']}.mp4"
         clip_frames = json.loads(meta_path.read_text())["frames"]
         if not target.exists():
-            clip = read_frames(test_dir / "videos" / f"{item['id']}.mp4")
-            prefix = _resize_frames(read_frames(reals[number % len(reals)], range(real_frames)),
-                                    clip.shape[1:3])
-            write_mp4(target, np.concatenate([prefix, clip]), fps=synthesize.get("fps", 16))
+            clip = media.read_frames(test_dir / "videos" / f"{item['id']}.mp4")
+            height, width = clip.shape[1:3]
+            real = media.read_frames(reals[number % len(reals)], range(real_frames))
+            prefix = np.stack([media.resize(frame, width, height) for frame in real])
+            media.write_mp4(target, np.concatenate([prefix, clip]), fps=synthesize.fps)
         labels[item["id"]] = [0] * real_frames + [1] * clip_frames
     workers.atomic_write_json(workdir / "test_labels.json", labels)
-
-
-def _resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (T, H, W, 3) uint8 frames to `size` = (H, W)."""
-    from PIL import Image
-
-    height, width = size
-    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in frames])
 
 
 # --------------------------------------------------------------------------- the chain
 
 def run_all(config, workdir: str | Path, steps=STEPS, shard: tuple[int, int] = (0, 1)) -> Path:
     """Run the chosen steps of `config` in order in `workdir`; return the dataset folder."""
+    from generation.extract import ExtractSettings, run_extract
+    from generation.refine import RefineSettings, run_refine
+    from generation.select import SelectSettings, run_select
+    from generation.synthesize import SynthesizeSettings, run_synthesize
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     unknown = set(steps) - set(STEPS)
     if unknown:
         raise ValueError(f"unknown steps {sorted(unknown)}: choose from {STEPS}")
-    if "select" in steps:
-        from generation.select import run_select
-
-        if run_select(workdir=str(workdir), shard=shard, **section(config, "select")) is None:
-            return _stop(workdir, "select")
-    if "refine" in steps:
-        from generation.refine import run_refine
-
-        if run_refine(workdir=str(workdir), shard=shard, **section(config, "refine")) is None:
-            return _stop(workdir, "refine")
+    # Every section is checked before any step runs: a typo fails now, not after hours of synthesis.
+    select, refine, synthesize, extract = (from_section(cls, section(config, name), name) for cls, name in (
+        (SelectSettings, "select"), (RefineSettings, "refine"), (SynthesizeSettings, "synthesize"),
+        (ExtractSettings, "extract")))
+    if "select" in steps and run_select(select, workdir=str(workdir), shard=shard) is None:
+        return _stop(workdir, "select")
+    if "refine" in steps and run_refine(refine, workdir=str(workdir), shard=shard) is None:
+        return _stop(workdir, "refine")
+    test_set = section(config, "test_set")
+    synthetic_test = test_set.pop("synthetic", False)
     if "synthesize" in steps:
-        from generation.synthesize import run_synthesize
-
-        run_synthesize(workdir=str(workdir), shard=shard, **section(config, "synthesize"))
-        test_set = section(config, "test_set")
-        if test_set.pop("synthetic", False):
-            build_synthetic_test_set(workdir, synthesize=section(config, "synthesize"), shard=shard,
-                                     **test_set)
+        run_synthesize(synthesize, workdir=str(workdir), shard=shard)
+        if synthetic_test:
+            build_synthetic_test_set(workdir, synthesize=synthesize, shard=shard, **test_set)
     dataset = workdir / "features"
     if "extract" in steps:
-        from generation.extract import ExtractSettings, run_extract
-
-        options = section(config, "extract")
-        if not all(options.get("real_normal") or [""]):
+        if not all(extract.real_normal or [""]):
             raise ValueError("run: extract.real_normal is empty: set --config.extract.real_normal to "
                              "the real normal training videos (the 'normal' stream of train/)")
-        io_fields = ("real_normal", "test_videos", "test_labels", "records_per_file")
-        io = {k: options.pop(k) for k in io_fields if k in options}
-        if config.get("test_set") and config.test_set.get("synthetic"):
-            io["test_videos"] = tuple(io.get("test_videos", ())) + (str(workdir / "test_videos"),)
-            io["test_labels"] = str(workdir / "test_labels.json")
-        run_extract(workdir=str(workdir), out_dir=str(dataset), settings=ExtractSettings(**options),
-                    shard_index=shard[0], num_shards=shard[1], **io)
+        if synthetic_test:
+            extract = dataclasses.replace(extract, test_videos=extract.test_videos + (str(workdir / "test_videos"),),
+                                          test_labels=str(workdir / "test_labels.json"))
+        run_extract(extract, workdir=str(workdir), out_dir=str(dataset), shard_index=shard[0], num_shards=shard[1])
         workers.atomic_write_text(workdir / "dataset.txt", f"{dataset.resolve()}\n")
         print(f"run: dataset -> {dataset.resolve()}")
     return dataset

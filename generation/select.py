@@ -27,6 +27,7 @@ plan's folder; kind is "abnormal" or "normal").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.resources
 import json
@@ -36,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from generation import workers
+from generation import media, workers
 from generation.models import model_key, slug
+from generation.step_settings import add_flags, from_args, setting
 
 CLASS_FILES = ("sht", "ucf")
 DEFAULT_SCENE_REGEX = r"^(\d+)_"  # ShanghaiTech names videos <scene>_<clip>, e.g. 01_0014
@@ -161,23 +163,17 @@ def scene_of(path: Path, scene_regex: str) -> str:
 
 def embed_video(encoder, path: Path, *, frame_step: int, frames_per_video: int,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """CLIP embeddings of a video's sampled frames: (frame indices, (N, D) float32)."""
-    from PIL import Image
-
-    from generation.video_io import count_frames, iter_frames
-
-    indices = frame_indices(count_frames(path), frame_step, frames_per_video)
+    """Unit-normalised CLIP embeddings of a video's sampled frames: (frame indices, (N, D) float32)."""
+    indices = frame_indices(media.count_frames(path), frame_step, frames_per_video)
     if not indices:
         raise ValueError(f"{path}: no frames")
     wanted, batch, chunks = set(indices), [], []
-    for index, frame in enumerate(iter_frames(path)):  # one pass, a batch of frames in memory
+    for index, frame in enumerate(media.iter_frames(path, stop=indices[-1] + 1)):  # one pass, a batch in memory
         if index in wanted:
-            batch.append(Image.fromarray(frame))
+            batch.append(frame)
         if len(batch) == batch_size or (batch and index == indices[-1]):
-            chunks.append(encoder.encode_images(batch))
+            chunks.append(encoder.encode_images(np.stack(batch), normalize=True))
             batch = []
-        if index == indices[-1]:
-            break
     if sum(len(c) for c in chunks) != len(indices):
         raise ValueError(f"{path}: decoded fewer frames than its header declares")
     return np.asarray(indices, dtype=np.int64), np.concatenate(chunks).astype(np.float32)
@@ -208,13 +204,11 @@ def _save_init_images(plan: list[dict], workdir: Path) -> None:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from generation.video_io import read_frames
-
     by_video = defaultdict(list)
     for item in plan:
         by_video[item["video"]].append(item)
     for video, items in tqdm(by_video.items(), desc="select: init images", unit="video"):
-        frames = read_frames(video, sorted({item["frame"] for item in items}))
+        frames = media.read_frames(video, sorted({item["frame"] for item in items}))
         lookup = dict(zip(sorted({item["frame"] for item in items}), frames))
         for item in items:
             with workers.atomic_path(workdir / item["image"]) as tmp:
@@ -240,8 +234,8 @@ def rank_candidates(encoder, spec: dict, embeddings: np.ndarray, videos: list[st
     entries = [(c, "abnormal", top_k) for c in spec["classes"]] + [(spec["normal"], "normal", normal_k)]
     plan = []
     for entry, kind, k in entries:
-        positive = encoder.encode_texts([positive_text(entry)])[0]
-        negatives = encoder.encode_texts(negative_phrases(spec, entry))
+        positive = encoder.encode_texts([positive_text(entry)], normalize=True)[0]
+        negatives = encoder.encode_texts(negative_phrases(spec, entry), normalize=True)
         scores = class_scores(embeddings[pool], positive, negatives, lam, neg_aggregate)
         for rank, local in enumerate(top_k_balanced(scores, pool_scenes, k, scene_quota)):
             index = int(pool[local])
@@ -252,34 +246,56 @@ def rank_candidates(encoder, spec: dict, embeddings: np.ndarray, videos: list[st
     return plan
 
 
-def run_select(*, videos: str, workdir: str, classes: str = "sht", clip_backend: str = "open_clip",
-               clip_model: str | None = None, top_k: int = 10, normal_k: int = 50, lam: float = 0.5,
-               neg_aggregate: str = "mean", frame_step: int = 16, frames_per_video: int = 8,
-               scene_alpha: float | None = None, scene_quota: int = 0,
-               scene_regex: str = DEFAULT_SCENE_REGEX, seed: int = 0, batch_size: int = 32,
-               device: str = "cpu", shard: tuple[int, int] = (0, 1)) -> Path | None:
-    """Embed this shard's videos, then (once all are embedded) rank and write plan.jsonl."""
-    from generation.models import load_clip
+@dataclasses.dataclass
+class SelectSettings:
+    """Which frames become initial images, and how they are scored (Eq. 2-4)."""
 
+    videos: str = setting("", "normal training videos: a folder (recursive), a video, or a .txt/.list of paths")
+    classes: str = setting("sht", "class file: 'sht', 'ucf' (shipped) or a path to a JSON file of the same shape")
+    clip_backend: str = setting("open_clip", "open_clip (the paper's ViT-B/32; needs `pip install .[openclip]`) "
+                                "or transformers", choices=("open_clip", "transformers"))
+    clip_model: str | None = setting(None, "open_clip 'ARCH:PRETRAINED' (default ViT-B-32:openai) or a "
+                                     "transformers id/path (default openai/clip-vit-base-patch32); 'tiny' = random")
+    top_k: int = setting(10, "initial images (= clips) per anomaly class")
+    normal_k: int = setting(50, "initial images for pseudo-normal clips")
+    lam: float = setting(0.5, "lambda of Eq. 4, weight of the negative score")
+    neg_aggregate: str = setting("mean", "how the negative similarities are aggregated", choices=("mean", "max"))
+    frame_step: int = setting(16, "candidate every N-th frame")
+    frames_per_video: int = setting(8, "at most K evenly spaced candidates per video (0: no limit)")
+    scene_alpha: float | None = setting(None, "scene balancing before scoring: keep ~count(scene)^alpha frames "
+                                        "(None: off)")
+    scene_quota: int = setting(0, "scene balancing after scoring: frames reserved per scene and class (0: off)")
+    scene_regex: str = setting(DEFAULT_SCENE_REGEX, "regex whose group 1 on the video file name is its scene "
+                               "(else: its folder)")
+    seed: int = setting(0, "seed of the scene sub-sampling")
+    batch_size: int = setting(32, "frames per CLIP forward pass")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+
+
+def run_select(settings: SelectSettings, *, workdir: str, shard: tuple[int, int] = (0, 1)) -> Path | None:
+    """Embed this shard's videos, then (once all are embedded) rank and write plan.jsonl."""
+    from generation.clip import ClipEncoder
+
+    s = settings
     workdir = Path(workdir)
-    spec = load_class_file(classes)
-    video_paths = candidate_videos(videos)
-    items = _embedding_items(video_paths, scene_regex)
-    encoder = load_clip(clip_model, clip_backend, device)
+    spec = load_class_file(s.classes)
+    video_paths = candidate_videos(s.videos)
+    items = _embedding_items(video_paths, s.scene_regex)
+    encoder = ClipEncoder(s.clip_model, s.clip_backend, workers.resolve_device(s.device))
     cache = workdir / "clip_cache" / model_key(encoder.name)
-    settings = {"model": encoder.name, "frame_step": frame_step, "frames_per_video": frames_per_video}
+    recorded = {"model": encoder.name, "frame_step": s.frame_step, "frames_per_video": s.frames_per_video}
 
     def embedded(item):
         marker = workers.metadata_path(cache, item["id"])
-        return marker.exists() and json.loads(marker.read_text())["settings"] == settings
+        return marker.exists() and json.loads(marker.read_text())["settings"] == recorded
 
     def embed(item):
-        indices, embeddings = embed_video(encoder, Path(item["video"]), frame_step=frame_step,
-                                          frames_per_video=frames_per_video, batch_size=batch_size)
+        indices, embeddings = embed_video(encoder, Path(item["video"]), frame_step=s.frame_step,
+                                          frames_per_video=s.frames_per_video, batch_size=s.batch_size)
         with workers.atomic_path(cache / f"{item['id']}.npz") as tmp:
             np.savez(tmp, frames=indices, embeddings=embeddings)
         workers.atomic_write_json(workers.metadata_path(cache, item["id"]),
-                                  {**item, "settings": settings, "num_candidates": len(indices)})
+                                  {**item, "settings": recorded, "num_candidates": len(indices)})
 
     index, count = shard
     summary = workers.run_items(workers.items_for_shard(items, index, count), embed, out_dir=cache,
@@ -298,9 +314,9 @@ def run_select(*, videos: str, workdir: str, classes: str = "sht", clip_backend:
     if len(ready) < len(items):
         print(f"select: leaving out {len(items) - len(ready)} videos that failed (see {errors})")
     embeddings, vids, frames, scenes = _load_embeddings(cache, ready)
-    plan = rank_candidates(encoder, spec, embeddings, vids, frames, scenes, top_k=top_k,
-                           normal_k=normal_k, lam=lam, neg_aggregate=neg_aggregate,
-                           scene_alpha=scene_alpha, scene_quota=scene_quota, seed=seed)
+    plan = rank_candidates(encoder, spec, embeddings, vids, frames, scenes, top_k=s.top_k, normal_k=s.normal_k,
+                           lam=s.lam, neg_aggregate=s.neg_aggregate, scene_alpha=s.scene_alpha,
+                           scene_quota=s.scene_quota, seed=s.seed)
     plan_path = workdir / "plan.jsonl"
     if _same_selection(plan_path, plan, workdir):
         # Keep the plan as it is: later steps (refine) may have added prompts to it.
@@ -313,18 +329,11 @@ def run_select(*, videos: str, workdir: str, classes: str = "sht", clip_backend:
 
 
 def candidate_videos(videos: str) -> list[Path]:
-    """Candidate videos: a folder (recursive) or a text file listing one path per line."""
-    from generation.video_io import list_videos
-
+    """Candidate videos: a folder (recursive), a video, or a text file listing one path per line."""
     if not videos:
         raise ValueError("select: no candidate videos given: pass --videos (or set "
                          "--config.select.videos) to the folder of normal training videos")
-    path = Path(videos)
-    if path.is_file() and path.suffix in (".txt", ".list"):
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        found = [Path(line) if Path(line).is_absolute() else path.parent / line for line in lines]
-    else:
-        found = list_videos(path)
+    found = media.list_videos(videos)
     if not found:
         raise ValueError(f"{videos}: no candidate videos found")
     return found
@@ -335,45 +344,13 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "select", help="CLIP-based initial image selection (CA-PAG, Eq. 4)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", required=True,
-                        help="folder of normal training videos (recursive), or a .txt/.list of paths")
     parser.add_argument("--workdir", required=True, help="output folder (plan.jsonl, init_images/, clip_cache/)")
-    parser.add_argument("--classes", default="sht",
-                        help="class file: 'sht', 'ucf' (shipped) or a path to a JSON file of the same shape")
-    parser.add_argument("--clip-backend", choices=["open_clip", "transformers"], default="open_clip",
-                        help="open_clip (the paper's ViT-B/32; needs `pip install .[openclip]`) or "
-                             "transformers CLIPModel")
-    parser.add_argument("--clip-model", default=None,
-                        help="open_clip 'ARCH:PRETRAINED' (default ViT-B-32:openai) or a transformers "
-                             "id/path (default openai/clip-vit-base-patch32); 'tiny' = random tiny model")
-    parser.add_argument("--top-k", type=int, default=10, help="initial images (= clips) per anomaly class")
-    parser.add_argument("--normal-k", type=int, default=50, help="initial images for pseudo-normal clips")
-    parser.add_argument("--lam", type=float, default=0.5, help="lambda of Eq. 4, weight of the negative score")
-    parser.add_argument("--neg-aggregate", choices=["mean", "max"], default="mean",
-                        help="how the negative similarities are aggregated")
-    parser.add_argument("--frame-step", type=int, default=16, help="candidate every N-th frame")
-    parser.add_argument("--frames-per-video", type=int, default=8,
-                        help="at most K evenly spaced candidates per video (0: no limit)")
-    parser.add_argument("--scene-alpha", type=float, default=None,
-                        help="scene balancing before scoring: keep ~count(scene)^alpha frames (off by default)")
-    parser.add_argument("--scene-quota", type=int, default=0,
-                        help="scene balancing after scoring: frames reserved per scene and class (0: off)")
-    parser.add_argument("--scene-regex", default=DEFAULT_SCENE_REGEX,
-                        help="regex whose group 1 on the video file name is its scene (else: its folder)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scene sub-sampling")
-    parser.add_argument("--batch-size", type=int, default=32, help="frames per CLIP forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    add_flags(parser, SelectSettings)
     workers.add_shard_args(parser)
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     """Entry of `pavad-gen select`."""
-    run_select(videos=args.videos, workdir=args.workdir, classes=args.classes,
-               clip_backend=args.clip_backend, clip_model=args.clip_model, top_k=args.top_k,
-               normal_k=args.normal_k, lam=args.lam, neg_aggregate=args.neg_aggregate,
-               frame_step=args.frame_step, frames_per_video=args.frames_per_video,
-               scene_alpha=args.scene_alpha, scene_quota=args.scene_quota,
-               scene_regex=args.scene_regex, seed=args.seed, batch_size=args.batch_size,
-               device=args.device, shard=workers.resolve_shard(args))
+    run_select(from_args(SelectSettings, args), workdir=args.workdir, shard=workers.resolve_shard(args))
     return 0

@@ -19,15 +19,16 @@ Memory (the A14B experts take ~96 GB on one GPU in bf16, S3): ``--cpu-offload``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import socket
 import time
 from pathlib import Path
 
-from generation import workers
+from generation import media, workers
 from generation.models import DEFAULT_WAN
-from generation.video_io import fit_image, to_uint8_frames, write_mp4
+from generation.step_settings import add_flags, from_args, setting
 
 GUIDANCE = {"sht": (3.5, 3.5), "ucf": (6.5, 4.5)}  # supp. S1.3
 # Nuisances of surveillance-style generation; the paper does not list its negative prompt.
@@ -50,44 +51,63 @@ def check_prompts(items: list[dict], plan_path: Path) -> None:
                          "`pavad-gen refine` (or `refine --no-refine`) on this plan first")
 
 
-def run_synthesize(*, workdir: str, plan: str | None = None, model: str = DEFAULT_WAN,
-                   height: int = 480, width: int = 832, num_frames: int = 81, fps: int = 16,
-                   steps: int = 25, guidance: tuple[float, float] = GUIDANCE["sht"],
-                   negative_prompt: str = DEFAULT_NEGATIVE_PROMPT, seed: int = 0,
-                   device: str = "cuda", dtype: str = "bfloat16", cpu_offload: bool = False,
-                   vae_tiling: bool = False, max_sequence_length: int = 512,
+@dataclasses.dataclass
+class SynthesizeSettings:
+    """How every clip of a plan is made (defaults: the paper's, supp. S1.3)."""
+
+    plan: str | None = setting(None, "plan with prompts; None: <workdir>/plan.jsonl")
+    model: str = setting(DEFAULT_WAN, "diffusers Wan I2V model id or local path; 'tiny' = random tiny pipeline")
+    height: int = setting(480, "frame height (multiple of 16)")
+    width: int = setting(832, "frame width (multiple of 16)")
+    num_frames: int = setting(81, "frames per clip (4k+1)")
+    fps: int = setting(16, "frame rate of the written MP4")
+    steps: int = setting(25, "sampling steps")
+    guidance: tuple[float, float] = setting(GUIDANCE["sht"], "guidance_scale and guidance_scale_2 of the two "
+                                            "experts: (3.5, 3.5) for ShanghaiTech, (6.5, 4.5) for UCF-Crime")
+    negative_prompt: str = setting(DEFAULT_NEGATIVE_PROMPT, "negative prompt")
+    seed: int = setting(0, "base seed; each item's seed is hash(seed, id)")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+    dtype: str = setting("bfloat16", "transformer/text-encoder dtype (the VAE stays float32)")
+    cpu_offload: bool = setting(False, "enable_model_cpu_offload (less GPU memory)")
+    vae_tiling: bool = setting(False, "decode the VAE in tiles (less memory)")
+    max_sequence_length: int = setting(512, "text tokens of the UMT5 encoder")
+
+
+def run_synthesize(settings: SynthesizeSettings, *, workdir: str,
                    shard: tuple[int, int] = (0, 1)) -> workers.RunSummary:
     """Synthesise this shard's clips into <workdir>/videos; return what was done."""
+    s = settings
     workdir = Path(workdir)
-    plan_path = Path(plan) if plan else workdir / "plan.jsonl"
+    plan_path = Path(s.plan) if s.plan else workdir / "plan.jsonl"
     items = workers.items_for_shard(workers.read_jsonl(plan_path), *shard)
     check_prompts(items, plan_path)
     out_dir = workdir / "videos"
-    settings = {"height": height, "width": width, "num_frames": num_frames, "fps": fps,
-                "steps": steps, "guidance_scale": guidance[0], "guidance_scale_2": guidance[1],
-                "negative_prompt": negative_prompt, "dtype": dtype,
-                "max_sequence_length": max_sequence_length}
+    # What each clip's metadata records; a clip made with other settings is made again.
+    recorded = {"height": s.height, "width": s.width, "num_frames": s.num_frames, "fps": s.fps,
+                "steps": s.steps, "guidance_scale": s.guidance[0], "guidance_scale_2": s.guidance[1],
+                "negative_prompt": s.negative_prompt, "dtype": s.dtype,
+                "max_sequence_length": s.max_sequence_length}
 
     def finished(item):
         meta_path = workers.metadata_path(out_dir, item["id"])
         if not (meta_path.exists() and (out_dir / f"{item['id']}.mp4").exists()):
             return False
         meta = json.loads(meta_path.read_text())
-        return (meta["settings"], meta["prompt"], meta["model"]) == (settings, item["prompt"], model)
+        return (meta["settings"], meta["prompt"], meta["model"]) == (recorded, item["prompt"], s.model)
 
     pipe = None
     if not all(finished(item) for item in items):
         # Load before the item loop: a model that cannot load is an error, not N failed items.
-        pipe = _load_pipeline(model, device=device, dtype=dtype, cpu_offload=cpu_offload,
-                              vae_tiling=vae_tiling)
+        pipe = _load_pipeline(s.model, device=workers.resolve_device(s.device), dtype=s.dtype,
+                              cpu_offload=s.cpu_offload, vae_tiling=s.vae_tiling)
 
     def synthesize_item(item):
         started = time.time()
-        frames, item_seed_value = synthesize_clip(pipe, item, plan_path, settings, seed)
-        write_mp4(out_dir / f"{item['id']}.mp4", frames, fps=fps)
+        frames, item_seed_value = synthesize_clip(pipe, item, plan_path, recorded, s.seed)
+        media.write_mp4(out_dir / f"{item['id']}.mp4", frames, fps=s.fps)
         workers.atomic_write_json(workers.metadata_path(out_dir, item["id"]), {
             "id": item["id"], "prompt": item["prompt"], "class": item["class"],
-            "kind": item["kind"], "seed": item_seed_value, "model": model, "settings": settings,
+            "kind": item["kind"], "seed": item_seed_value, "model": s.model, "settings": recorded,
             "image": str(workers.plan_file_path(plan_path, item["image"]).resolve()),
             "source": {k: item.get(k) for k in ("video", "frame", "scene", "score")},
             "refined": item.get("refined"), "frames": int(frames.shape[0]),
@@ -105,7 +125,7 @@ def synthesize_clip(pipe, item: dict, plan_path: Path, settings: dict, base_seed
     import torch
     from PIL import Image
 
-    image = fit_image(Image.open(workers.plan_file_path(plan_path, item["image"])),
+    image = media.fit_image(Image.open(workers.plan_file_path(plan_path, item["image"])),
                       settings["width"], settings["height"])
     value = item_seed(base_seed, item["id"])
     output = pipe(
@@ -115,7 +135,7 @@ def synthesize_clip(pipe, item: dict, plan_path: Path, settings: dict, base_seed
         guidance_scale_2=settings["guidance_scale_2"],
         generator=torch.Generator(device="cpu").manual_seed(value),
         max_sequence_length=settings["max_sequence_length"], output_type="np")
-    return to_uint8_frames(output.frames[0]), value
+    return media.to_uint8_frames(output.frames[0]), value
 
 
 def _load_pipeline(model: str, **options):
@@ -131,36 +151,22 @@ def register(subparsers) -> None:
         "synthesize", help="Wan 2.2 image-to-video synthesis of pseudo clips (Eq. 7)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="folder of select/refine (videos/ is written here)")
-    parser.add_argument("--plan", default=None, help="plan with prompts (default <workdir>/plan.jsonl)")
-    parser.add_argument("--model", default=DEFAULT_WAN,
-                        help="diffusers Wan I2V model id or local path; 'tiny' = random tiny pipeline")
-    parser.add_argument("--height", type=int, default=480, help="frame height (multiple of 16)")
-    parser.add_argument("--width", type=int, default=832, help="frame width (multiple of 16)")
-    parser.add_argument("--num-frames", type=int, default=81, help="frames per clip (4k+1)")
-    parser.add_argument("--fps", type=int, default=16, help="frame rate of the written MP4")
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
-    parser.add_argument("--dataset", choices=sorted(GUIDANCE), default="sht",
-                        help="picks the paper's guidance pair: sht (3.5, 3.5), ucf (6.5, 4.5)")
-    parser.add_argument("--guidance", type=float, nargs=2, default=None, metavar=("HIGH", "LOW"),
-                        help="guidance_scale and guidance_scale_2 of the two experts (overrides --dataset)")
-    parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT, help="negative prompt")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; each item's seed is hash(seed, id)")
-    parser.add_argument("--device", default="cuda", help="torch device")
-    parser.add_argument("--dtype", default="bfloat16", help="transformer/text-encoder dtype (the VAE stays float32)")
-    parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (less GPU memory)")
-    parser.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (less memory)")
-    parser.add_argument("--max-sequence-length", type=int, default=512, help="text tokens of the UMT5 encoder")
+    parser.add_argument("--dataset", choices=sorted(GUIDANCE), default=None,
+                        help="shorthand for the paper's --guidance: sht (3.5, 3.5), ucf (6.5, 4.5)")
+    add_flags(parser, SynthesizeSettings)
     workers.add_shard_args(parser)
     parser.set_defaults(func=_main)
 
 
+def settings_from_args(args) -> SynthesizeSettings:
+    """SynthesizeSettings from parsed flags; --dataset gives the guidance pair unless --guidance does."""
+    settings = from_args(SynthesizeSettings, args)
+    if args.guidance is None and args.dataset:
+        settings = dataclasses.replace(settings, guidance=GUIDANCE[args.dataset])
+    return settings
+
+
 def _main(args) -> int:
     """Entry of `pavad-gen synthesize`; exit status 1 if an item failed."""
-    summary = run_synthesize(
-        workdir=args.workdir, plan=args.plan, model=args.model, height=args.height,
-        width=args.width, num_frames=args.num_frames, fps=args.fps, steps=args.steps,
-        guidance=tuple(args.guidance) if args.guidance else GUIDANCE[args.dataset],
-        negative_prompt=args.negative_prompt, seed=args.seed, device=args.device, dtype=args.dtype,
-        cpu_offload=args.cpu_offload, vae_tiling=args.vae_tiling,
-        max_sequence_length=args.max_sequence_length, shard=workers.resolve_shard(args))
+    summary = run_synthesize(settings_from_args(args), workdir=args.workdir, shard=workers.resolve_shard(args))
     return 1 if summary.failed else 0

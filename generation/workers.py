@@ -16,6 +16,8 @@ Public API
     ``completions``); or ``PAVAD_SHARD_INDEX`` with ``PAVAD_NUM_SHARDS``. Default ``(0, 1)``.
 ``items_for_shard(items, index, count) -> list``
     Round-robin slice ``items[index::count]``: shards differ by at most one item.
+``resolve_device(device) -> str``
+    The torch device of a step: the one given, else ``cuda`` when a GPU is visible, else ``cpu``.
 ``read_jsonl(path) -> list[dict]`` / ``write_jsonl(path, rows)``
     Plans are JSON lines, one item per line; writes are atomic.
 ``plan_file_path(plan_path, value) -> Path``
@@ -123,6 +125,15 @@ def items_for_shard(items: Sequence[Any], index: int, count: int) -> list[Any]:
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard index {index} is not in [0, {count})")
     return list(items[index::count])
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device a step runs on: `device` as given, else "cuda" when a GPU is visible, else "cpu"."""
+    if device:
+        return device
+    import torch  # only the steps that run models call this
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --------------------------------------------------------------------------- atomic writes

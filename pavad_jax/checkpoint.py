@@ -8,7 +8,8 @@ Training checkpoints (`TrainCheckpoints`), under RUN/checkpoints/<step>/ (Orbax)
               continues on the same batch
 
 Model exports (`export_model` / `load_model`): what scoring needs, nothing else.
-  config.json {"format": 1, "model": <model config>, "loss": <loss config>}
+  config.json {"format": 1, "model": <model config>, "loss": <loss config>,
+               "features": {"feature_extractor", "protocol"} of the training shards, when known}
   state/      an Orbax StandardCheckpointer tree: the Detector's nnx state as a pure dict
 pavad-train writes RUN/best/ and RUN/last/, pavad-sweep SWEEP/members/<i>/{best,last}/,
 pavad-import-urdmu one export. `resolve_model` turns any of these (or a run or sweep member
@@ -107,10 +108,13 @@ def _split_config(config: Any) -> tuple[ml_collections.ConfigDict, ml_collection
     return ml_collections.ConfigDict(config.model), ml_collections.ConfigDict(loss)
 
 
-def export_model(directory: str | os.PathLike, detector: Detector, config: Any) -> pathlib.Path:
+def export_model(directory: str | os.PathLike, detector: Detector, config: Any, features: dict | None = None
+                 ) -> pathlib.Path:
     """Write `detector` and its config to `directory` (replacing a previous export there).
 
-    In a multi-host run every process calls it (Orbax synchronises them; the primary writes).
+    `features` records how the training features were made ({"feature_extractor", "protocol"}
+    of the shards), so pavad-detect extracts a video's features the same way. In a multi-host
+    run every process calls it (Orbax synchronises them; the primary writes).
     """
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
@@ -126,6 +130,7 @@ def export_model(directory: str | os.PathLike, detector: Detector, config: Any) 
             "format": FORMAT_VERSION,
             "model": json.loads(model_cfg.to_json()),
             "loss": json.loads(loss_cfg.to_json()),
+            **({"features": features} if features else {}),
         }, indent=2, sort_keys=True)
     return directory
 

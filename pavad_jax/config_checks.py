@@ -1,6 +1,7 @@
 """Checks a training config once, at the entry point, before anything is compiled, naming the field."""
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import ml_collections
@@ -81,6 +82,7 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
                  "(or set train.num_devices)")
     if data_dir is None:
         return
+    set_dirs = []
     for split in (config.data.train_split, config.data.test_split):
         split_dir = data_dir / split
         _require(split_dir.is_dir(), "data.dir", str(data_dir), f"no folder {split_dir}")
@@ -89,3 +91,15 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
         for manifest, dim in dims.items():
             _require(dim == config.model.feature_dim, "model.feature_dim", config.model.feature_dim,
                      f"the shards in {manifest} have feature_dim {dim}")
+        set_dirs += shards.find_shard_sets(split_dir)
+    for warning in shards.check_provenance(set_dirs, root=data_dir):  # train and test made alike?
+        logging.warning("%s", warning)
+
+
+def features_provenance(split_dir: pathlib.Path) -> dict | None:
+    """{"feature_extractor", "protocol"} shared by every shard set of a split; None when they differ
+    or were not recorded."""
+    found = {tuple(shards.manifest_provenance(shards.load_manifest(d)).items())
+             for d in shards.find_shard_sets(split_dir)}
+    provenance = dict(found.pop()) if len(found) == 1 else None
+    return None if provenance is None or shards.UNKNOWN in provenance.values() else provenance

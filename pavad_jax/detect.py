@@ -53,7 +53,8 @@ EVENT_PREFIX = "@pavad-detect "  # generation.detect_features.EVENT_PREFIX (not 
 # --------------------------------------------------------------------------- inputs
 
 def feature_protocol(given: str | None, model_dir: pathlib.Path) -> str | None:
-    """--protocol, else the one the model directory records (config.json "features": {"protocol": ...}).
+    """--protocol, else the one the model directory records (config.json "features": {"protocol": ...},
+    written by export_model from the training shards' manifests).
 
     None leaves the choice to the extractor (its default).
     """

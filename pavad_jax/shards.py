@@ -37,6 +37,7 @@ SOURCES = ("real", "pseudo")
 DTYPES = ("float16", "float32")
 FORMAT_NAME = "pavad-shards"
 FORMAT_VERSION = 1
+UNKNOWN = "unknown"  # provenance of manifests written before it was recorded, or not given
 MANIFEST = "manifest.json"
 # Files whose checksum was verified, keyed by name: their size, mtime and the manifest's sha256.
 # Opening a dataset re-hashes only files that changed since (pavad-data validate hashes all).
@@ -233,7 +234,7 @@ class ShardWriter:
     """
 
     def __init__(self, out_dir: os.PathLike | str, *, dtype: str = "float16", records_per_file: int = 64,
-                 overwrite: bool = False):
+                 overwrite: bool = False, feature_extractor: str | None = None, protocol: str | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"ShardWriter: dtype is {dtype!r}, expected one of {DTYPES}")
         if records_per_file < 1:
@@ -241,6 +242,9 @@ class ShardWriter:
         self.out_dir = pathlib.Path(out_dir)
         self.dtype = dtype
         self.records_per_file = records_per_file
+        # Provenance of the features, recorded in the manifest (UNKNOWN when not given).
+        self.feature_extractor = feature_extractor or UNKNOWN
+        self.protocol = protocol or UNKNOWN
         self.out_dir.mkdir(parents=True, exist_ok=True)
         manifest = self.out_dir / MANIFEST
         if manifest.exists():
@@ -340,7 +344,8 @@ class ShardWriter:
             return self._manifest
         if self._writer is not None:
             self._finish_file()
-        self._manifest = build_manifest(self._entries, self._files, self.feature_dim, self.dtype)
+        self._manifest = build_manifest(self._entries, self._files, self.feature_dim, self.dtype,
+                                        feature_extractor=self.feature_extractor, protocol=self.protocol)
         atomic.write_text(self.out_dir / MANIFEST, json.dumps(self._manifest, indent=1))
         return self._manifest
 
@@ -356,8 +361,9 @@ class ShardWriter:
         self._manifest = {}
 
 
-def build_manifest(entries: list[dict], files: list[dict], feature_dim: int | None, dtype: str) -> dict:
-    """The manifest dict: format, counts, feature_dim, dtype, crops, files and record entries."""
+def build_manifest(entries: list[dict], files: list[dict], feature_dim: int | None, dtype: str, *,
+                   feature_extractor: str = "unknown", protocol: str = "unknown") -> dict:
+    """The manifest dict: format, counts, feature_dim, dtype, provenance, crops, files and record entries."""
     count = lambda key: dict(sorted(collections.Counter(str(e[key]) for e in entries).items()))
     return {
         "format": FORMAT_NAME,
@@ -365,6 +371,8 @@ def build_manifest(entries: list[dict], files: list[dict], feature_dim: int | No
         "num_records": len(entries),
         "feature_dim": feature_dim,
         "dtype": dtype,
+        "feature_extractor": feature_extractor,
+        "protocol": protocol,
         "crops": sorted({e["crops"] for e in entries}),
         "counts": {
             "stream": count("stream"),
@@ -442,6 +450,39 @@ def load_manifest(set_dir: os.PathLike | str) -> dict:
     return manifest
 
 
+def manifest_provenance(manifest: dict) -> dict[str, str]:
+    """{"feature_extractor", "protocol"} of a manifest; UNKNOWN for manifests that predate them."""
+    return {key: manifest.get(key) or UNKNOWN for key in ("feature_extractor", "protocol")}
+
+
+def check_provenance(set_dirs: Iterable[os.PathLike | str], root: os.PathLike | str | None = None) -> list[str]:
+    """Warnings about shard sets of one dataset whose features were made differently.
+
+    Returns one warning (or none) naming the shard sets of each feature extractor / protocol
+    when they are not all the same (UNKNOWN counts as a value of its own: such features cannot
+    be shown to match). Raises ShardError, naming each set and its D, when feature dims differ.
+    Shard set names are given relative to `root` when it is given.
+    """
+    dirs = [pathlib.Path(d) for d in set_dirs]
+    manifests = [load_manifest(d) for d in dirs]
+    name = lambda d: str(d.relative_to(root)) if root is not None and d.is_relative_to(root) else str(d)
+    dims = {m["feature_dim"] for m in manifests if m["num_records"]}
+    if len(dims) > 1:
+        listing = ", ".join(f"{name(d)}: D={m['feature_dim']}" for d, m in zip(dirs, manifests) if m["num_records"])
+        raise ShardError(f"{root or 'dataset'}: shard sets disagree on field 'feature_dim' ({listing}); "
+                         "features of different networks cannot be trained on together")
+    groups: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for d, m in zip(dirs, manifests):
+        p = manifest_provenance(m)
+        groups[(p["feature_extractor"], p["protocol"])].append(name(d))
+    if len(groups) <= 1:
+        return []
+    listing = "; ".join(f"feature_extractor {e!r}, protocol {p!r}: {', '.join(sets)}"
+                        for (e, p), sets in sorted(groups.items()))
+    return [f"{root or 'dataset'}: the shard sets mix feature extractors or protocols ({listing}); a detector "
+            "can learn the difference instead of the anomaly (docs/features.md)"]
+
+
 class ShardSet:
     """Read side: every record of one shard set, or of all shard sets below a folder.
 
@@ -461,6 +502,7 @@ class ShardSet:
             summary = ", ".join(f"{d}: D={m['feature_dim']} {m['dtype']}" for d, m in zip(self.set_dirs, self.manifests))
             raise ShardError(f"{self.path}: shard sets disagree on field 'feature_dim'/'dtype' ({summary})")
         self.feature_dim: int | None = dims.pop() if dims else None
+        self.provenance = [manifest_provenance(m) for m in self.manifests]  # one per set, as set_dirs
         self.dtype = np.dtype(dtypes.pop() if dtypes else self.manifests[0]["dtype"])
         self.entries: list[dict] = []
         self._files: list[tuple[pathlib.Path, int]] = []  # (path, expected records) per global file index

@@ -32,7 +32,7 @@ from jax.experimental import multihost_utils
 
 from pavad_jax import atomic, checkpoint, distributed, engine
 from pavad_jax.config_base import SELECT_BY
-from pavad_jax.config_checks import check_training_config
+from pavad_jax.config_checks import check_training_config, features_provenance
 from pavad_jax.config_loader import ConfigError, load_config, split_config_args
 from pavad_jax.data import pipeline
 from pavad_jax.evaluate import Evaluator
@@ -251,10 +251,12 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
                 resolved.data.dir = str(data_dir)
                 atomic.write_text(directory / checkpoint.RUN_CONFIG, resolved.to_json_best_effort(indent=2))
 
+    features = features_provenance(pipeline.split_path(config.data, config.data.train_split))
+
     def export(state, member: int, which: str) -> None:
         if export_dirs[member] is not None:
             detector = member_detector(jax.tree.map(distributed.gather, state.params), member, member_configs[member])
-            checkpoint.export_model(export_dirs[member] / which, detector, member_configs[member])
+            checkpoint.export_model(export_dirs[member] / which, detector, member_configs[member], features)
 
     log = MetricsLog(run_dir, is_main)
     loop = engine.Loop(step_fn=compiled_step(graphdef, config, data, mesh), data=data, schedule=schedule,
@@ -319,9 +321,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     }
     if is_main:
         atomic.write_json(workdir / SUMMARY, summary, indent=2)
-        print(f"{config.train.select_by.upper()} {best.get(SELECT_BY[config.train.select_by], float('nan')):.4f} "
-              f"(AUC {summary['auc']:.4f}) at step {summary['best_step']} (final step {summary['final_step']}); "
-              f"summary in {workdir / SUMMARY}")
+        chosen = "" if config.train.select_by == "auc" else (
+            f"{SELECT_BY[config.train.select_by]} {best.get(SELECT_BY[config.train.select_by], float('nan')):.4f}, ")
+        print(f"best checkpoint: {chosen}AUC {summary['auc']:.4f} at step {summary['best_step']} "
+              f"(final step {summary['final_step']}); summary in {workdir / SUMMARY}")
     return summary
 
 

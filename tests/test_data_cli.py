@@ -206,3 +206,22 @@ def test_import_error_is_one_clear_line(tmp_path, capsys):
                      "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 1 and "labels.csv" in err and "'id' or 'file'" in err
+
+
+def test_inspect_warns_once_when_a_dataset_mixes_protocols(tmp_path, capsys):
+    records = lambda k: [shards.VideoRecord(f"v{k}{i}", np.ones((1, 2, 8), np.float32), 0, "real", "normal", "normal", 32)
+                         for i in range(2)]
+    shards.write_shard_set(tmp_path / "train" / "real", records(0), feature_extractor="i3d-kinetics400",
+                           protocol="urdmu")
+    shards.write_shard_set(tmp_path / "train" / "pseudo", records(1), feature_extractor="i3d-kinetics400",
+                           protocol="shortside(resize=256,crop=224)")
+    shards.write_shard_set(tmp_path / "test" / "real", records(2), feature_extractor="i3d-kinetics400",
+                           protocol="urdmu")
+    assert cli.main(["inspect", str(tmp_path), "--no-norms"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("warning") == 1 and "train/pseudo" in err and "test/real, train/real" in err
+    assert "i3d-kinetics400 / urdmu" in out  # each split's table names its provenance
+    shards.write_shard_set(tmp_path / "test" / "wide", [shards.VideoRecord(
+        "w", np.ones((1, 2, 16), np.float32), 0, "real", "normal", "normal", 32)])
+    assert cli.main(["inspect", str(tmp_path), "--no-norms"]) == 1
+    assert "feature_dim" in capsys.readouterr().err

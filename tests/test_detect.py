@@ -11,7 +11,7 @@ import pytest
 import skvideo
 from PIL import Image
 
-from generation.video_io import read_frames, write_mp4
+from generation.media import read_frames, write_mp4
 from pavad_jax import checkpoint, detect
 
 SAMPLES = pathlib.Path(skvideo.__file__).parent / "datasets" / "data"

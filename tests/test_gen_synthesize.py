@@ -1,4 +1,5 @@
 """Synthesis: seeds, MP4 writing, a tiny Wan 2.2 pipeline, and resuming after SIGKILL."""
+import dataclasses
 import json
 import os
 import signal
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generation import synthesize, video_io, workers
+from generation import media, synthesize, workers
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(model="tiny", height=32, width=32, num_frames=9, steps=2, device="cpu", dtype="float32",
-            max_sequence_length=16)
+TINY = synthesize.SynthesizeSettings(model="tiny", height=32, width=32, num_frames=9, steps=2, device="cpu",
+                                     dtype="float32", max_sequence_length=16)
 
 
 def _plan(workdir: Path, n: int) -> Path:
@@ -44,22 +45,27 @@ def test_paper_defaults():
     assert synthesize.GUIDANCE == {"sht": (3.5, 3.5), "ucf": (6.5, 4.5)}
     parser = __import__("generation.cli", fromlist=["build_parser"]).build_parser()
     args = parser.parse_args(["synthesize", "--workdir", "w"])
-    assert (args.model, args.height, args.width, args.num_frames, args.fps, args.steps) == (
-        "Wan-AI/Wan2.2-I2V-A14B-Diffusers", 480, 832, 81, 16, 25)
+    settings = synthesize.SynthesizeSettings()
+    assert (settings.model, settings.height, settings.width, settings.num_frames, settings.fps, settings.steps,
+            settings.guidance) == ("Wan-AI/Wan2.2-I2V-A14B-Diffusers", 480, 832, 81, 16, 25, (3.5, 3.5))
+    args = parser.parse_args(["synthesize", "--workdir", "w", "--dataset", "ucf", "--steps", "4"])
+    assert synthesize.settings_from_args(args) == synthesize.SynthesizeSettings(steps=4, guidance=(6.5, 4.5))
+    args = parser.parse_args(["synthesize", "--workdir", "w", "--dataset", "ucf", "--guidance", "1", "2"])
+    assert synthesize.settings_from_args(args).guidance == (1.0, 2.0)
 
 
 def test_mp4_round_trip_and_image_fit(tmp_path):
     # A smooth moving gradient: what yuv420p H.264 keeps almost losslessly.
     t, y, x = np.meshgrid(np.arange(7), np.arange(16), np.arange(24), indexing="ij")
     frames = np.stack([x * 8 + t * 5, y * 15, np.full_like(x, 128)], axis=-1).astype(np.uint8)
-    video_io.write_mp4(tmp_path / "a.mp4", frames, fps=16)
-    back = video_io.read_frames(tmp_path / "a.mp4")
-    assert back.shape == frames.shape and video_io.video_fps(tmp_path / "a.mp4") == 16
+    media.write_mp4(tmp_path / "a.mp4", frames, fps=16)
+    back = media.read_frames(tmp_path / "a.mp4")
+    assert back.shape == frames.shape and media.video_fps(tmp_path / "a.mp4") == 16
     assert np.abs(back.astype(int) - frames.astype(int)).mean() < 6
     assert [p.name for p in tmp_path.iterdir()] == ["a.mp4"]
     with pytest.raises(ValueError, match="even height and width"):
-        video_io.write_mp4(tmp_path / "b.mp4", frames[:, :15])
-    fitted = video_io.fit_image(Image.new("RGB", (300, 100)), 64, 48)
+        media.write_mp4(tmp_path / "b.mp4", frames[:, :15])
+    fitted = media.fit_image(Image.new("RGB", (300, 100)), 64, 48)
     assert fitted.size == (64, 48)
 
 
@@ -69,15 +75,15 @@ def test_items_without_prompts_are_refused(tmp_path):
     del rows[1]["prompt"]
     workers.write_jsonl(plan, rows)
     with pytest.raises(ValueError, match=r"plan.jsonl: items \['normal-001'\] have no 'prompt'"):
-        synthesize.run_synthesize(workdir=str(tmp_path), **TINY)
+        synthesize.run_synthesize(TINY, workdir=str(tmp_path))
 
 
 def test_tiny_wan_writes_clips_and_metadata_and_skips_them_on_rerun(tmp_path, monkeypatch):
     plan = _plan(tmp_path, 2)
-    summary = synthesize.run_synthesize(workdir=str(tmp_path), guidance=(6.5, 4.5), **TINY)
+    summary = synthesize.run_synthesize(dataclasses.replace(TINY, guidance=(6.5, 4.5)), workdir=str(tmp_path))
     assert summary.processed == ["abnormal-000", "normal-001"] and not summary.failed
     for item in workers.read_jsonl(plan):
-        clip = video_io.read_frames(tmp_path / "videos" / f"{item['id']}.mp4")
+        clip = media.read_frames(tmp_path / "videos" / f"{item['id']}.mp4")
         assert clip.shape == (9, 32, 32, 3)
         meta = json.loads((tmp_path / "videos" / f"{item['id']}.json").read_text())
         assert (meta["prompt"], meta["class"], meta["kind"], meta["model"]) == (
@@ -87,7 +93,7 @@ def test_tiny_wan_writes_clips_and_metadata_and_skips_them_on_rerun(tmp_path, mo
         assert meta["frames"] == 9 and Path(meta["image"]).is_file()
     # A finished shard does not load the model again.
     monkeypatch.setattr(synthesize, "_load_pipeline", lambda *a, **k: pytest.fail("model loaded"))
-    again = synthesize.run_synthesize(workdir=str(tmp_path), guidance=(6.5, 4.5), **TINY)
+    again = synthesize.run_synthesize(dataclasses.replace(TINY, guidance=(6.5, 4.5)), workdir=str(tmp_path))
     assert again.skipped == ["abnormal-000", "normal-001"]
 
 
@@ -95,8 +101,8 @@ def test_same_item_same_clip(tmp_path):
     clips = []
     for name in ("a", "b"):
         _plan(tmp_path / name, 1)
-        synthesize.run_synthesize(workdir=str(tmp_path / name), **TINY)
-        clips.append(video_io.read_frames(tmp_path / name / "videos" / "normal-000.mp4"))
+        synthesize.run_synthesize(TINY, workdir=str(tmp_path / name))
+        clips.append(media.read_frames(tmp_path / name / "videos" / "normal-000.mp4"))
     np.testing.assert_array_equal(clips[0], clips[1])
 
 
@@ -135,7 +141,7 @@ def test_sigkill_mid_run_then_rerun_finishes_every_item_once(tmp_path):
         [f"{i}.json" for i in ids] + [f"{i}.mp4" for i in ids])
     assert not list(tmp_path.rglob("*.partial*"))
     for item_id in ids:
-        assert video_io.read_frames(videos / f"{item_id}.mp4").shape == (9, 32, 32, 3)
+        assert media.read_frames(videos / f"{item_id}.mp4").shape == (9, 32, 32, 3)
 
 
 def test_memory_options_reach_the_pipeline():

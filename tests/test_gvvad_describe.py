@@ -31,11 +31,13 @@ def test_sampling_is_deterministic_and_cycles_through_classes(lists):
         assert e.event in entry["events"] and e.viewpoint in lists["viewpoints"]
 
 
+TINY = describe.DescribeSettings(num_pairs=4, llm="tiny", max_new_tokens=12, batch_size=4, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def tiny_repository(tmp_path_factory):
     out = tmp_path_factory.mktemp("describe") / "descriptions.jsonl"
-    describe.run_describe(elements="ucf_crime", out=str(out), num_pairs=4, llm="tiny",
-                          max_new_tokens=12, batch_size=4)
+    describe.run_describe(TINY, elements="ucf_crime", out=str(out))
     return out
 
 
@@ -61,14 +63,14 @@ def test_pairs_share_viewpoint_location_subject_and_differ_in_event(tiny_reposit
 
 def test_rebuilding_gives_the_same_repository(tiny_repository, tmp_path):
     again = tmp_path / "again.jsonl"
-    describe.run_describe(elements="ucf_crime", out=str(again), num_pairs=4, llm="tiny",
-                          max_new_tokens=12, batch_size=4)
+    describe.run_describe(TINY, elements="ucf_crime", out=str(again))
     assert again.read_text() == tiny_repository.read_text()
 
 
 def test_existing_output_is_kept_unless_overwritten(tiny_repository):
     before = tiny_repository.stat().st_mtime_ns
-    describe.run_describe(elements="ucf_crime", out=str(tiny_repository), num_pairs=1, llm="tiny")
+    describe.run_describe(describe.DescribeSettings(num_pairs=1, llm="tiny"), elements="ucf_crime",
+                          out=str(tiny_repository))
     assert tiny_repository.stat().st_mtime_ns == before
 
 

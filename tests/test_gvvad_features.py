@@ -5,40 +5,43 @@ import numpy as np
 import pytest
 import torch
 
-from generation import video_io, workers
+from generation import media, workers
 from generation.gvvad import features
 from pavad_jax import shards
 
 
 class MeanColourEncoder:
-    """A controlled CLIP image encoder: a frame's embedding is its mean RGB."""
+    """A controlled CLIP image encoder (ClipEncoder's interface): a frame's embedding is its mean RGB."""
 
     image_size = 32
     feature_dim = 3
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        return frames.float().mean(dim=(1, 2))
+    def encode_images(self, frames, normalize=False):
+        return torch.as_tensor(frames).float().mean(dim=(1, 2)).numpy()
+
+
+TINY = features.FeatureSettings(clip_model="tiny", device="cpu")
 
 
 def mean_colour_featurizer():
     """`pavad-gen extract`'s CLIP segment featuriser with the controlled encoder inside."""
-    featurize, resize = features.clip_segment_featurizer("tiny")
+    featurize, prepare = features.clip_segment_featurizer(TINY)
     featurize.encoder = MeanColourEncoder()
-    return featurize, resize
+    return featurize, prepare
 
 
 def ramp_video(path, num_frames, size=32):
     """Uniform frames whose brightness rises with the frame index: each segment has its own mean."""
     frames = np.stack([np.full((size, size, 3), 5 * i % 250, np.uint8) for i in range(num_frames)])
-    video_io.write_mp4(path, frames, fps=8)
-    return video_io.read_frames(path)  # decoded frames, as the extractor sees them
+    media.write_mp4(path, frames, fps=8)
+    return media.read_frames(path)  # decoded frames, as the extractor sees them
 
 
 @pytest.mark.parametrize("num_frames, batch_size", [(16, 8), (17, 1), (40, 2)])
 def test_segment_features_are_means_over_16_frames(tmp_path, num_frames, batch_size):
     decoded = ramp_video(tmp_path / "v.mp4", num_frames)
-    featurize, resize = mean_colour_featurizer()
-    got, count = features.video_segment_features(tmp_path / "v.mp4", featurize, resize, batch_size)
+    featurize, prepare = mean_colour_featurizer()
+    got, count = features.video_segment_features(tmp_path / "v.mp4", featurize, prepare, batch_size)
     assert count == num_frames
     assert got.shape == (1, math.ceil(num_frames / 16), 3) and got.dtype == np.float32
     per_frame = decoded.reshape(num_frames, -1, 3).mean(1)
@@ -49,8 +52,8 @@ def test_segment_features_are_means_over_16_frames(tmp_path, num_frames, batch_s
 @pytest.mark.parametrize("num_frames", [17, 33])
 def test_tiny_clip_features_have_shape_1_t_d(tmp_path, num_frames):
     ramp_video(tmp_path / "v.mp4", num_frames, size=48)
-    featurize, resize = features.clip_segment_featurizer("tiny")
-    got, count = features.video_segment_features(tmp_path / "v.mp4", featurize, resize)
+    featurize, prepare = features.clip_segment_featurizer(TINY)
+    got, count = features.video_segment_features(tmp_path / "v.mp4", featurize, prepare)
     assert (count, got.shape) == (num_frames, (1, math.ceil(num_frames / 16), featurize.feature_dim))
     assert np.isfinite(got).all() and not np.allclose(got[0, 0], got[0, -1])
 
@@ -87,11 +90,15 @@ def test_step_writes_valid_train_and_test_shard_sets(tmp_path, monkeypatch):
          "anomaly_class": "Robbery", "abnormal_frames": [[8, 16]]}])
     controlled = mean_colour_featurizer()
     monkeypatch.setattr(features, "clip_segment_featurizer", lambda *a, **k: controlled)
-    counts = features.run_features(dataset_dir=str(tmp_path / "ds"), cache_dir=str(tmp_path / "cache"),
-                                   decisions=str(tmp_path / "decisions.jsonl"),
-                                   real_videos=str(tmp_path / "real.jsonl"), clip_model="colour")
+    counts = features.run_features(features.FeatureSettings(clip_model="colour"), dataset_dir=str(tmp_path / "ds"),
+                                   cache_dir=str(tmp_path / "cache"), decisions=str(tmp_path / "decisions.jsonl"),
+                                   real_videos=str(tmp_path / "real.jsonl"))
     assert counts == {"train/gvvad-synthetic": 2, "train/real": 1, "test/real": 1}
     assert shards.validate(tmp_path / "ds" / "train") == [] and shards.validate(tmp_path / "ds" / "test") == []
+    sets = shards.find_shard_sets(tmp_path / "ds")
+    assert {tuple(shards.manifest_provenance(shards.load_manifest(d)).values()) for d in sets} == {
+        ("clip:colour", "shortside(resize=clip,crop=clip)")}
+    assert shards.check_provenance(sets) == []  # one extractor, one protocol
     synthetic = {r.id: r for r in shards.ShardSet(tmp_path / "ds" / "train" / "gvvad-synthetic")}
     assert synthetic["syn-a"].features.shape == (1, 2, 3) and synthetic["syn-a"].num_frames == 20
     assert (synthetic["syn-n"].stream, synthetic["syn-n"].source) == ("normal", "pseudo")
@@ -122,7 +129,7 @@ def test_each_worker_writes_the_shard_sets_of_its_slice(tmp_path, monkeypatch):
     controlled = mean_colour_featurizer()
     monkeypatch.setattr(features, "clip_segment_featurizer", lambda *a, **k: controlled)
     for index in range(2):
-        counts = features.run_features(dataset_dir=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"),
+        counts = features.run_features(TINY, dataset_dir=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c"),
                                        decisions=str(tmp_path / "decisions.jsonl"),
                                        shard_index=index, num_shards=2)
         assert counts == {f"train/gvvad-synthetic-part-{index}-of-2": 2 - index}

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from generation import models, video_io, workers
+from generation import media, workers
 from generation.gvvad import filter as video_filter
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
@@ -32,24 +32,24 @@ def test_frames_are_sampled_uniformly():
         video_filter.sample_frame_indices(0, 4)
 
 
-def colour_clip() -> models.ClipEncoder:
-    """A controlled 'CLIP': an image embeds as its mean RGB, a text as the colour word it names."""
-    def encode_images(images):
-        rows = np.stack([np.asarray(image, np.float32).reshape(-1, 3).mean(0) for image in images])
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+class ColourClip:
+    """A controlled 'CLIP' (ClipEncoder's interface): an image embeds as its mean RGB, a text as the
+    colour word it names."""
 
-    def encode_texts(texts):
-        return np.stack([np.array(next(v for k, v in COLOURS.items() if k in t), np.float32)
-                         for t in texts])
+    name = "colour"
 
-    return models.ClipEncoder("colour", encode_images, encode_texts)
+    def encode_images(self, frames, normalize=False):
+        return np.asarray(frames, np.float32).reshape(len(frames), -1, 3).mean(1)
+
+    def encode_texts(self, texts, normalize=False):
+        return np.stack([np.array(next(v for k, v in COLOURS.items() if k in t), np.float32) for t in texts])
 
 
 def write_generated(out_dir, video_id, colour, text, num_frames=12):
     """A t2v-like output: a solid-colour MP4 and its metadata."""
     frames = np.zeros((num_frames, 32, 32, 3), np.uint8)
     frames[..., list(COLOURS).index(colour)] = 200
-    video_io.write_mp4(out_dir / f"{video_id}.mp4", frames, fps=8)
+    media.write_mp4(out_dir / f"{video_id}.mp4", frames, fps=8)
     workers.atomic_write_json(out_dir / f"{video_id}.json", {
         "id": video_id, "video": f"{video_id}.mp4", "text": text, "num_frames": num_frames,
         "label": 1, "kind": "abnormal", "anomaly_class": "Arson"})
@@ -61,10 +61,10 @@ def test_step_keeps_matching_videos_and_records_rejected_scores(tmp_path, monkey
     write_generated(videos, "match-blue", "blue", "a blue police car")
     write_generated(videos, "mismatch", "green", "a red fire truck")
     loads = []
-    monkeypatch.setattr(models, "load_clip", lambda *a, **k: loads.append(a) or colour_clip())
+    monkeypatch.setattr(video_filter, "load_clip", lambda settings: loads.append(settings) or ColourClip())
 
-    summary = video_filter.run_filter(videos_dir=str(videos), out_dir=str(tmp_path / "f"),
-                                      threshold=0.5, clip_model="colour")
+    summary = video_filter.run_filter(video_filter.FilterSettings(threshold=0.5, clip_model="colour"),
+                                      videos_dir=str(videos), out_dir=str(tmp_path / "f"))
     rows = {r["id"]: r for r in workers.read_jsonl(tmp_path / "f" / "decisions.jsonl")}
     assert {k: r["kept"] for k, r in rows.items()} == {"match-red": True, "match-blue": True,
                                                        "mismatch": False}
@@ -74,8 +74,8 @@ def test_step_keeps_matching_videos_and_records_rejected_scores(tmp_path, monkey
     assert json.loads((tmp_path / "f" / "summary.json").read_text())["rejected"] == 1
 
     # A new threshold re-decides from the cached scores: no model is loaded again.
-    summary = video_filter.run_filter(videos_dir=str(videos), out_dir=str(tmp_path / "f"),
-                                      threshold=-1.0, clip_model="colour")
+    summary = video_filter.run_filter(video_filter.FilterSettings(threshold=-1.0, clip_model="colour"),
+                                      videos_dir=str(videos), out_dir=str(tmp_path / "f"))
     assert summary["kept"] == 3 and len(loads) == 1
 
 

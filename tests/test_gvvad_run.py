@@ -10,6 +10,7 @@ import pytest
 
 from generation import workers
 from generation.gvvad import describe, features, filter as video_filter, run, t2v
+from generation.step_settings import from_section
 from pavad_jax.config_loader import ConfigError
 from pavad_jax import shards
 
@@ -39,8 +40,12 @@ def test_ucf_config_keeps_the_paper_settings():
     wan = run.load_config(f"{UCF_CONFIG}:wan")
     assert wan.t2v.backend == "wan" and (wan.t2v.num_frames - 1) % 4 == 0
     for cfg in (config, wan):  # every field is accepted by the step it feeds
-        import dataclasses
-        dataclasses.replace(t2v.T2VSettings(), **cfg.t2v.to_dict()).check()
+        assert t2v.settings_from_section(cfg.t2v).backend == cfg.t2v.backend  # checked too
+        from_section(describe.DescribeSettings, cfg.describe, "describe")
+        from_section(video_filter.FilterSettings, cfg.filter, "filter")
+        from_section(features.FeatureSettings, cfg.features, "features")
+    with pytest.raises(ValueError, match=r"config section 'filter': unknown fields \['treshold'\]"):
+        from_section(video_filter.FilterSettings, {"treshold": 0.2}, "filter")
 
 
 def test_every_step_registers_a_subcommand_with_help():
@@ -66,6 +71,7 @@ def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
     assert counts == {"train/gvvad-synthetic": 6, "train/real": 2, "test/real": 2}
     assert shards.validate(tmp_path / "dataset" / "train") == []
     assert shards.validate(tmp_path / "dataset" / "test") == []
+    assert shards.check_provenance(shards.find_shard_sets(tmp_path / "dataset")) == []  # one CLIP, one protocol
 
     synthetic = list(shards.ShardSet(tmp_path / "dataset" / "train" / "gvvad-synthetic"))
     assert sorted(r.stream for r in synthetic) == ["abnormal"] * 3 + ["normal"] * 3

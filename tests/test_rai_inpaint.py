@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from generation.rai import clip_features, inpaint, masks
+from generation.clip import ClipEncoder
+from generation.rai import inpaint, masks
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,17 @@ def test_inpainting_at_a_larger_working_resolution(pipe):
 
 
 def test_clip_features_are_unit_norm_and_distinguish_frames():
-    model = clip_features.tiny_clip(projection_dim=24)
+    encoder = ClipEncoder("tiny")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
-    features = clip_features.frame_features(model, frames, batch_size=2)
-    assert features.shape == (3, 24) and features.dtype == np.float32
+    features = encoder.encode_images(frames, normalize=True, batch_size=2)
+    assert features.shape == (3, encoder.feature_dim) and features.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(features[0], features[1])
-    np.testing.assert_allclose(clip_features.frame_features(model, frames[:1]), features[:1], atol=1e-5)
-    assert clip_features.DEFAULT_CLIP_MODEL == "openai/clip-vit-base-patch16"
+    np.testing.assert_allclose(encoder.encode_images(frames[:1], normalize=True), features[:1], atol=1e-5)
+    # Grey frames (Ped2) are repeated to three channels: the same embedding as the RGB grey frame.
+    grey = frames[..., :1]
+    np.testing.assert_allclose(encoder.encode_images(grey), encoder.encode_images(np.repeat(grey, 3, -1)), atol=1e-6)
 
 
 def test_generation_side_does_not_import_jax():

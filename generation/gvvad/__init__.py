@@ -5,12 +5,3 @@ describe (paired descriptions from four elements), t2v (Wan / CogVideoX through 
 filter (CLIP text-video similarity threshold), features (CLIP features per 16-frame segment,
 written as feature shards) and run (all four from one config). See docs/gvvad.md.
 """
-
-
-def resolve_device(device: str | None) -> str:
-    """`device`, or "cuda" when it is None and a GPU is visible, else "cpu"."""
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

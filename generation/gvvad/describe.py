@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from generation import workers
-from generation.gvvad import resolve_device
+from generation.step_settings import add_flags, from_args, setting
 
 ELEMENTS_DIR = Path(__file__).resolve().parent / "elements"
 DEFAULT_LLM = "Qwen/Qwen2.5-7B-Instruct"
@@ -171,8 +171,9 @@ def tiny_tokenizer():
 
 def tiny_llm(seed: int = 0):
     """A randomly initialised 2-layer Llama and its tokenizer; same weights for the same seed."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from generation.models import fixed_seed
 
     tokenizer = tiny_tokenizer()
     config = LlamaConfig(
@@ -180,8 +181,7 @@ def tiny_llm(seed: int = 0):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id)
-    with torch.random.fork_rng(devices=[]):  # fixed weights, caller's RNG untouched
-        torch.manual_seed(seed)
+    with fixed_seed(seed):
         return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -198,7 +198,7 @@ class DescriptionLLM:
         else:  # a hub id or a local folder; HF_HUB_OFFLINE=1 makes a missing one fail fast
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
             self.model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype).eval()
-        self.device = resolve_device(device)
+        self.device = workers.resolve_device(device)
         self.model.to(self.device)
         self.max_new_tokens = max_new_tokens
         self.tokenizer.padding_side = "left"  # decoder-only batches continue from the right end
@@ -274,23 +274,34 @@ def build_repository(tuples: Sequence[Elements], llm, *, dataset: str = "gvvad",
     return records
 
 
-def run_describe(*, elements: str, out: str, num_pairs: int, seed: int = 0,
-                 llm: str = DEFAULT_LLM, device: str | None = None, max_new_tokens: int = 80,
-                 batch_size: int = 8, classes: Sequence[str] | None = None,
-                 overwrite: bool = False) -> Path:
+@dataclasses.dataclass
+class DescribeSettings:
+    """How the description repository is drawn and written."""
+
+    num_pairs: int = setting(300, "pairs to write (GV-VAD: 300 abnormal + 300 normal)")
+    seed: int = setting(0, "seed of the element draw")
+    llm: str = setting(DEFAULT_LLM, f"instruct LLM: hub id or local folder, or '{TINY_LLM}' for a random test model")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+    max_new_tokens: int = setting(80, "answer length cap in tokens")
+    batch_size: int = setting(8, "prompts per generate() call")
+    classes: tuple[str, ...] = setting((), "restrict to these classes (none: all)")
+
+
+def run_describe(settings: DescribeSettings, *, elements: str, out: str, overwrite: bool = False) -> Path:
     """Build the description repository and write it to `out` (JSON lines); return its path."""
+    s = settings
     out = Path(out)
     if out.exists() and not overwrite:
         print(f"gvvad describe: {out} exists, keeping it (pass --overwrite to rebuild)")
         return out
     lists = load_element_lists(elements)
-    tuples = sample_elements(lists, num_pairs, seed=seed, classes=classes)
-    model = DescriptionLLM(llm, device=device, max_new_tokens=max_new_tokens)
+    tuples = sample_elements(lists, s.num_pairs, seed=s.seed, classes=s.classes)
+    model = DescriptionLLM(s.llm, device=s.device, max_new_tokens=s.max_new_tokens)
     dataset = re.sub(r"[^A-Za-z0-9]+", "", lists["dataset"]) or "gvvad"
-    records = build_repository(tuples, model, dataset=dataset, batch_size=batch_size)
+    records = build_repository(tuples, model, dataset=dataset, batch_size=s.batch_size)
     workers.write_jsonl(out, records)
     fallbacks = sum(r["fallback"] for r in records)
-    print(f"gvvad describe: {len(records)} descriptions ({num_pairs} pairs) -> {out}"
+    print(f"gvvad describe: {len(records)} descriptions ({s.num_pairs} pairs) -> {out}"
           + (f"; {fallbacks} kept the template sentence" if fallbacks else ""))
     return out
 
@@ -303,21 +314,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--elements", default="ucf_crime",
                         help="element lists: a shipped name (ucf_crime) or a JSON file path")
     parser.add_argument("--out", required=True, help="output JSON-lines file (descriptions.jsonl)")
-    parser.add_argument("--num-pairs", type=int, default=300,
-                        help="pairs to write (GV-VAD: 300 abnormal + 300 normal)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the element draw")
-    parser.add_argument("--llm", default=DEFAULT_LLM,
-                        help=f"instruct LLM: hub id or local folder, or '{TINY_LLM}' for a random test model")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
-    parser.add_argument("--max-new-tokens", type=int, default=80, help="answer length cap in tokens")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
-    parser.add_argument("--classes", nargs="*", default=None, help="restrict to these classes")
+    add_flags(parser, DescribeSettings)
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing output")
 
     def main(args) -> int:
-        run_describe(elements=args.elements, out=args.out, num_pairs=args.num_pairs, seed=args.seed,
-                     llm=args.llm, device=args.device, max_new_tokens=args.max_new_tokens,
-                     batch_size=args.batch_size, classes=args.classes, overwrite=args.overwrite)
+        run_describe(from_args(DescribeSettings, args), elements=args.elements, out=args.out,
+                     overwrite=args.overwrite)
         return 0
 
     parser.set_defaults(func=main)

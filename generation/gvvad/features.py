@@ -25,15 +25,16 @@ shard sets of its own slice (with ``--num-shards`` N > 1 their names end in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from generation import workers
-from generation.gvvad import resolve_device
+from generation.step_settings import add_flags, from_args, setting
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP-L: GV-VAD's 768-d features
 SYNTHETIC_SET = "gvvad-synthetic"
@@ -43,25 +44,40 @@ _REAL_FIELDS = ("id", "path", "split", "label", "anomaly_class")
 
 # --------------------------------------------------------------------------- features
 
-def clip_segment_featurizer(clip_model: str = DEFAULT_CLIP, device: str | None = None):
-    """The CLIP segment featuriser of `pavad-gen extract`, one centre crop: (featurize, resize)."""
-    from generation.extract import ClipSegmentFeatures
+@dataclasses.dataclass
+class FeatureSettings:
+    """How GV-VAD's segment features are computed (`pavad-gen extract`'s CLIP featuriser, one centre crop)."""
 
-    featurize = ClipSegmentFeatures(device=resolve_device(device), crops=1, model=clip_model)
-    return featurize, featurize.encoder.image_size
+    clip_model: str = setting(DEFAULT_CLIP, "CLIP hub id, local folder or 'tiny' (GV-VAD: CLIP-L, 768-d)")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+    batch_size: int = setting(8, "16-frame segments per CLIP forward pass")
+    dtype: str = setting("float16", "stored feature dtype", choices=("float16", "float32"))
+
+    def extract(self):
+        """The same features as `pavad-gen extract` settings: CLIP, shorter side to CLIP's size, centre crop."""
+        from generation.extract import ExtractSettings
+
+        return ExtractSettings(features="clip", protocol="shortside", crops="center", clip_model=self.clip_model,
+                               device=self.device, batch_size=self.batch_size, dtype=self.dtype)
 
 
-def video_segment_features(path: str | Path, featurize, resize: int,
-                           batch_size: int = 8) -> tuple[np.ndarray, int]:
+def clip_segment_featurizer(settings: FeatureSettings):
+    """`pavad-gen extract`'s featuriser for these settings: (featurize, per-frame resize)."""
+    from generation.extract import build_featurizer
+
+    return build_featurizer(settings.extract())
+
+
+def video_segment_features(path: str | Path, featurize, prepare, batch_size: int = 8) -> tuple[np.ndarray, int]:
     """Features (1, ceil(F / 16), D) float32 of a video file and its frame count F.
 
     Shared with `pavad-gen extract` (generation/extract.py): frames are streamed, the shorter
-    side resized to `resize`, centre-cropped, embedded, and averaged over the real frames of
-    each 16-frame segment (the last segment may be shorter).
+    side resized to CLIP's input size, centre-cropped, embedded, and averaged over the real
+    frames of each 16-frame segment (the last segment may be shorter).
     """
     from generation.extract import video_features
 
-    return video_features(path, featurize, resize=resize, batch_size=batch_size)
+    return video_features(path, featurize, prepare=prepare, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -90,13 +106,6 @@ def load_real_videos(path: str | Path) -> list[dict]:
     return rows
 
 
-def frame_labels(num_frames: int, abnormal_frames: Iterable[Sequence[int]]) -> np.ndarray:
-    """uint8 per-frame labels: 1 inside any [start, end) span, else 0."""
-    labels = np.zeros(num_frames, np.uint8)
-    for start, end in abnormal_frames:
-        labels[start:min(end, num_frames)] = 1
-    return labels
-
 
 def synthetic_items(decisions_path: str | Path, videos_dir: str | Path | None = None) -> list[dict]:
     """The kept generated videos of a decisions.jsonl, as feature items (`videos_dir` overrides paths)."""
@@ -114,11 +123,13 @@ def synthetic_items(decisions_path: str | Path, videos_dir: str | Path | None = 
 
 def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int):
     """The VideoRecord of one video (stream from label; test videos get frame labels)."""
+    from pavad_jax.ground_truth import VideoTruth
     from pavad_jax.shards import VideoRecord
 
     labels = None
     if item["split"] == "test":
-        labels = frame_labels(num_frames, item.get("abnormal_frames", []))
+        spans = tuple(map(tuple, item.get("abnormal_frames", [])))
+        labels = VideoTruth(intervals=spans).frame_labels(num_frames)
     return VideoRecord(
         id=item["id"], features=features, label=int(item["label"]),
         source=item.get("source", "real"), stream="abnormal" if item["label"] else "normal",
@@ -126,7 +137,7 @@ def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int):
 
 
 def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_dir: Path,
-                  dtype: str = "float16", suffix: str = "") -> dict[str, int]:
+                  settings: FeatureSettings, suffix: str = "") -> dict[str, int]:
     """Write shard sets `<split>/<set><suffix>` from cached features; return records per set."""
     from pavad_jax.shards import write_shard_set
 
@@ -141,15 +152,15 @@ def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_d
                 meta = json.loads(workers.metadata_path(cache_dir, item["id"]).read_text())
                 yield to_record(item, np.load(cache_dir / f"{item['id']}.npy"), meta["num_frames"])
 
-        write_shard_set(dataset_dir / split / name, records(), dtype=dtype, overwrite=True)
+        write_shard_set(dataset_dir / split / name, records(), dtype=settings.dtype, overwrite=True,
+                        **settings.extract().provenance())
         counts[f"{split}/{name}"] = len(members)
     return counts
 
 
-def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = None,
-                 videos_dir: str | None = None, real_videos: str | None = None,
-                 clip_model: str = DEFAULT_CLIP, device: str | None = None, batch_size: int = 8,
-                 dtype: str = "float16", shard_index: int = 0, num_shards: int = 1) -> dict | None:
+def run_features(settings: FeatureSettings, *, dataset_dir: str, cache_dir: str, decisions: str | None = None,
+                 videos_dir: str | None = None, real_videos: str | None = None, shard_index: int = 0,
+                 num_shards: int = 1) -> dict | None:
     """Cache this shard's segment features, then write its shard sets; return records per set."""
     items = []
     if decisions:
@@ -162,14 +173,14 @@ def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = No
     cache_dir, dataset_dir = Path(cache_dir), Path(dataset_dir)
     mine = workers.items_for_shard(items, shard_index, num_shards)
     todo = [item for item in mine if not workers.metadata_path(cache_dir, item["id"]).exists()]
-    featurize, resize = clip_segment_featurizer(clip_model, device) if todo else (None, 0)
+    featurize, prepare = clip_segment_featurizer(settings) if todo else (None, None)
 
     def extract(item):
-        features, num_frames = video_segment_features(item["path"], featurize, resize, batch_size)
+        features, num_frames = video_segment_features(item["path"], featurize, prepare, settings.batch_size)
         workers.atomic_save_npy(cache_dir / f"{item['id']}.npy", features)
         workers.atomic_write_json(workers.metadata_path(cache_dir, item["id"]), {
             "id": item["id"], "path": item["path"], "num_frames": num_frames,
-            "shape": list(features.shape), "clip": clip_model})
+            "shape": list(features.shape), "clip": settings.clip_model})
 
     summary = workers.run_items(mine, extract, out_dir=cache_dir,
                                 desc=f"gvvad features {shard_index}/{num_shards}")
@@ -180,7 +191,7 @@ def run_features(*, dataset_dir: str, cache_dir: str, decisions: str | None = No
         return None
     # Each worker writes the shard sets of its own slice; readers find them all below <split>/.
     suffix = f"-part-{shard_index}-of-{num_shards}" if num_shards > 1 else ""
-    counts = write_dataset(mine, cache_dir, dataset_dir, dtype=dtype, suffix=suffix)
+    counts = write_dataset(mine, cache_dir, dataset_dir, settings, suffix=suffix)
     print(f"gvvad features: wrote {counts} -> {dataset_dir}")
     return counts
 
@@ -196,20 +207,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--videos-dir", default=None, help="gvvad-t2v folder, if moved since filtering (default: the paths in decisions.jsonl)")
     parser.add_argument("--real-videos", default=None,
                         help="JSON lines of real videos: id, path, split, label, anomaly_class, abnormal_frames")
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP,
-                        help="CLIP hub id, local folder or 'tiny' (GV-VAD: CLIP-L, 768-d)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="16-frame segments per CLIP forward pass")
-    parser.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored feature dtype")
+    add_flags(parser, FeatureSettings)
     workers.add_shard_args(parser)
 
     def main(args) -> int:
         index, count = workers.resolve_shard(args)
-        run_features(dataset_dir=args.dataset_dir, cache_dir=args.cache_dir,
-                     decisions=args.decisions, videos_dir=args.videos_dir,
-                     real_videos=args.real_videos, clip_model=args.clip_model,
-                     device=args.device, batch_size=args.batch_size, dtype=args.dtype,
+        run_features(from_args(FeatureSettings, args), dataset_dir=args.dataset_dir, cache_dir=args.cache_dir,
+                     decisions=args.decisions, videos_dir=args.videos_dir, real_videos=args.real_videos,
                      shard_index=index, num_shards=count)
         return 0  # failures are in <cache-dir>/errors.jsonl; shards wait for every video
 

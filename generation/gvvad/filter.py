@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from generation import video_io, workers
-from generation.gvvad import resolve_device
+from generation import media, workers
+from generation.step_settings import add_flags, from_args, setting
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP-L, GV-VAD's encoder
 DEFAULT_THRESHOLD = 0.22
@@ -60,11 +61,8 @@ def decide(scores: Mapping[str, float], threshold: float) -> dict[str, bool]:
 def score_video(clip, path: str | Path, num_frames: int, text: str,
                 num_samples: int = DEFAULT_SAMPLES) -> float:
     """The CLIP text-video score of the video at `path` (of `num_frames` frames) for `text`."""
-    from PIL import Image
-
-    frames = video_io.read_frames(path, sample_frame_indices(num_frames, num_samples))
-    return text_video_score(clip.encode_images([Image.fromarray(f) for f in frames]),
-                            clip.encode_texts([text])[0])
+    frames = media.read_frames(path, sample_frame_indices(num_frames, num_samples))
+    return text_video_score(clip.encode_images(frames), clip.encode_texts([text])[0])
 
 
 def generated_items(videos_dir: str | Path) -> list[dict]:
@@ -116,25 +114,40 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read JSON ({error})") from error
 
 
-def run_filter(*, videos_dir: str, out_dir: str, threshold: float = DEFAULT_THRESHOLD,
-               clip_model: str = DEFAULT_CLIP, clip_backend: str = "transformers",
-               num_samples: int = DEFAULT_SAMPLES, device: str | None = None,
-               shard_index: int = 0, num_shards: int = 1) -> dict | None:
-    """Score this shard's videos, then (once all are scored) decide them; return the summary."""
-    from generation.models import load_clip
+@dataclasses.dataclass
+class FilterSettings:
+    """Which CLIP scores the videos and where the keep/reject line is."""
 
+    threshold: float = setting(DEFAULT_THRESHOLD, "minimum mean frame-text cosine similarity to keep a video")
+    clip_model: str = setting(DEFAULT_CLIP, "CLIP hub id, local folder or 'tiny'")
+    clip_backend: str = setting("transformers", "CLIP implementation (see generation/clip.py)",
+                                choices=("transformers", "open_clip"))
+    num_samples: int = setting(DEFAULT_SAMPLES, "frames sampled uniformly per video")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+
+
+def load_clip(settings: FilterSettings):
+    """The CLIP encoder that scores the videos."""
+    from generation.clip import ClipEncoder
+
+    return ClipEncoder(settings.clip_model, settings.clip_backend, workers.resolve_device(settings.device))
+
+
+def run_filter(settings: FilterSettings, *, videos_dir: str, out_dir: str, shard_index: int = 0,
+               num_shards: int = 1) -> dict | None:
+    """Score this shard's videos, then (once all are scored) decide them; return the summary."""
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     items = generated_items(videos_dir)
     scores_dir = out_dir / "scores"
     mine = workers.items_for_shard(items, shard_index, num_shards)
     todo = [item for item in mine if not workers.metadata_path(scores_dir, item["id"]).exists()]
-    clip = load_clip(clip_model, backend=clip_backend, device=resolve_device(device)) if todo else None
+    clip = load_clip(settings) if todo else None
 
     def score_one(item):
         score = score_video(clip, videos_dir / item["video"], item["num_frames"], item["text"],
-                            num_samples)
+                            settings.num_samples)
         workers.atomic_write_json(workers.metadata_path(scores_dir, item["id"]), {
-            "id": item["id"], "score": score, "clip": clip.name, "num_samples": num_samples})
+            "id": item["id"], "score": score, "clip": clip.name, "num_samples": settings.num_samples})
 
     summary = workers.run_items(mine, score_one, out_dir=scores_dir,
                                 desc=f"gvvad filter {shard_index}/{num_shards}")
@@ -144,9 +157,9 @@ def run_filter(*, videos_dir: str, out_dir: str, threshold: float = DEFAULT_THRE
         print(f"gvvad filter: {len(missing)} of {len(items)} videos have no score yet (other shards "
               f"or failures, see {scores_dir / 'errors.jsonl'}); decisions are written once all do")
         return None
-    result = write_decisions(out_dir, videos_dir, items, threshold)
+    result = write_decisions(out_dir, videos_dir, items, settings.threshold)
     print(f"gvvad filter: kept {result['kept']} of {result['videos']} videos at threshold "
-          f"{threshold} -> {out_dir / 'decisions.jsonl'}")
+          f"{settings.threshold} -> {out_dir / 'decisions.jsonl'}")
     return result
 
 
@@ -158,21 +171,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--videos-dir", required=True, help="gvvad-t2v output folder")
     parser.add_argument("--out-dir", required=True,
                         help="folder for scores/<id>.json, decisions.jsonl and summary.json")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="minimum mean frame-text cosine similarity to keep a video")
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP, help="CLIP hub id, local folder or 'tiny'")
-    parser.add_argument("--clip-backend", default="transformers", choices=("transformers", "open_clip"),
-                        help="CLIP implementation (see generation/models.py)")
-    parser.add_argument("--num-samples", type=int, default=DEFAULT_SAMPLES,
-                        help="frames sampled uniformly per video")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
+    add_flags(parser, FilterSettings)
     workers.add_shard_args(parser)
 
     def main(args) -> int:
         index, count = workers.resolve_shard(args)
-        run_filter(videos_dir=args.videos_dir, out_dir=args.out_dir, threshold=args.threshold,
-                   clip_model=args.clip_model, clip_backend=args.clip_backend,
-                   num_samples=args.num_samples, device=args.device,
+        run_filter(from_args(FilterSettings, args), videos_dir=args.videos_dir, out_dir=args.out_dir,
                    shard_index=index, num_shards=count)
         return 0  # failures are in scores/errors.jsonl; decisions wait for every score
 

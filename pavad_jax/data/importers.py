@@ -19,14 +19,14 @@ from __future__ import annotations
 import csv
 import os
 import pathlib
-import pickle
 import re
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from pavad_jax.shards import SEGMENT_FRAMES, VideoRecord, align_labels, write_shard_set
+from pavad_jax import ground_truth
+from pavad_jax.shards import SEGMENT_FRAMES, VideoRecord, write_shard_set
 
 DATASETS = ("ucf", "xd", "sht")
 # XD-Violence label codes (the `_label_B2-0-0` part of a video name).
@@ -95,16 +95,11 @@ def read_sht_classes(relabel_list: os.PathLike | str) -> dict[str, str]:
 
 
 class FrameLabelSource:
-    """Frame-level ground truth of test videos, in one of four forms (picked from `path`):
-
-    - a 1-D ``.npy`` of all test videos' labels concatenated in list order (gt-ucf.npy,
-      gt-sh.npy, xd_gt.npy): each video consumes T*16 labels, and the whole array must be used;
-    - a folder of per-video ``.npy`` files named ``<video>.npy`` or ``<video>_<anything>.npy``
-      (ucf/single_gt, sht/test_frame_mask, xd/per_video_gt); a missing file means all-normal
-      for a normal video and is an error for an abnormal one;
-    - a ``.pickle``/``.pkl`` dict video -> labels (gt-sh2-dic.pickle);
-    - a temporal annotation ``.txt`` (UCF_Annotation.txt: `path frames class s1 e1 s2 e2`,
-      XD_Annotation.txt: `name s1 e1 [s2 e2 ...]`), abnormal over [start, end) frames.
+    """Frame-level ground truth of test videos, from `path`: a 1-D ``.npy`` of all test videos'
+    labels concatenated in list order (gt-ucf.npy, gt-sh.npy, xd_gt.npy: each video consumes
+    T*16 labels, and the whole array must be used), or any form pavad_jax/ground_truth.py reads
+    (per-video ``.npy`` folders, a dict ``.pickle``, UCF / XD temporal annotations ``.txt``, JSON).
+    A video absent from the ground truth is all-normal if it is normal, an error if abnormal.
     """
 
     def __init__(self, path: os.PathLike | str, segment_frames: int = SEGMENT_FRAMES):
@@ -112,39 +107,17 @@ class FrameLabelSource:
         self.segment_frames = segment_frames
         self._offset = 0
         self._concatenated = None
-        self._per_video: dict[str, pathlib.Path] | None = None
-        self._dict: dict | None = None
-        if self.path.is_dir():
-            self._per_video = self._index_folder(self.path)
-        elif self.path.suffix == ".npy":
-            self._concatenated = np.load(self.path)
-            if self._concatenated.ndim != 1:
-                raise ImporterError(f"{self.path}: concatenated ground truth must be 1-D, has shape "
-                                    f"{self._concatenated.shape}")
-        elif self.path.suffix in (".pickle", ".pkl"):
-            with open(self.path, "rb") as f:
-                self._dict = pickle.load(f)
-            if not isinstance(self._dict, dict):
-                raise ImporterError(f"{self.path}: expected a pickled dict video -> labels, got {type(self._dict).__name__}")
-        elif self.path.suffix == ".txt":
-            self._dict = read_temporal_annotations(self.path)
-        else:
-            raise ImporterError(f"{self.path}: unknown ground-truth form (a folder, .npy, .pickle/.pkl or .txt)")
-
-    @staticmethod
-    def _index_folder(folder: pathlib.Path) -> dict[str, pathlib.Path]:
-        """Every .npy below `folder` by file stem."""
-        return {p.stem: p for p in sorted(folder.rglob("*.npy"))}
-
-    def _find(self, name: str) -> pathlib.Path | None:
-        """The per-video file of `name`: `<name>.npy`, else the unique `<name>_*.npy`."""
-        if name in self._per_video:
-            return self._per_video[name]
-        matches = [p for stem, p in self._per_video.items() if stem.startswith(name + "_")]
-        if len(matches) > 1:
-            raise ImporterError(f"{self.path}: several ground-truth files match video {name!r}: "
-                                f"{[m.name for m in matches[:4]]}")
-        return matches[0] if matches else None
+        self._truths: dict[str, ground_truth.VideoTruth] = {}
+        try:
+            if self.path.suffix == ".npy" and self.path.is_file():
+                self._concatenated = np.load(self.path)
+                if self._concatenated.ndim != 1:
+                    raise ImporterError(f"{self.path}: concatenated ground truth must be 1-D, has shape "
+                                        f"{self._concatenated.shape}")
+            else:
+                self._truths = ground_truth.read_ground_truth(self.path)
+        except ground_truth.GroundTruthError as e:
+            raise ImporterError(str(e)) from None
 
     def labels(self, name: str, num_segments: int, label: int) -> np.ndarray:
         """uint8 labels of `name`, aligned to num_segments*segment_frames frames."""
@@ -154,61 +127,25 @@ class FrameLabelSource:
             if raw.shape[0] < length:
                 raise ImporterError(f"{self.path}: ran out of labels at video {name!r} (needs {length} from offset "
                                     f"{self._offset}, {self._concatenated.shape[0]} in all): list order or T differ")
+            if not np.isin(raw, (0, 1)).all():
+                raise ImporterError(f"{self.path}: labels of video {name!r} must be 0/1, got {np.unique(raw)[:5]}")
             self._offset += length
-        elif self._per_video is not None:
-            path = self._find(name)
-            raw = np.load(path) if path is not None else None
-        else:
-            raw = self._dict.get(name)
-        if raw is None:
+            return raw.astype(np.uint8)
+        try:
+            truth = ground_truth.find(self._truths, name, self.path)
+        except ground_truth.GroundTruthError as e:
+            raise ImporterError(str(e)) from None
+        if truth is None:
             if label == 1:
                 raise ImporterError(f"{self.path}: no frame labels for abnormal video {name!r}")
-            raw = np.zeros(length, np.uint8)
-        raw = np.asarray(raw)
-        if raw.ndim != 1 or not np.isin(raw, (0, 1)).all():
-            raise ImporterError(f"{self.path}: labels of video {name!r} must be a 1-D array of 0/1, "
-                                f"got shape {raw.shape} values {np.unique(raw)[:5]}")
-        return align_labels(raw.astype(np.uint8), length)
+            return np.zeros(length, np.uint8)
+        return truth.frame_labels(length)
 
     def finish(self) -> None:
         """Check that a concatenated ground truth was consumed exactly."""
         if self._concatenated is not None and self._offset != self._concatenated.shape[0]:
             raise ImporterError(f"{self.path}: the videos consumed {self._offset} of {self._concatenated.shape[0]} "
                                 "labels: list order, video subset or T differ from this ground truth")
-
-
-def read_temporal_annotations(path: os.PathLike | str) -> dict[str, np.ndarray]:
-    """Temporal annotations -> {video: frame labels}; intervals are [start, end) in frames.
-
-    UCF form `Arson/Arson022_x264.mp4 8640 Arson 3500 4000 -1 -1` (frame count known) or XD
-    form `name s1 e1 s2 e2 ...` (frame count unknown: the labels stop one normal frame after
-    the last event, so that aligning them to T*16 pads with normal frames).
-    """
-    labels = {}
-    for n, line in enumerate(read_list(path), 1):
-        parts = line.split()
-        name = re.sub(r"\.(mp4|avi)$", "", basename(parts[0]))
-        try:
-            if len(parts) >= 3 and not _is_int(parts[2]):  # UCF: path frames class s e s e
-                frames, bounds = int(parts[1]), [int(x) for x in parts[3:]]
-            else:
-                frames, bounds = None, [int(x) for x in parts[1:]]
-        except ValueError as e:
-            raise ImporterError(f"{path}: line {n}: cannot parse frame numbers ({e})") from e
-        if len(bounds) % 2:
-            raise ImporterError(f"{path}: line {n}: odd number of interval bounds")
-        pairs = [(s, e) for s, e in zip(bounds[::2], bounds[1::2]) if s >= 0]
-        # Without a frame count, end one frame after the last event: alignment then pads with 0.
-        length = frames if frames is not None else max([e for _, e in pairs], default=0) + 1
-        video = np.zeros(length, np.uint8)
-        for s, e in pairs:
-            video[s:e] = 1
-        labels[name] = video
-    return labels
-
-
-def _is_int(text: str) -> bool:
-    return re.fullmatch(r"-?\d+", text) is not None
 
 
 # ----------------------------------------------------------------------------- feature files
@@ -392,9 +329,16 @@ def _read_label_csv(path) -> list[tuple[int, dict]]:
 
 
 def import_records(records: Iterable[VideoRecord], out_dir, *, dtype: str = "float16",
-                   records_per_file: int = 64, overwrite: bool = False) -> dict:
-    """Write imported records to a shard set, naming the video when one is rejected."""
-    return write_shard_set(out_dir, records, dtype=dtype, records_per_file=records_per_file, overwrite=overwrite)
+                   records_per_file: int = 64, overwrite: bool = False, feature_extractor: str | None = None,
+                   protocol: str | None = None) -> dict:
+    """Write imported records to a shard set, naming the video when one is rejected.
+
+    `feature_extractor` and `protocol` say how the release was made (docs/features.md: the
+    UCF-Crime 10-crop release is "i3d-kinetics400" / "urdmu"); the manifest records them, and
+    "unknown" when they are not given.
+    """
+    return write_shard_set(out_dir, records, dtype=dtype, records_per_file=records_per_file, overwrite=overwrite,
+                           feature_extractor=feature_extractor, protocol=protocol)
 
 
 def import_urdmu(list_file, feature_root, out_dir, *, dataset: str, gt=None, num_abnormal=None,
