@@ -167,8 +167,11 @@ def test_import_folder_then_inspect(tmp_path, capsys):
     (tmp_path / "labels.csv").write_text("id,label,class,source,stream\nclip0,0,,real,normal\n"
                                          "clip1,1,Arson,pseudo,abnormal\nclip2,0,,pseudo,pseudo-normal\n")
     code = cli.main(["import", "folder", "--features", str(tmp_path / "f"), "--labels", str(tmp_path / "labels.csv"),
-                     "--output", str(tmp_path / "out")])
+                     "--output", str(tmp_path / "out"), "--feature-extractor", "i3d-kinetics400",
+                     "--protocol", "urdmu"])
     assert code == 0 and "wrote 3 videos" in capsys.readouterr().out
+    manifest = shards.load_manifest(tmp_path / "out")
+    assert (manifest["feature_extractor"], manifest["protocol"]) == ("i3d-kinetics400", "urdmu")
     assert cli.main(["inspect", str(tmp_path / "out"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["out"]
     assert report["source_stream"] == {"pseudo/abnormal": 1, "pseudo/pseudo-normal": 1, "real/normal": 1}

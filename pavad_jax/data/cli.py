@@ -160,7 +160,8 @@ def cmd_validate(args) -> int:
 
 
 def _write_kw(args) -> dict:
-    return dict(dtype=args.dtype, records_per_file=args.records_per_file, overwrite=args.overwrite)
+    return dict(dtype=args.dtype, records_per_file=args.records_per_file, overwrite=args.overwrite,
+                feature_extractor=args.feature_extractor, protocol=args.protocol)
 
 
 def cmd_import(args) -> int:
@@ -232,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--source", default="real", choices=shards.SOURCES, help="source of every video")
         q.add_argument("--dtype", default="float16", choices=shards.DTYPES, help="stored feature dtype")
         q.add_argument("--records-per-file", type=int, default=64, help="videos per ArrayRecord file")
+        q.add_argument("--feature-extractor", default=None,
+                       help="the network that made the features, recorded in the manifest (e.g. i3d-kinetics400 for "
+                            "the UR-DMU/UCF-Crime 1024-d release; docs/features.md); default: unknown")
+        q.add_argument("--protocol", default=None,
+                       help="its frame preprocessing, recorded in the manifest (urdmu for the UR-DMU release, as "
+                            "`pavad-gen extract --protocol urdmu`); default: unknown")
         q.add_argument("--overwrite", action="store_true", help="replace a shard set already at --output")
         q.set_defaults(run=cmd_import)
 
