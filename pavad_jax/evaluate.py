@@ -14,44 +14,99 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import pathlib
+import resource
+import time
 
 import jax
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pavad_jax import atomic, metrics, plots
 from pavad_jax.data import pipeline
+from pavad_jax.data.pipeline import GIB
 from pavad_jax.distributed import DATA_AXIS
 
 
 @dataclasses.dataclass
 class EvalData:
-    """This host's padded, length-bucketed test batches, and the whole test set's metadata."""
+    """This host's packed test batches (read from the shards as they are scored), the whole test
+    set's metadata, and the memory budget per device of one scoring call."""
 
-    batches: list[dict]
+    batches: pipeline.EvalBatches
     evalset: pipeline.EvalSet
     mesh: jax.sharding.Mesh
+    memory_budget: int
 
     @classmethod
     def load(cls, data_config, mesh, split: str | None = None) -> "EvalData":
         batches, evalset = pipeline.make_eval_batches(
             data_config, split=split, process_index=jax.process_index(), process_count=jax.process_count(),
             batch_multiple=mesh.size)
-        return cls(batches=batches, evalset=evalset, mesh=mesh)
+        return cls(batches=batches, evalset=evalset, mesh=mesh, memory_budget=pipeline.eval_memory_budget(data_config))
 
 
-def make_scorer(graphdef, rest):
-    """jit(params, features, mask) -> (B, T) test-mode scores; compiles once per bucket shape."""
+# Queries per attention step of the evaluation forward (the step also spans a few rows; see
+# urdmu.global_attention): past ~512 larger steps gain nothing and hold more logits.
+EVAL_QUERY_BLOCK = 512
 
-    @jax.jit
-    def score(params, features, mask):
-        return nnx.merge(graphdef, params, rest).scores(features, mask)
 
-    return score
+class Scorer:
+    """Test-mode scores of packed batches, in as few crops at a time as the memory budget needs.
+
+    scorer(params, features, segment_ids, memory_budget=None) -> (B, T) scores. For each batch
+    shape the largest crop chunk (a divisor of the crop count) whose compiled program XLA
+    estimates within the budget (arguments + temporaries + output, per device) is compiled
+    once and reused; with no chunk fitting, one crop at a time (and a warning).
+    """
+
+    def __init__(self, graphdef, rest):
+        def score(params, features, segment_ids, crop_chunk):
+            detector = nnx.merge(graphdef, params, rest)
+            return detector.urdmu.scores(features, segment_ids=segment_ids, crop_chunk=crop_chunk,
+                                         query_block=EVAL_QUERY_BLOCK)
+
+        self._jit = jax.jit(score, static_argnames="crop_chunk")
+        self._programs: dict = {}
+        self.chunks: dict = {}  # (features shape, budget) -> crop chunk chosen: what `video_scores` reports
+
+    def _program(self, params, features, segment_ids, budget: int | None):
+        key = (features.shape, features.dtype, segment_ids.shape, budget)
+        if key not in self._programs:
+            crops = features.shape[1] if features.ndim == 4 else 1
+            for chunk in sorted((c for c in range(1, crops + 1) if crops % c == 0), reverse=True):
+                compiled = self._jit.lower(params, features, segment_ids, chunk).compile()
+                need = program_bytes(compiled)
+                if budget is None or need is None or need <= budget or chunk == 1:
+                    break
+            if budget is not None and need is not None and need > budget:
+                logging.warning("scoring a batch of shape %s needs ~%.2f GiB even one crop at a time, over the "
+                                "budget of %.2f GiB (data.eval_memory_gb)", features.shape, need / GIB, budget / GIB)
+            self._programs[key], self.chunks[key] = compiled, chunk
+        return self._programs[key]
+
+    def __call__(self, params, features, segment_ids, memory_budget: int | None = None):
+        return self._program(params, features, segment_ids, memory_budget)(params, features, segment_ids)
+
+
+def make_scorer(graphdef, rest) -> Scorer:
+    """The evaluation scorer of a model (see `Scorer`); compiles once per batch shape."""
+    return Scorer(graphdef, rest)
+
+
+def program_bytes(compiled) -> int | None:
+    """XLA's estimate of a compiled program's memory per device: arguments + temporaries + outputs
+    (None where the backend gives no memory analysis)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
 
 
 def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
@@ -61,28 +116,69 @@ def _gather(x: jax.Array | np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def video_scores(scorer, params, data: EvalData) -> list[np.ndarray]:
-    """Per-video segment scores (T,) in test-set order; batch rows sharded over the mesh."""
+def peak_memory() -> dict[str, float]:
+    """Peak memory so far, GiB: this process's resident set (VmHWM) and, where JAX reports it, the
+    first local device's peak allocation."""
+    peaks = {}
+    try:
+        status = pathlib.Path("/proc/self/status").read_text()
+        peaks["peak_rss_gb"] = int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM"))) / 2**20
+    except (OSError, StopIteration):
+        peaks["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        peaks["device_peak_gb"] = stats["peak_bytes_in_use"] / GIB
+    return peaks
+
+
+def place_scores(out: np.ndarray, video: np.ndarray, start: np.ndarray, lengths: np.ndarray,
+                 scores: list) -> int:
+    """Copy each packed video's segment scores out of the (B, L) batch scores; returns the segments placed."""
+    placed = 0
+    for row in range(out.shape[0]):
+        for v, first in zip(video[row], start[row]):
+            if v >= 0:
+                scores[v] = out[row, first:first + lengths[v]].copy()
+                placed += int(lengths[v])
+    return placed
+
+
+def video_scores(scorer, params, data: EvalData, *, progress: bool = True) -> tuple[list[np.ndarray], dict]:
+    """Per-video segment scores (T,) in test-set order, and the scoring's figures.
+
+    Batch rows are sharded over the mesh. The figures: eval_seconds (wall time of the scoring,
+    compilation included), segments_per_s, peak_rss_gb (this process so far) and device_peak_gb
+    (where JAX reports it), crop_chunks (batch row length -> crops scored at a time).
+    """
     sharding = NamedSharding(data.mesh, P(DATA_AXIS))
     params = jax.device_put(params, NamedSharding(data.mesh, P()))  # a no-op when already replicated
     lengths = data.evalset.lengths
     scores: list[np.ndarray | None] = [None] * len(data.evalset)
-    for batch in data.batches:
-        features, mask = (jax.make_array_from_process_local_data(sharding, batch[k]) for k in ("features", "mask"))
-        out, videos = _gather(scorer(params, features, mask)), _gather(batch["video"])
-        for row, video in enumerate(videos):
-            if video >= 0:
-                scores[video] = out[row, : lengths[video]]
+    per_device_budget = data.memory_budget
+    start_time = time.perf_counter()
+    with tqdm(total=data.batches.segments, desc="scoring test videos", unit="segment", unit_scale=True,
+              disable=not progress or jax.process_index() != 0) as bar:
+        for batch in data.batches:
+            features, segment_ids = (jax.make_array_from_process_local_data(sharding, batch[k])
+                                     for k in ("features", "segment_ids"))
+            out = _gather(scorer(params, features, segment_ids, per_device_budget))
+            bar.update(place_scores(out, _gather(batch["video"]), _gather(batch["start"]), lengths, scores))
+    seconds = time.perf_counter() - start_time
     missing = [data.evalset.ids[i] for i, s in enumerate(scores) if s is None]
     if missing:
         raise RuntimeError(f"evaluation batches skipped {len(missing)} videos, e.g. {missing[:3]}")
-    return scores
+    chunks = {str(shape[2]): chunk for (shape, *_), chunk in getattr(scorer, "chunks", {}).items()}
+    stats = {"eval_seconds": seconds, "segments_per_s": data.batches.segments / seconds, **peak_memory(),
+             "crop_chunks": chunks}
+    return scores, stats
 
 
-def evaluate(scorer, params, data: EvalData, *, return_scores: bool = False):
-    """Frame-level AUC, both APs and per-class AUC over the whole test set."""
-    scores = video_scores(scorer, params, data)
-    result = metrics.video_metrics(scores, data.evalset.frame_labels, data.evalset.anomaly_classes)
+def evaluate(scorer, params, data: EvalData, *, return_scores: bool = False, progress: bool = True):
+    """Frame-level AUC, both APs and per-class AUC over the whole test set, with the scoring's
+    wall time, segments/s and peak memory (see `video_scores`)."""
+    scores, stats = video_scores(scorer, params, data, progress=progress)
+    result = metrics.video_metrics(scores, data.evalset.frame_labels, data.evalset.anomaly_classes) | stats
     return (result, scores) if return_scores else result
 
 
@@ -220,6 +316,9 @@ def main(argv=None) -> None:
           f"AP(average precision) {result['average_precision']:.4f}  over {len(evalset)} videos")
     for name, auc in sorted(result.get("per_class_auc", {}).items()):
         print(f"  {name:<20s} AUC {auc:.4f}")
+    device_peak = f", device peak {result['device_peak_gb']:.2f} GiB" if "device_peak_gb" in result else ""
+    print(f"scored {data.batches.segments} segments in {result['eval_seconds']:.1f} s "
+          f"({result['segments_per_s']:.0f} segments/s), peak RSS {result['peak_rss_gb']:.2f} GiB{device_peak}")
     print(f"wrote {out_dir}/metrics.json, scores.npz, roc.png and {len(videos)} score traces")
 
 
