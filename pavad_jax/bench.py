@@ -23,15 +23,27 @@ the domain-alignment term, so it feeds 1.5 B rows. Reported (docs/sweeps.md expl
                          that XLA's matmul kernels allow for this model on this device
                          (single-device runs; with several data-parallel devices XLA counts
                          per-device FLOPs and these figures are n/a)
-  sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members
+  step_memory_gb         XLA's memory estimate of the compiled train step (arguments + temporaries +
+                         outputs, per device)
+  sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members,
+                         each with XLA's memory estimate; from those, the memory per member and how
+                         many members fit in --device-memory-gb (default: the device's own memory)
+  torch (--torch-baseline)  the PyTorch re-implementation's step (benchmarks/torch_step.py, run in a
+                         subprocess before and after the JAX timing: pavad_jax never imports torch) and
+                         the ratio torch_step_ms / train_step_ms
 
 The same code runs on CPU, GPU and TPU: only jax's own device choice differs.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -91,6 +103,54 @@ def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
         jax.block_until_ready(out)
         times.append(time.perf_counter() - start)
     return times
+
+
+def memory_bytes(compiled) -> int | None:
+    """XLA's memory estimate of a compiled program per device: arguments + temporaries + outputs
+    - aliased (donated) buffers; None where the backend gives no memory analysis."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
+
+
+def device_memory_bytes() -> int | None:
+    """The first device's memory (bytes_limit) where JAX reports it; the host's RAM on CPU."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def members_that_fit(rows: list[dict], memory_gb: float) -> dict:
+    """Memory per member and shared memory (a least-squares line through the sweep rows'
+    estimates, per device), and how many members fit in `memory_gb` per device."""
+    points = [(row["members"] / row["devices"], row["memory_gb"]) for row in rows if row.get("memory_gb")]
+    if len(points) < 2:
+        return {}
+    x, y = (np.asarray(v, np.float64) for v in zip(*points))
+    slope = max(float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()), 1e-9)
+    shared = float(y.mean() - slope * x.mean())
+    fit = int(max(0.0, (memory_gb - max(float(shared), 0.0)) / slope))
+    return {"memory_per_member_gb": slope, "shared_memory_gb": float(shared), "device_memory_gb": memory_gb,
+            "members_fit_per_device": fit}
+
+
+def torch_baseline(batch_size: int, segments: int, feature_dim: int, steps: int) -> dict:
+    """The PyTorch re-implementation's step, timed by benchmarks/torch_step.py in a subprocess."""
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "torch_step.py"
+    if not script.is_file():
+        raise SystemExit(f"--torch-baseline needs {script} (a source checkout) and torch installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "torch.json"
+        done = subprocess.run([sys.executable, str(script), "--batch-size", str(batch_size), "--segments",
+                               str(segments), "--feature-dim", str(feature_dim), "--steps", str(steps),
+                               "--json", str(out)], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"--torch-baseline: {script.name} failed:\n{done.stderr[-2000:]}")
+        return json.loads(out.read_text())
 
 
 def flops_of(compiled) -> float | None:
@@ -177,6 +237,7 @@ def bench_train(config, steps: int) -> dict:
     start = time.perf_counter()
     compiled = step.lower(state, batches, weights).compile()
     compile_s = time.perf_counter() - start
+    memory = memory_bytes(compiled)
     holder = {"state": state}
 
     def run(batches):
@@ -196,6 +257,8 @@ def bench_train(config, steps: int) -> dict:
     matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, holder["state"], one_batch, weights), steps)
                if devices == 1 else {"matmul_count": None, "matmul_flops_per_step": None, "matmul_only_ms": None})
     return {"data_devices": devices, "compile_s": compile_s, "train_step_ms": 1e3 * step_s,
+            "step_memory_gb": None if memory is None else memory / 2**30,
+            "batch_gb": sum(x.nbytes for x in jax.tree.leaves(batches)) / 2**30,
             "train_segments_per_s": rows * config.data.segments / step_s,
             "flops_per_step": flops,
             "achieved_flops_per_s": None if flops is None else flops / step_s,
@@ -243,6 +306,7 @@ def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) ->
         start = time.perf_counter()
         compiled = step.lower(state, batches).compile()
         compile_s = time.perf_counter() - start
+        memory = memory_bytes(compiled)
         holder = {"state": state}
 
         def run(batches):
@@ -251,13 +315,15 @@ def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) ->
 
         median = statistics.median(time_calls(run, lambda: (batches,), steps, f"sweep x{members}"))
         results.append({"members": members, "devices": mesh.devices.size, "compile_s": compile_s,
-                        "dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median})
+                        "dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median,
+                        "memory_gb": None if memory is None else memory / 2**30})
     return results
 
 
 def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *, members: int = 0,
-                  hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1) -> dict:
-    """Every figure of the benchmark as a JSON-able dict."""
+                  hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1, torch_baseline_steps: int = 0,
+                  device_memory_gb: float | None = None) -> dict:
+    """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step)."""
     config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
                           steps_per_dispatch=steps_per_dispatch)
     device = jax.devices()[0]
@@ -265,7 +331,16 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
               "segments": segments, "feature_dim": feature_dim, "hidden": hidden, "slots": slots,
               "steps": steps, "steps_per_dispatch": steps_per_dispatch, "platform": device.platform,
               "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__}
+    torch_runs = []
+    if torch_baseline_steps:  # before and after the JAX step, so a change in the machine's load shows
+        torch_runs.append(torch_baseline(batch_size, segments, feature_dim, torch_baseline_steps))
     train_result = bench_train(config, steps)
+    if torch_baseline_steps:
+        torch_runs.append(torch_baseline(batch_size, segments, feature_dim, torch_baseline_steps))
+        torch_ms = [run["train_step_ms"] for run in torch_runs]
+        result["torch"] = {"version": torch_runs[0]["torch"], "threads": torch_runs[0]["threads"],
+                           "step_ms_before_after": torch_ms, "step_ms": statistics.mean(torch_ms)}
+        result["torch_over_jax"] = result["torch"]["step_ms"] / train_result["train_step_ms"]
     graphdef, params, rest = (train_result.pop(k) for k in ("graphdef", "params", "rest"))
     result |= train_result
     result["infer_segments_per_s"] = bench_infer(graphdef, params, rest, config, steps)
@@ -278,6 +353,9 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
         None if not matmul_flops else matmul_flops / (result["matmul_only_ms"] / 1e3) / peak["flops_per_s"])
     if members:
         result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps)
+        total = device_memory_bytes() if device_memory_gb is None else device_memory_gb * 2**30
+        if total:
+            result["member_memory"] = members_that_fit(result["sweep"], total / 2**30)
     return result
 
 
@@ -307,10 +385,21 @@ def format_report(result: dict) -> str:
         lines.append(f"  matmuls only          {result['matmul_only_ms']:.2f} ms for the step's {result['matmul_count']} "
                      f"matmuls ({g(result['matmul_flops_per_step'], 1e9)} GFLOP), "
                      f"{g(result['matmul_only_fraction_of_peak'], 0.01, '{:.1f}')} % of peak")
+    lines.append(f"  step_memory_gb        {g(result['step_memory_gb'], 1, '{:.3f}')} (XLA's estimate, per device)")
     for row in result.get("sweep", []):
         lines.append(f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
                      f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
-                     f"compile {row['compile_s']:.1f} s)")
+                     f"compile {row['compile_s']:.1f} s, {g(row['memory_gb'], 1, '{:.3f}')} GiB per device)")
+    fit = result.get("member_memory")
+    if fit:
+        lines.append(f"  memory per member     {fit['memory_per_member_gb']:.3f} GiB (+ {fit['shared_memory_gb']:.3f} "
+                     f"shared): {fit['members_fit_per_device']} members fit in {fit['device_memory_gb']:.1f} GiB "
+                     f"per device")
+    if "torch" in result:
+        t = result["torch"]
+        lines.append(f"  torch step            {t['step_ms']:.2f} ms (torch {t['version']}, {t['threads']} threads; "
+                     f"before / after: {' / '.join(f'{v:.1f}' for v in t['step_ms_before_after'])} ms): "
+                     f"JAX is {result['torch_over_jax']:.2f}x faster")
     return "\n".join(lines)
 
 
@@ -329,6 +418,11 @@ def main(argv=None) -> None:
                         help="optimiser updates per jitted call (lax.scan), as train.steps_per_dispatch")
     parser.add_argument("--members", type=int, default=0,
                         help="also time the vmapped sweep step for 1, 2, 4, ..., M members")
+    parser.add_argument("--torch-baseline", action="store_true",
+                        help="also time the PyTorch re-implementation's step (benchmarks/torch_step.py, in a "
+                             "subprocess before and after the JAX step; needs torch and a source checkout)")
+    parser.add_argument("--device-memory-gb", type=float, default=None,
+                        help="with --members: memory per device to fit members into (default: the device's own)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     for name in ("segments", "feature_dim", "hidden", "slots", "steps", "steps_per_dispatch"):
@@ -338,9 +432,14 @@ def main(argv=None) -> None:
         bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
     except ValueError as e:
         parser.error(str(e))
+    if args.torch_baseline and (args.model, args.hidden, args.slots) != ("urdmu", 512, 60):
+        parser.error("--torch-baseline times the reference UR-DMU (hidden 512, 60 slots, its own loss): "
+                     "use --model urdmu with the default --hidden and --slots")
     result = run_benchmark(args.model, args.batch_size, args.segments, args.feature_dim, args.steps,
                            members=args.members, hidden=args.hidden, slots=args.slots,
-                           steps_per_dispatch=args.steps_per_dispatch)
+                           steps_per_dispatch=args.steps_per_dispatch,
+                           torch_baseline_steps=args.steps if args.torch_baseline else 0,
+                           device_memory_gb=args.device_memory_gb)
     print(format_report(result))
     if args.json:
         atomic.write_json(args.json, result, indent=2)
