@@ -133,7 +133,7 @@ def members_that_fit(rows: list[dict], memory_gb: float) -> dict:
     x, y = (np.asarray(v, np.float64) for v in zip(*points))
     slope = max(float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()), 1e-9)
     shared = float(y.mean() - slope * x.mean())
-    fit = int(max(0.0, (memory_gb - max(float(shared), 0.0)) / slope))
+    fit = int(max(0.0, (memory_gb - max(shared, 0.0)) / slope + 1e-6))  # + 1e-6: exact fits are not lost to rounding
     return {"memory_per_member_gb": slope, "shared_memory_gb": float(shared), "device_memory_gb": memory_gb,
             "members_fit_per_device": fit}
 
