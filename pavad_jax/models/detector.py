@@ -31,6 +31,10 @@ def default_model_config() -> ml_collections.ConfigDict:
         "a_slots": 60,
         "n_slots": 60,
         "dropout": 0.5,
+        # Compute dtype of the training forward's matmuls: "float32" or "bfloat16" (parameters,
+        # optimiser state, accumulation, elementwise ops and losses stay float32; evaluation
+        # scores in float32).
+        "compute_dtype": "float32",
         # The reference's quirks, reproduced by default; False gives the evident intent.
         "quirks": {
             "local_attn_column_norm": True,  # A / A.sum(-1) divides [i, j] by row j's sum

@@ -54,6 +54,25 @@ def split_key(key: jax.Array | None, num: int) -> list[jax.Array | None]:
     return list(jax.random.split(key, num))
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """x @ w with both operands cast to the compute `dtype`, accumulated and returned in float32."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """jnp.einsum of two operands cast to the compute `dtype`, accumulated and returned in float32."""
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def dense(layer: nnx.Linear, x: jax.Array, dtype) -> jax.Array:
+    """An nnx.Linear applied in the compute `dtype` (float32 result, float32 bias)."""
+    y = matmul(x, layer.kernel[...], dtype)
+    return y if layer.bias is None else y + layer.bias[...]
+
+
 def valid_mask(lengths: jax.Array, length: int) -> jax.Array:
     """(B,) true lengths -> (B, T) bool mask of the valid positions."""
     return jnp.arange(length)[None, :] < lengths[:, None]
@@ -98,14 +117,14 @@ def local_attention_matrix(length: int, lengths: jax.Array | None = None, *, col
 
 
 def _normalised_local(raw: jax.Array, values: jax.Array, sums_of_keys: jax.Array, sums_of_queries: jax.Array,
-                      column_norm: bool, contract: str) -> jax.Array:
+                      column_norm: bool, contract: str, dtype) -> jax.Array:
     """raw @ values with the reference's normalisation: by the key's row sum (quirk) or the query's."""
     if column_norm:
-        return jnp.einsum(contract, raw, values / sums_of_keys[..., None])
-    return jnp.einsum(contract, raw, values) / sums_of_queries[..., None]
+        return einsum(contract, raw, values / sums_of_keys[..., None], dtype)
+    return einsum(contract, raw, values, dtype) / sums_of_queries[..., None]
 
 
-def local_attention(t: jax.Array, segment_ids: jax.Array | None, column_norm: bool) -> jax.Array:
+def local_attention(t: jax.Array, segment_ids: jax.Array | None, column_norm: bool, dtype=jnp.float32) -> jax.Array:
     """The local branch A @ t over (B, T, C), A[i, j] = exp(-|i - j| / e) within a video, normalised.
 
     Row sums are those of each video's own matrix (`local_attention_matrix` of its length). Up
@@ -115,11 +134,11 @@ def local_attention(t: jax.Array, segment_ids: jax.Array | None, column_norm: bo
     b, length, _ = t.shape
     if length <= 2 * LOCAL_BLOCK:
         if segment_ids is None:  # a constant: XLA folds it into the program
-            return jnp.einsum("ij,bjc->bic", local_attention_matrix(length, column_norm=column_norm), t)
+            return einsum("ij,bjc->bic", local_attention_matrix(length, column_norm=column_norm), t, dtype)
         raw = _local_raw(length, length) * same_video(segment_ids, segment_ids)
         sums = raw.sum(-1)
         sums = jnp.where(sums > 0, sums, 1.0)
-        return _normalised_local(raw, t, sums, sums, column_norm, "bij,bjc->bic")
+        return _normalised_local(raw, t, sums, sums, column_norm, "bij,bjc->bic", dtype)
     block, halo = LOCAL_BLOCK, LOCAL_HALO
     blocks = -(-length // block)
     ids = jnp.ones((b, length), jnp.int32) if segment_ids is None else segment_ids
@@ -142,9 +161,9 @@ def local_attention(t: jax.Array, segment_ids: jax.Array | None, column_norm: bo
     flat_sums = sums.reshape(b, blocks * block)[:, :length]
     if column_norm:
         values = windows(jnp.pad(t / flat_sums[..., None], pad + ((0, 0),)))
-        out = jnp.einsum("bnqk,bnkc->bnqc", raw, values)
+        out = einsum("bnqk,bnkc->bnqc", raw, values, dtype)
     else:
-        out = jnp.einsum("bnqk,bnkc->bnqc", raw, windows(jnp.pad(t, pad + ((0, 0),)))) / sums[..., None]
+        out = einsum("bnqk,bnkc->bnqc", raw, windows(jnp.pad(t, pad + ((0, 0),))), dtype) / sums[..., None]
     return out.reshape(b, blocks * block, -1)[:, :length]
 
 
@@ -158,7 +177,7 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
-                     query_block: int | None = None) -> jax.Array:
+                     query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v on (B, T, heads, d); keys of other videos and padding are masked.
 
     query_block=None computes it as one batched product (training). With `query_block`, it runs
@@ -170,10 +189,10 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     ids = jnp.ones((b, length), jnp.int32) if segment_ids is None else segment_ids
 
     def attend(q_step, k_rows, v_rows, ids_q, ids_k):  # (G, heads, Q, d), (G, heads, T, d), (G, Q), (G, T)
-        logits = jnp.einsum("ghqd,ghkd->ghqk", q_step, k_rows) * dim**-0.5
+        logits = einsum("ghqd,ghkd->ghqk", q_step, k_rows, dtype) * dim**-0.5
         if segment_ids is not None:
             logits = jnp.where(same_video(ids_q, ids_k)[:, None], logits, jnp.finfo(logits.dtype).min)
-        return jax.nn.softmax(logits, axis=-1) @ v_rows
+        return matmul(jax.nn.softmax(logits, axis=-1), v_rows, dtype)
 
     if query_block is None:
         return attend(qt, kt, vt, ids, ids).transpose(0, 2, 1, 3)
@@ -220,7 +239,7 @@ class TemporalEmbedding(nnx.Module):
         self.conv = nnx.Conv(feature_dim, hidden, kernel_size=(3,), padding=((1, 1),),
                              kernel_init=init, bias_init=init, rngs=rngs)
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None, dtype=jnp.float32) -> jax.Array:
         """(B, T, D) -> (B, T, hidden); with segment ids, no tap reaches into another video or padding."""
         # self.conv(x) computed as one (B*T, 3D) x (3D, hidden) matmul over the three shifted
         # copies of x (im2col). Same result; but XLA:CPU runs a convolution's weight gradient
@@ -236,7 +255,7 @@ class TemporalEmbedding(nnx.Module):
             shifted = [jnp.where((ids[:, i:i + length] == segment_ids)[..., None], u, 0.0)
                        for i, u in enumerate(shifted)]
         windows = jnp.concatenate(shifted, axis=-1)
-        return jax.nn.relu(windows @ kernel.reshape(taps * dim, hidden) + self.conv.bias[...])
+        return jax.nn.relu(matmul(windows, kernel.reshape(taps * dim, hidden), dtype) + self.conv.bias[...])
 
 
 class GlobalLocalAttention(nnx.Module):
@@ -252,15 +271,17 @@ class GlobalLocalAttention(nnx.Module):
         self.to_out = torch_linear(2 * dim, dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None, key: jax.Array | None,
-                 query_block: int | None = None) -> jax.Array:
+                 query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """(B, T, d) -> (B, T, d); a position attends only to its own video (segment ids, 0 = padding)."""
         b, t, _ = x.shape
-        q, k, v, loc = (u.reshape(b, t, self.heads, self.head_dim) for u in jnp.split(self.to_qkv(x), 4, axis=-1))
-        global_out = global_attention(q, k, v, segment_ids, query_block)
+        qkv = dense(self.to_qkv, x, dtype)
+        q, k, v, loc = (u.reshape(b, t, self.heads, self.head_dim) for u in jnp.split(qkv, 4, axis=-1))
+        global_out = global_attention(q, k, v, segment_ids, query_block, dtype)
         # The local weights are the same for every head: one (B, T, heads * head_dim) product.
-        local_out = local_attention(loc.reshape(b, t, -1), segment_ids, self.column_norm).reshape(loc.shape)
+        local_out = local_attention(loc.reshape(b, t, -1), segment_ids, self.column_norm, dtype).reshape(loc.shape)
         out = jnp.concatenate([global_out, local_out], axis=-1)  # per head: [global | local]
-        return dropout(self.to_out(out.reshape(b, t, 2 * self.heads * self.head_dim)), self.dropout_rate, key)
+        out = dense(self.to_out, out.reshape(b, t, 2 * self.heads * self.head_dim), dtype)
+        return dropout(out, self.dropout_rate, key)
 
 
 class FeedForward(nnx.Module):
@@ -271,10 +292,10 @@ class FeedForward(nnx.Module):
         self.net0 = torch_linear(dim, mlp_dim, rngs=rngs)
         self.net3 = torch_linear(mlp_dim, dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array | None, dtype=jnp.float32) -> jax.Array:
         k1, k2 = split_key(key, 2)
-        x = dropout(jax.nn.gelu(self.net0(x), approximate=False), self.dropout_rate, k1)
-        return dropout(self.net3(x), self.dropout_rate, k2)
+        x = dropout(jax.nn.gelu(dense(self.net0, x, dtype), approximate=False), self.dropout_rate, k1)
+        return dropout(dense(self.net3, x, dtype), self.dropout_rate, k2)
 
 
 class TransformerLayer(nnx.Module):
@@ -287,11 +308,11 @@ class TransformerLayer(nnx.Module):
         self.ff = FeedForward(dim, mlp_dim, dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None, key: jax.Array | None,
-                 query_block: int | None = None) -> jax.Array:
+                 query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """(B, T, d) -> (B, T, d); segment ids describe videos and padding, key drives dropout (None: off)."""
         k_attn, k_ff = split_key(key, 2)
-        x = self.attn(self.attn_norm(x), segment_ids, k_attn, query_block) + x
-        return self.ff(self.ff_norm(x), k_ff) + x
+        x = self.attn(self.attn_norm(x), segment_ids, k_attn, query_block, dtype) + x
+        return self.ff(self.ff_norm(x), k_ff, dtype) + x
 
 
 class MemoryUnit(nnx.Module):
@@ -307,17 +328,17 @@ class MemoryUnit(nnx.Module):
         """The number of active slots (a traced integer under vmap)."""
         return self.slot_mask[...].sum()
 
-    def attention(self, x: jax.Array) -> jax.Array:
+    def attention(self, x: jax.Array, dtype=jnp.float32) -> jax.Array:
         """x (B, T, d) -> (B, T, K) sigmoid attention over the slots, 0 on padded slots."""
-        att = jax.nn.sigmoid(jnp.einsum("btd,kd->btk", x, self.memory_block[...]) / math.sqrt(self.dim))
+        att = jax.nn.sigmoid(einsum("btd,kd->btk", x, self.memory_block[...], dtype) / math.sqrt(self.dim))
         return jnp.where(self.slot_mask[...], att, 0.0)
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
         """x (B, T, d) -> (score (B, T), readout (B, T, d)); padded slots take no part."""
         active = self.slot_mask[...]
-        att = self.attention(x)
+        att = self.attention(x, dtype)
         score = topk_mean(att, self.active_slots() // 16 + 1, active, k_max=att.shape[-1] // 16 + 1)
-        readout = jnp.einsum("btk,kd->btd", att, self.memory_block[...])
+        readout = einsum("btk,kd->btd", att, self.memory_block[...], dtype)
         return score, readout
 
 
@@ -328,8 +349,8 @@ class ClassifierHead(nnx.Module):
         self.fc1 = torch_linear(in_features, hidden, rngs=rngs)
         self.fc2 = torch_linear(hidden, 1, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(x))))[..., 0]
+    def __call__(self, x: jax.Array, dtype=jnp.float32) -> jax.Array:
+        return jax.nn.sigmoid(dense(self.fc2, jax.nn.relu(dense(self.fc1, x, dtype)), dtype))[..., 0]
 
 
 def flatten_crops(x: jax.Array) -> tuple[jax.Array, int]:
@@ -360,6 +381,13 @@ class URDMU(nnx.Module):
         self.hidden = int(cfg.hidden)
         self.local_attn_column_norm = bool(cfg.quirks.local_attn_column_norm)
         self.kl_sum_over_time = bool(cfg.quirks.kl_sum_over_time)  # read by the loss
+        compute_dtype = str(cfg.get("compute_dtype", "float32"))
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"config.model.compute_dtype is {compute_dtype!r}, expected one of {COMPUTE_DTYPES}")
+        # Matmul operands of the training forward are cast to this (accumulation, parameters,
+        # optimiser state, every elementwise op and the losses stay float32); test mode is
+        # float32 unless `scores(..., dtype=...)` asks.
+        self.compute_dtype = jnp.dtype(compute_dtype)
         self.embedding = TemporalEmbedding(self.feature_dim, self.hidden, rngs=rngs)
         self.layers = nnx.List([
             TransformerLayer(self.hidden, int(cfg.heads), int(cfg.mlp_dim), float(cfg.dropout),
@@ -372,27 +400,29 @@ class URDMU(nnx.Module):
         self.cls_head = ClassifierHead(2 * self.hidden, int(cfg.cls_hidden), rngs=rngs)
 
     def encode(self, x: jax.Array, segment_ids: jax.Array | None = None, key: jax.Array | None = None,
-               query_block: int | None = None) -> tuple[jax.Array, jax.Array]:
-        """x (B, T, D) -> (after the temporal conv, after the self-attention), each (B, T, d).
+               query_block: int | None = None, dtype=None) -> tuple[jax.Array, jax.Array]:
+        """x (B, T, D) -> (after the temporal conv, after the self-attention), each (B, T, d) float32.
 
         `segment_ids` (B, T) int: which video of its row each position belongs to (1, 2, ...;
         0 = padding). Every video is encoded as if alone: the conv sees zeros beyond its ends
         (the reference's zero padding) and attention stays inside it. `query_block` computes
-        attention in blocks of that many queries (see `global_attention`).
+        attention in blocks of that many queries (see `global_attention`). `dtype`: the matmuls'
+        compute dtype (default model.compute_dtype).
         """
+        dtype = self.compute_dtype if dtype is None else dtype
         if segment_ids is not None:
             x = jnp.where((segment_ids > 0)[..., None], x, 0.0)
-        embedded = self.embedding(x, segment_ids)
+        embedded = self.embedding(x, segment_ids, dtype)
         h = embedded
         for layer, layer_key in zip(self.layers, split_key(key, len(self.layers))):
-            h = layer(h, segment_ids, layer_key, query_block)
+            h = layer(h, segment_ids, layer_key, query_block, dtype)
         return embedded, h
 
-    def classify(self, h: jax.Array, memory_feature: jax.Array) -> jax.Array:
+    def classify(self, h: jax.Array, memory_feature: jax.Array, dtype=jnp.float32) -> jax.Array:
         """Segment scores (B, T) from the embeddings and their memory feature."""
-        return self.cls_head(jnp.concatenate([h, memory_feature], axis=-1))
+        return self.cls_head(jnp.concatenate([h, memory_feature], axis=-1), dtype)
 
-    def segment_scores(self, h: jax.Array) -> jax.Array:
+    def segment_scores(self, h: jax.Array, dtype=jnp.float32) -> jax.Array:
         """Test-mode scores (B, T) of encoded h: cls_head([h, mu(A readout) + mu(N readout)]).
 
         The readouts, encoder_mu and the head's first layer are linear in the memory attention,
@@ -403,19 +433,19 @@ class URDMU(nnx.Module):
         w_h, w_mem = jnp.split(fc1.kernel[...], 2, axis=0)
         project = lambda m: (m @ self.encoder_mu.kernel[...]) @ w_mem  # (K, d) -> (K, cls_hidden)
         bias = fc1.bias[...] + 2.0 * (self.encoder_mu.bias[...] @ w_mem)
-        pre = (h @ w_h + self.a_memory.attention(h) @ project(self.a_memory.memory_block[...])
-               + self.n_memory.attention(h) @ project(self.n_memory.memory_block[...]) + bias)
-        head = self.cls_head.fc2
-        return jax.nn.sigmoid(jax.nn.relu(pre) @ head.kernel[...] + head.bias[...])[..., 0]
+        pre = (matmul(h, w_h, dtype) + matmul(self.a_memory.attention(h, dtype), project(self.a_memory.memory_block[...]), dtype)
+               + matmul(self.n_memory.attention(h, dtype), project(self.n_memory.memory_block[...]), dtype) + bias)
+        return jax.nn.sigmoid(dense(self.cls_head.fc2, jax.nn.relu(pre), dtype))[..., 0]
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
-               crop_chunk: int | None = None, query_block: int | None = None) -> jax.Array:
+               crop_chunk: int | None = None, query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """Test mode: (B, T, D) or (B, crops, T, D) -> (B, T) scores averaged over crops.
 
         Padding: a (B, T) bool `mask` (one left-aligned video per row), or int `segment_ids`
         (several videos packed in a row, see `encode`); scores at padded positions are 0. Memory
         bounds: `crop_chunk` (a divisor of crops) scores that many crops at a time, `query_block`
-        computes attention in query blocks. Features may be float16: they are cast here.
+        computes attention in query blocks. Features may be float16: they are cast here. Matmuls
+        run in float32 unless `dtype` asks for another compute dtype.
         """
         if mask is not None:
             segment_ids = mask.astype(jnp.int32)
@@ -430,8 +460,8 @@ class URDMU(nnx.Module):
         def crop_sum(x_chunk):  # (B, chunk, T, D) -> (B, T): the sum of the chunk's crop scores
             ids = None if segment_ids is None else jnp.repeat(segment_ids, chunk, axis=0)
             _, h = self.encode(x_chunk.reshape(b * chunk, length, dim).astype(jnp.float32), ids,
-                               query_block=query_block)
-            return self.segment_scores(h).reshape(b, chunk, length).sum(1)
+                               query_block=query_block, dtype=dtype)
+            return self.segment_scores(h, dtype).reshape(b, chunk, length).sum(1)
 
         if chunk == crops:
             total = crop_sum(x)
@@ -449,25 +479,27 @@ class URDMU(nnx.Module):
         (B*N/2, T, d) replaces the standard normal draw of the reparameterisation (tests,
         common random numbers); otherwise it is drawn from `key`.
         """
+        dtype = self.compute_dtype
         half = h.shape[0] // 2
         k = h.shape[1] // 16 + 1
         n_x, a_x = h[:half], h[half:]
-        a_att, a_aug = self.a_memory(a_x)
-        n_a_att, n_a_aug = self.n_memory(a_x)
-        a_n_att, a_n_aug = self.a_memory(n_x)
-        n_att, n_aug = self.n_memory(n_x)
+        a_att, a_aug = self.a_memory(a_x, dtype)
+        n_a_att, n_a_aug = self.n_memory(a_x, dtype)
+        a_n_att, a_n_aug = self.a_memory(n_x, dtype)
+        n_att, n_aug = self.n_memory(n_x, dtype)
         a_index = jax.lax.top_k(a_att, k)[1]
         n_index = jax.lax.top_k(n_att, k)[1]
         p_index = jax.lax.top_k(n_a_att, k)[1]
 
-        mu, logvar = self.encoder_mu(n_aug), self.encoder_var(n_aug)
+        mu, logvar = dense(self.encoder_mu, n_aug, dtype), dense(self.encoder_var, n_aug, dtype)
         if reparam_noise is None:
             reparam_noise = random_bits.normal(key, mu.shape)  # = jax.random.normal, fused
         n_aug_new = mu + reparam_noise * jnp.sqrt(jnp.exp(logvar))
-        a_aug_new = self.encoder_mu(a_aug)
-        memory_feature = jnp.concatenate([n_aug_new + self.encoder_mu(a_n_aug), a_aug_new + self.encoder_mu(n_a_aug)])
+        a_aug_new = dense(self.encoder_mu, a_aug, dtype)
+        memory_feature = jnp.concatenate([n_aug_new + dense(self.encoder_mu, a_n_aug, dtype),
+                                          a_aug_new + dense(self.encoder_mu, n_a_aug, dtype)])
         return {
-            "frame": crop_mean(self.classify(h, memory_feature), crops),
+            "frame": crop_mean(self.classify(h, memory_feature, dtype), crops),
             "A_att": crop_mean(a_att, crops),
             "N_att": crop_mean(n_att, crops),
             "A_Natt": crop_mean(a_n_att, crops),
