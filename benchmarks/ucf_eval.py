@@ -2,6 +2,7 @@
 
   python benchmarks/ucf_eval.py                      # data and checkpoint under /tmp/pavad_ucf_eval
   python benchmarks/ucf_eval.py --work DIR --json out.json
+  python benchmarks/ucf_eval.py --size small --work /tmp/tiny     # seconds: the same steps at D = 64 (a check)
 
 1. The test split of `pavad-data synthetic --size ucf` (290 videos at UCF-Crime's real segment
    counts, 69,355 segments, 10 crops, D = 1024, float16), written once and reused.
@@ -44,22 +45,24 @@ def run_measured(command: list[str], log: pathlib.Path) -> dict:
     return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 
-def prepare(work: pathlib.Path, seed: int) -> tuple[pathlib.Path, pathlib.Path]:
+def prepare(work: pathlib.Path, size: str, seed: int) -> tuple[pathlib.Path, pathlib.Path]:
     """(dataset folder, pavad-eval workdir) under `work`, built when missing."""
-    data = work / "ucf"
-    if subprocess.call([sys.executable, "-m", "pavad_jax.data.cli", "synthetic", "--size", "ucf", "--splits", "test",
+    data = work / size
+    if subprocess.call([sys.executable, "-m", "pavad_jax.data.cli", "synthetic", "--size", size, "--splits", "test",
                         "--output", str(data)], cwd=REPO):
-        raise SystemExit("pavad-data synthetic --size ucf failed")
-    run = work / "run"
-    checkpoint = work / "urdmu_random.pth"
+        raise SystemExit(f"pavad-data synthetic --size {size} failed")
+    run = work / f"run-{size}"
+    checkpoint = work / f"urdmu_random_{size}.pth"
     if not (run / "best").is_dir():
         import torch
+
+        from pavad_jax.shards import ShardSet
 
         sys.path.insert(0, str(REPO / "tests"))
         from urdmu_torch_reference import WSAD
 
         torch.manual_seed(seed)
-        torch.save(WSAD(1024).state_dict(), checkpoint)
+        torch.save(WSAD(ShardSet(data / "test").feature_dim).state_dict(), checkpoint)
         if subprocess.call([sys.executable, "-m", "pavad_jax.import_urdmu", str(checkpoint), "--output",
                             str(run / "best")], cwd=REPO):
             raise SystemExit("pavad-import-urdmu failed")
@@ -82,10 +85,10 @@ def torch_loop(data: pathlib.Path, checkpoint: pathlib.Path, out: pathlib.Path) 
     from pavad_jax.shards import ShardSet
 
     torch.set_num_threads(os.cpu_count())
-    model = WSAD(1024)
+    shards = ShardSet(data / "test")
+    model = WSAD(shards.feature_dim)
     model.load_state_dict(torch.load(checkpoint))
     model.eval()
-    shards = ShardSet(data / "test")
     scores = {}
     with torch.no_grad():
         for i in range(len(shards)):
@@ -113,6 +116,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/pavad_ucf_eval"),
                         help="folder for the data set, the checkpoint and the outputs (reused between runs)")
+    parser.add_argument("--size", default="ucf", choices=("ucf", "small"),
+                        help="ucf (default): UCF-Crime's shapes; small: the tiny synthetic test set, to check the script")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random UR-DMU weights")
     parser.add_argument("--skip-torch", action="store_true", help="time pavad-eval only")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the figures here")
@@ -122,7 +127,7 @@ def main(argv=None) -> None:
         torch_loop(*map(pathlib.Path, args.torch_loop))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    data, run = prepare(args.work, args.seed)
+    data, run = prepare(args.work, args.size, args.seed)
     result = {"uptime_before": uptime()}
     print(result["uptime_before"], flush=True)
     jax_side = run_measured([sys.executable, "-m", "pavad_jax.evaluate", "--workdir", str(run), "--videos", "0"],
@@ -136,8 +141,9 @@ def main(argv=None) -> None:
           f"{metrics['segments_per_s']:.0f} segments/s)", flush=True)
     if not args.skip_torch:
         torch_out = args.work / "torch_scores.npz"
-        torch_side = run_measured([sys.executable, __file__, "--torch-loop", str(data), str(args.work / "urdmu_random.pth"),
-                                   str(torch_out)], args.work / "torch_loop.log")
+        torch_side = run_measured([sys.executable, __file__, "--torch-loop", str(data),
+                                   str(args.work / f"urdmu_random_{args.size}.pth"), str(torch_out)],
+                                  args.work / "torch_loop.log")
         torch_scores = dict(np.load(torch_out))
         torch_auc = auc_of(torch_scores, data)
         diff = max(float(np.abs(jax_scores[k] - torch_scores[k]).max()) for k in torch_scores)

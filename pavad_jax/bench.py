@@ -286,13 +286,30 @@ def stacked_state(params, rest, tx, config, members: int) -> dict:
             "weights": {n: jnp.full((members,), v) for n, v in weights.items()}}
 
 
-def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) -> list[dict]:
-    """Member-steps per second of the vmapped sweep step for 1, 2, 4, ..., max_members members."""
-    counts, m = [], 1
-    while m < max_members:
-        counts.append(m)
-        m *= 2
-    counts.append(max_members)
+def member_counts(spec: str | int) -> list[int]:
+    """--members: "M" -> 1, 2, 4, ..., M; "1,8,64" -> exactly those."""
+    text = str(spec)
+    if "," in text:
+        counts = [int(v) for v in text.split(",")]
+    else:
+        top, counts, m = int(text), [], 1
+        while m < top:
+            counts.append(m)
+            m *= 2
+        counts.append(top)
+    if any(c < 1 for c in counts):
+        raise ValueError(f"--members must be positive counts, got {spec!r}")
+    return counts
+
+
+def bench_sweep(graphdef, params, rest, config, members_spec: str | int, steps: int,
+                device_memory: int | None = None) -> list[dict]:
+    """Member-steps per second of the vmapped sweep step for each count of `member_counts(members_spec)`.
+
+    A count whose compiled step XLA estimates above `device_memory` bytes per device is not run
+    (its row says so and still gives the estimate).
+    """
+    counts = member_counts(members_spec)
     tx = train.make_optimizer(config.optim)
     k = int(config.train.steps_per_dispatch)
     batches = random_batches(config, jax.random.key(3), k)
@@ -307,6 +324,13 @@ def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) ->
         compiled = step.lower(state, batches).compile()
         compile_s = time.perf_counter() - start
         memory = memory_bytes(compiled)
+        row = {"members": members, "devices": mesh.devices.size, "compile_s": compile_s,
+               "memory_gb": None if memory is None else memory / 2**30}
+        if memory is not None and device_memory is not None and memory > device_memory:
+            results.append(row | {"skipped": f"needs {memory / 2**30:.1f} GiB per device, "
+                                              f"over {device_memory / 2**30:.1f} GiB"})
+            del state, compiled
+            continue
         holder = {"state": state}
 
         def run(batches):
@@ -314,22 +338,26 @@ def bench_sweep(graphdef, params, rest, config, max_members: int, steps: int) ->
             return terms
 
         median = statistics.median(time_calls(run, lambda: (batches,), steps, f"sweep x{members}"))
-        results.append({"members": members, "devices": mesh.devices.size, "compile_s": compile_s,
-                        "dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median,
-                        "memory_gb": None if memory is None else memory / 2**30})
+        results.append(row | {"dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median})
     return results
 
 
-def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *, members: int = 0,
-                  hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1, torch_baseline_steps: int = 0,
-                  device_memory_gb: float | None = None) -> dict:
-    """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step)."""
+def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *,
+                  members: str | int = 0, hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1,
+                  torch_baseline_steps: int = 0, device_memory_gb: float | None = None,
+                  compute_dtype: str = "float32") -> dict:
+    """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step).
+
+    members: "M" (1, 2, 4, ..., M) or "1,8,64" (those counts); 0 = no sweep.
+    """
     config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
                           steps_per_dispatch=steps_per_dispatch)
+    config.model.compute_dtype = compute_dtype
     device = jax.devices()[0]
     result = {"model": model, "batch_size": batch_size, "rows": sum(config.data.batch.values()),
               "segments": segments, "feature_dim": feature_dim, "hidden": hidden, "slots": slots,
-              "steps": steps, "steps_per_dispatch": steps_per_dispatch, "platform": device.platform,
+              "steps": steps, "steps_per_dispatch": steps_per_dispatch, "compute_dtype": compute_dtype,
+              "platform": device.platform,
               "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__}
     torch_runs = []
     if torch_baseline_steps:  # before and after the JAX step, so a change in the machine's load shows
@@ -352,8 +380,8 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     result["matmul_only_fraction_of_peak"] = (
         None if not matmul_flops else matmul_flops / (result["matmul_only_ms"] / 1e3) / peak["flops_per_s"])
     if members:
-        result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps)
-        total = device_memory_bytes() if device_memory_gb is None else device_memory_gb * 2**30
+        total = device_memory_bytes() if device_memory_gb is None else int(device_memory_gb * 2**30)
+        result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps, device_memory=total)
         if total:
             result["member_memory"] = members_that_fit(result["sweep"], total / 2**30)
     return result
@@ -367,7 +395,7 @@ def format_report(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['platform']} ({result['device_kind']}): B={result['batch_size']} "
         f"({result['rows']} rows), T={result['segments']}, D={result['feature_dim']}, hidden={result['hidden']}, "
-        f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch",
+        f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch, {result['compute_dtype']} compute",
         f"  data-parallel devices {result['data_devices']}",
         f"  compile_s             {result['compile_s']:.2f}",
         f"  train_step_ms         {result['train_step_ms']:.2f}",
@@ -387,8 +415,11 @@ def format_report(result: dict) -> str:
                      f"{g(result['matmul_only_fraction_of_peak'], 0.01, '{:.1f}')} % of peak")
     lines.append(f"  step_memory_gb        {g(result['step_memory_gb'], 1, '{:.3f}')} (XLA's estimate, per device)")
     for row in result.get("sweep", []):
-        lines.append(f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
-                     f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
+        head = f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
+        if "skipped" in row:
+            lines.append(head + f"not run: {row['skipped']}")
+            continue
+        lines.append(head + f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
                      f"compile {row['compile_s']:.1f} s, {g(row['memory_gb'], 1, '{:.3f}')} GiB per device)")
     fit = result.get("member_memory")
     if fit:
@@ -416,8 +447,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed calls of each program (median reported)")
     parser.add_argument("--steps-per-dispatch", type=int, default=1,
                         help="optimiser updates per jitted call (lax.scan), as train.steps_per_dispatch")
-    parser.add_argument("--members", type=int, default=0,
-                        help="also time the vmapped sweep step for 1, 2, 4, ..., M members")
+    parser.add_argument("--members", default="0",
+                        help="also time the vmapped sweep step: M for 1, 2, 4, ..., M members, or a list "
+                             "such as 1,8,64 (a count over the device's memory is estimated, not run)")
+    parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="model.compute_dtype of the benchmarked step (matmul operands)")
     parser.add_argument("--torch-baseline", action="store_true",
                         help="also time the PyTorch re-implementation's step (benchmarks/torch_step.py, in a "
                              "subprocess before and after the JAX step; needs torch and a source checkout)")
@@ -428,6 +462,11 @@ def main(argv=None) -> None:
     for name in ("segments", "feature_dim", "hidden", "slots", "steps", "steps_per_dispatch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.members != "0":
+        try:
+            member_counts(args.members)
+        except ValueError:
+            parser.error(f"--members must be a count or a comma-separated list of counts, got {args.members!r}")
     try:
         bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
     except ValueError as e:
@@ -436,10 +475,10 @@ def main(argv=None) -> None:
         parser.error("--torch-baseline times the reference UR-DMU (hidden 512, 60 slots, its own loss): "
                      "use --model urdmu with the default --hidden and --slots")
     result = run_benchmark(args.model, args.batch_size, args.segments, args.feature_dim, args.steps,
-                           members=args.members, hidden=args.hidden, slots=args.slots,
+                           members=0 if args.members == "0" else args.members, hidden=args.hidden, slots=args.slots,
                            steps_per_dispatch=args.steps_per_dispatch,
                            torch_baseline_steps=args.steps if args.torch_baseline else 0,
-                           device_memory_gb=args.device_memory_gb)
+                           device_memory_gb=args.device_memory_gb, compute_dtype=args.compute_dtype)
     print(format_report(result))
     if args.json:
         atomic.write_json(args.json, result, indent=2)

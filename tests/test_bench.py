@@ -112,3 +112,18 @@ def test_members_that_fit_from_the_sweep_estimates():
 def test_torch_baseline_runs_the_reference_step_in_a_subprocess():
     result = bench.torch_baseline(batch_size=2, segments=8, feature_dim=16, steps=1)
     assert result["train_step_ms"] > 0 and result["batch_size"] == 2 and result["threads"] >= 1
+
+
+def test_member_counts_and_a_sweep_over_the_memory_is_not_run():
+    assert bench.member_counts(8) == [1, 2, 4, 8] and bench.member_counts("6") == [1, 2, 4, 6]
+    assert bench.member_counts("1,8,64") == [1, 8, 64]
+    with pytest.raises(ValueError):
+        bench.member_counts("0,4")
+    config = bench.bench_config("urdmu", 2, 8, 8, hidden=8, slots=4)
+    detector = bench.build_detector(config.model, config.loss, seed=0)
+    graphdef, params, rest = bench.train.split_model(detector)
+    rows = bench.bench_sweep(graphdef, params, rest, config, "1,2", steps=1, device_memory=1)  # 1 byte: nothing fits
+    assert [row["members"] for row in rows] == [1, 2]
+    assert all("over" in row["skipped"] and row["memory_gb"] > 0 for row in rows)
+    assert "not run" in bench.format_report({**bench.run_benchmark("urdmu", 2, 8, 8, steps=1, hidden=8, slots=4),
+                                             "sweep": rows})
