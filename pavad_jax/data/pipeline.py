@@ -486,13 +486,14 @@ class EvalSet:
 
 def bucket_length(length: int, buckets: Sequence[int], max_padding: float = 0.125) -> int:
     """The row length of a video: the smallest bucket holding it; beyond the largest, the length
-    rounded up to a multiple of the largest power of two <= max_padding * length (so the padding
-    is under that fraction) and at least 16."""
+    rounded up to a multiple of a power-of-two granule, 16 to 128 and at most max_padding *
+    length (so the padding stays under that fraction; attention's work grows with the square of
+    the row, so the longest videos are padded least)."""
     buckets = sorted(int(b) for b in buckets)
     for b in buckets:
         if length <= b:
             return b
-    granule = 2 ** max(4, int(math.floor(math.log2(max(1.0, max_padding * length)))))
+    granule = 2 ** min(7, max(4, int(math.floor(math.log2(max(1.0, max_padding * length))))))
     return math.ceil(length / granule) * granule
 
 

@@ -196,8 +196,8 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
 
     if query_block is None:
         return attend(qt, kt, vt, ids, ids).transpose(0, 2, 1, 3)
-    block = min(query_block, length)
-    blocks = -(-length // block)
+    blocks = -(-length // query_block)
+    block = -(-length // blocks // 8) * 8  # balanced blocks (multiples of 8): the last one is not mostly padding
     rows = _largest_divisor_at_most(b, ATTENTION_STEP_ELEMENTS // (heads * block * length))
     groups = b // rows
     extra = blocks * block - length
