@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -53,7 +52,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from pavad_jax import atomic, distributed, sweep, train
+from pavad_jax import atomic, distributed, evaluate, sweep, train
+from pavad_jax.data import pipeline
 from pavad_jax.config_base import base_config
 from pavad_jax.losses import default_loss_weights
 from pavad_jax.models.detector import build_detector, default_loss_config
@@ -103,25 +103,6 @@ def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
         jax.block_until_ready(out)
         times.append(time.perf_counter() - start)
     return times
-
-
-def memory_bytes(compiled) -> int | None:
-    """XLA's memory estimate of a compiled program per device: arguments + temporaries + outputs
-    - aliased (donated) buffers; None where the backend gives no memory analysis."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
-               - analysis.alias_size_in_bytes)
-
-
-def device_memory_bytes() -> int | None:
-    """The first device's memory (bytes_limit) where JAX reports it; the host's RAM on CPU."""
-    device = jax.local_devices()[0]
-    if device.platform == "cpu":
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    limit = (device.memory_stats() or {}).get("bytes_limit")
-    return int(limit) if limit else None
 
 
 def members_that_fit(rows: list[dict], memory_gb: float) -> dict:
@@ -237,7 +218,7 @@ def bench_train(config, steps: int) -> dict:
     start = time.perf_counter()
     compiled = step.lower(state, batches, weights).compile()
     compile_s = time.perf_counter() - start
-    memory = memory_bytes(compiled)
+    memory = evaluate.program_bytes(compiled)
     holder = {"state": state}
 
     def run(batches):
@@ -323,7 +304,7 @@ def bench_sweep(graphdef, params, rest, config, members_spec: str | int, steps: 
         start = time.perf_counter()
         compiled = step.lower(state, batches).compile()
         compile_s = time.perf_counter() - start
-        memory = memory_bytes(compiled)
+        memory = evaluate.program_bytes(compiled)
         row = {"members": members, "devices": mesh.devices.size, "compile_s": compile_s,
                "memory_gb": None if memory is None else memory / 2**30}
         if memory is not None and device_memory is not None and memory > device_memory:
@@ -380,7 +361,7 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     result["matmul_only_fraction_of_peak"] = (
         None if not matmul_flops else matmul_flops / (result["matmul_only_ms"] / 1e3) / peak["flops_per_s"])
     if members:
-        total = device_memory_bytes() if device_memory_gb is None else int(device_memory_gb * 2**30)
+        total = pipeline.device_memory_bytes() if device_memory_gb is None else int(device_memory_gb * 2**30)
         result["sweep"] = bench_sweep(graphdef, params, rest, config, members, steps, device_memory=total)
         if total:
             result["member_memory"] = members_that_fit(result["sweep"], total / 2**30)

@@ -101,7 +101,7 @@ def make_scorer(graphdef, rest) -> Scorer:
 
 def program_bytes(compiled) -> int | None:
     """XLA's estimate of a compiled program's memory per device: arguments + temporaries + outputs
-    (None where the backend gives no memory analysis)."""
+    - aliased (donated) buffers (None where the backend gives no memory analysis)."""
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None

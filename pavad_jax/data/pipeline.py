@@ -667,17 +667,25 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
     return EvalBatches(shards, plan, lengths, crops, process_index, process_count), eval_set
 
 
-def eval_memory_budget(data_config: ml_collections.ConfigDict) -> int:
-    """Bytes per device the scorer may use: data.eval_memory_gb, or 10 % of the host memory on CPU
-    (all of its simulated devices together), half of the device memory on accelerators."""
-    if data_config.eval_memory_gb:
-        return int(data_config.eval_memory_gb * GIB)
+def device_memory_bytes() -> int | None:
+    """Memory of the first local device where JAX reports it (bytes_limit); the host's RAM on CPU."""
     device = jax.local_devices()[0]
     if device.platform == "cpu":
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return ram // 10 // jax.local_device_count()
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     limit = (device.memory_stats() or {}).get("bytes_limit")
-    return int(limit) // 2 if limit else 8 * GIB
+    return int(limit) if limit else None
+
+
+def eval_memory_budget(data_config: ml_collections.ConfigDict) -> int:
+    """Bytes per device the scorer may use: data.eval_memory_gb, or 10 % of the host memory on CPU
+    (all of its simulated devices together), half of the device memory on accelerators (8 GiB
+    where JAX reports none)."""
+    if data_config.eval_memory_gb:
+        return int(data_config.eval_memory_gb * GIB)
+    total = device_memory_bytes()
+    if jax.local_devices()[0].platform == "cpu":
+        return total // 10 // jax.local_device_count()
+    return total // 2 if total else 8 * GIB
 
 
 # ----------------------------------------------------------------------------- command line
