@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path("/tmp/pavad_ucf_eval"),
                         help="folder for the data set, the checkpoint and the outputs (reused between runs)")
     parser.add_argument("--size", default="ucf", choices=("ucf", "small"),
-                        help="ucf (default): UCF-Crime's shapes; small: the tiny synthetic test set, to check the script")
+                        help="ucf (default): UCF-Crime's shapes; small: the tiny synthetic test set (a check)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random UR-DMU weights")
     parser.add_argument("--skip-torch", action="store_true", help="time pavad-eval only")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the figures here")

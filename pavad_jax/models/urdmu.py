@@ -210,8 +210,8 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
         q_g, ids_q_g, k_g, v_g, ids_k_g = args
         return jax.lax.map(lambda step: attend(step[0], k_g, v_g, step[1], ids_k_g), (q_g, ids_q_g))
 
-    out = jax.lax.map(group, (q_steps, id_steps, grouped(kt), grouped(vt), grouped(ids)))  # (groups, blocks, rows, heads, Q, d)
-    out = out.transpose(0, 2, 1, 4, 3, 5).reshape(b, blocks * block, heads, dim)
+    out = jax.lax.map(group, (q_steps, id_steps, grouped(kt), grouped(vt), grouped(ids)))
+    out = out.transpose(0, 2, 1, 4, 3, 5).reshape(b, blocks * block, heads, dim)  # from (groups, blocks, rows, heads, Q, d)
     return out[:, :length]
 
 
@@ -447,10 +447,10 @@ class URDMU(nnx.Module):
         """
         fc1 = self.cls_head.fc1
         w_h, w_mem = jnp.split(fc1.kernel[...], 2, axis=0)
-        project = lambda m: (m @ self.encoder_mu.kernel[...]) @ w_mem  # (K, d) -> (K, cls_hidden)
-        bias = fc1.bias[...] + 2.0 * (self.encoder_mu.bias[...] @ w_mem)
-        pre = (matmul(h, w_h, dtype) + matmul(self.a_memory.attention(h, dtype), project(self.a_memory.memory_block[...]), dtype)
-               + matmul(self.n_memory.attention(h, dtype), project(self.n_memory.memory_block[...]), dtype) + bias)
+        pre = matmul(h, w_h, dtype) + fc1.bias[...] + 2.0 * (self.encoder_mu.bias[...] @ w_mem)
+        for bank in (self.a_memory, self.n_memory):
+            projection = (bank.memory_block[...] @ self.encoder_mu.kernel[...]) @ w_mem  # (K, cls_hidden)
+            pre = pre + matmul(bank.attention(h, dtype), projection, dtype)
         return jax.nn.sigmoid(dense(self.cls_head.fc2, jax.nn.relu(pre), dtype))[..., 0]
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
