@@ -211,7 +211,7 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
         return jax.lax.map(lambda step: attend(step[0], k_g, v_g, step[1], ids_k_g), (q_g, ids_q_g))
 
     out = jax.lax.map(group, (q_steps, id_steps, grouped(kt), grouped(vt), grouped(ids)))
-    out = out.transpose(0, 2, 1, 4, 3, 5).reshape(b, blocks * block, heads, dim)  # from (groups, blocks, rows, heads, Q, d)
+    out = out.transpose(0, 2, 1, 4, 3, 5).reshape(b, blocks * block, heads, dim)  # from (G, n, rows, heads, Q, d)
     return out[:, :length]
 
 
