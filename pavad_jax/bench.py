@@ -23,15 +23,26 @@ the domain-alignment term, so it feeds 1.5 B rows. Reported (docs/sweeps.md expl
                          that XLA's matmul kernels allow for this model on this device
                          (single-device runs; with several data-parallel devices XLA counts
                          per-device FLOPs and these figures are n/a)
-  sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members
+  step_memory_gb         XLA's memory estimate of the compiled train step (arguments + temporaries +
+                         outputs, per device)
+  sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members,
+                         each with XLA's memory estimate; from those, the memory per member and how
+                         many members fit in --device-memory-gb (default: the device's own memory)
+  torch (--torch-baseline)  the PyTorch re-implementation's step (benchmarks/torch_step.py, run in a
+                         subprocess before and after the JAX timing: pavad_jax never imports torch) and
+                         the ratio torch_step_ms / train_step_ms
 
 The same code runs on CPU, GPU and TPU: only jax's own device choice differs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -41,9 +52,9 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pavad_jax import atomic, distributed, engine, train
+from pavad_jax import atomic, distributed, engine, evaluate, train
 from pavad_jax.config_base import base_config, default_loss_config
-from pavad_jax.evaluate import make_scorer
+from pavad_jax.data import pipeline
 from pavad_jax.models.detector import build_detector
 
 
@@ -91,6 +102,35 @@ def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
         jax.block_until_ready(out)
         times.append(time.perf_counter() - start)
     return times
+
+
+def members_that_fit(rows: list[dict], memory_gb: float) -> dict:
+    """Memory per member and shared memory (a least-squares line through the sweep rows'
+    estimates, per device), and how many members fit in `memory_gb` per device."""
+    points = [(row["members"] / row["devices"], row["memory_gb"]) for row in rows if row.get("memory_gb")]
+    if len(points) < 2:
+        return {}
+    x, y = (np.asarray(v, np.float64) for v in zip(*points))
+    slope = max(float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()), 1e-9)
+    shared = float(y.mean() - slope * x.mean())
+    fit = int(max(0.0, (memory_gb - max(shared, 0.0)) / slope + 1e-6))  # + 1e-6: exact fits are not lost to rounding
+    return {"memory_per_member_gb": slope, "shared_memory_gb": float(shared), "device_memory_gb": memory_gb,
+            "members_fit_per_device": fit}
+
+
+def torch_baseline(batch_size: int, segments: int, feature_dim: int, steps: int) -> dict:
+    """The PyTorch re-implementation's step, timed by benchmarks/torch_step.py in a subprocess."""
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "torch_step.py"
+    if not script.is_file():
+        raise SystemExit(f"--torch-baseline needs {script} (a source checkout) and torch installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "torch.json"
+        done = subprocess.run([sys.executable, str(script), "--batch-size", str(batch_size), "--segments",
+                               str(segments), "--feature-dim", str(feature_dim), "--steps", str(steps),
+                               "--json", str(out)], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"--torch-baseline: {script.name} failed:\n{done.stderr[-2000:]}")
+        return json.loads(out.read_text())
 
 
 def flops_of(compiled) -> float | None:
@@ -165,29 +205,28 @@ def member_state(config, members: int, mesh):
     return graphdef, engine.put_state(engine.stack_members([member] * members), mesh)
 
 
-def timed_step(config, members: int, mesh, steps: int, desc: str) -> dict:
-    """Compile and time the engine's step (what pavad-train and pavad-sweep run) on random batches."""
+def compiled_step(config, members: int, mesh, batches) -> dict:
+    """The engine's step (what pavad-train and pavad-sweep run) for `members` members, compiled."""
     graphdef, state = member_state(config, members, mesh)
-    k = int(config.train.steps_per_dispatch)
     update = engine.make_update(train.detector_loss_fn(graphdef, config), engine.make_optimizer(config.optim))
-    step = engine.jit_step(engine.make_step(update, k, mesh=mesh), mesh)
-    batches = jax.device_put(random_batches(config, jax.random.key(1), k), distributed.stacked_batch_sharded(mesh))
+    step = engine.jit_step(engine.make_step(update, int(config.train.steps_per_dispatch), mesh=mesh), mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batches).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
+    return {"graphdef": graphdef, "state": state, "update": update, "compiled": compiled,
+            "compile_s": time.perf_counter() - start, "memory": evaluate.program_bytes(compiled)}
 
+
+def time_step(step: dict, batches, steps: int, desc: str) -> float:
+    """Median seconds of one dispatch of a compiled step; step["state"] ends as the last state."""
     def run(batches):
-        holder["state"], terms = compiled(holder["state"], batches)
+        step["state"], terms = step["compiled"](step["state"], batches)
         return terms
 
-    seconds = statistics.median(time_calls(run, lambda: (batches,), steps, desc))
-    return {"graphdef": graphdef, "state": holder["state"], "update": update, "batches": batches,
-            "compile_s": compile_s, "dispatch_s": seconds, "compiled": compiled}
+    return statistics.median(time_calls(run, lambda: (batches,), steps, desc))
 
 
 def bench_train(config, steps: int) -> dict:
-    """Compile time, step time, FLOPs of the engine's one-member step on random batches.
+    """Compile time, step time, FLOPs and memory of the engine's one-member step on random batches.
 
     As pavad-train runs it: the batch split over the "data" axis of every device that divides it.
     """
@@ -195,66 +234,105 @@ def bench_train(config, steps: int) -> dict:
     rows = sum(config.data.batch.values())
     devices = distributed.largest_divisor(rows, jax.device_count())
     mesh = distributed.make_mesh(1, devices)
-    timed = timed_step(config, 1, mesh, steps, "train step")
-    step_s = timed["dispatch_s"] / k
+    batches = jax.device_put(random_batches(config, jax.random.key(1), k), distributed.stacked_batch_sharded(mesh))
+    step = compiled_step(config, 1, mesh, batches)
+    step_s = time_step(step, batches, steps, "train step") / k
     # XLA's cost analysis counts a while loop's body once, so the FLOPs of one update come from
     # a one-step program (the scan of k steps would report those same FLOPs, not k times them).
-    one_step_fn = engine.make_step(timed["update"], 1)
-    one_batch = jax.tree.map(lambda x: x[:1], timed["batches"])
-    flops = flops_of(jax.jit(one_step_fn).lower(timed["state"], one_batch).compile())
+    one_step_fn = engine.make_step(step["update"], 1)
+    one_batch = jax.tree.map(lambda x: x[:1], batches)
+    flops = flops_of(jax.jit(one_step_fn).lower(step["state"], one_batch).compile())
     # The jaxpr has the global shapes; XLA's counts above are per device. So: single-device runs only.
-    matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, timed["state"], one_batch), steps)
+    matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, step["state"], one_batch), steps)
                if devices == 1 else {"matmul_count": None, "matmul_flops_per_step": None, "matmul_only_ms": None})
-    params = jax.tree.map(lambda x: x[0], timed["state"].params)
-    rest = jax.tree.map(lambda x: x[0], timed["state"].rest)
-    return {"data_devices": devices, "compile_s": timed["compile_s"], "train_step_ms": 1e3 * step_s,
+    return {"data_devices": devices, "compile_s": step["compile_s"], "train_step_ms": 1e3 * step_s,
+            "step_memory_gb": None if step["memory"] is None else step["memory"] / 2**30,
+            "batch_gb": sum(x.nbytes for x in jax.tree.leaves(batches)) / 2**30,
             "train_segments_per_s": rows * config.data.segments / step_s,
             "flops_per_step": flops,
             "achieved_flops_per_s": None if flops is None else flops / step_s,
             **matmuls,
-            "graphdef": timed["graphdef"], "params": params, "rest": rest}
+            "graphdef": step["graphdef"], "params": step["state"].params, "rest": step["state"].rest}
 
 
 def bench_infer(graphdef, params, rest, config, steps: int) -> float:
     """Segments per second of test-mode scoring of B videos (normal + abnormal rows) of T segments,
-    with the evaluator's scorer (full float32 precision)."""
+    with the evaluator's scorer (full float32 precision); params/rest with a member axis of 1."""
     rows = config.data.batch.normal + config.data.batch.abnormal
     features = jax.random.uniform(jax.random.key(2), (rows, config.data.segments, config.model.feature_dim))
-    score = make_scorer(graphdef, config.train.eval_precision)
-    stacked = lambda tree: jax.tree.map(lambda x: x[None], tree)
-    times = time_calls(score, lambda: (stacked(params), stacked(rest), features, None), steps, "inference")
+    segment_ids = jnp.ones((rows, config.data.segments), jnp.int32)
+    scorer = evaluate.Scorer(graphdef, config.train.eval_precision)
+    times = time_calls(scorer, lambda: (params, rest, features, segment_ids), steps, "inference")
     return rows * config.data.segments / statistics.median(times)
 
 
-def bench_sweep(config, max_members: int, steps: int) -> list[dict]:
-    """Member-steps per second of the vmapped step for 1, 2, 4, ..., max_members members."""
-    counts, m = [], 1
-    while m < max_members:
-        counts.append(m)
-        m *= 2
-    counts.append(max_members)
+def member_counts(spec: str | int) -> list[int]:
+    """--members: "M" -> 1, 2, 4, ..., M; "1,8,64" -> exactly those."""
+    text = str(spec)
+    if "," in text:
+        counts = [int(v) for v in text.split(",")]
+    else:
+        top, counts, m = int(text), [], 1
+        while m < top:
+            counts.append(m)
+            m *= 2
+        counts.append(top)
+    if any(c < 1 for c in counts):
+        raise ValueError(f"--members must be positive counts, got {spec!r}")
+    return counts
+
+
+def bench_sweep(config, members_spec: str | int, steps: int, device_memory: int | None = None) -> list[dict]:
+    """Member-steps per second of the vmapped step for each count of `member_counts(members_spec)`.
+
+    A count whose compiled step XLA estimates above `device_memory` bytes per device is not run
+    (its row says so and still gives the estimate).
+    """
     k = int(config.train.steps_per_dispatch)
     results = []
-    for members in counts:
+    for members in member_counts(members_spec):
         mesh = distributed.make_mesh(distributed.largest_divisor(members, jax.device_count()), 1)
-        timed = timed_step(config, members, mesh, steps, f"sweep x{members}")
-        results.append({"members": members, "devices": mesh.size, "compile_s": timed["compile_s"],
-                        "dispatch_ms": 1e3 * timed["dispatch_s"],
-                        "member_steps_per_s": members * k / timed["dispatch_s"]})
+        batches = jax.device_put(random_batches(config, jax.random.key(3), k), distributed.stacked_batch_sharded(mesh))
+        step = compiled_step(config, members, mesh, batches)
+        memory = step["memory"]
+        row = {"members": members, "devices": mesh.size, "compile_s": step["compile_s"],
+               "memory_gb": None if memory is None else memory / 2**30}
+        if memory is not None and device_memory is not None and memory > device_memory:
+            results.append(row | {"skipped": f"needs {memory / 2**30:.1f} GiB per device, "
+                                              f"over {device_memory / 2**30:.1f} GiB"})
+            continue
+        median = time_step(step, batches, steps, f"sweep x{members}")
+        results.append(row | {"dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median})
     return results
 
 
-def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *, members: int = 0,
-                  hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1) -> dict:
-    """Every figure of the benchmark as a JSON-able dict."""
+def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *,
+                  members: str | int = 0, hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1,
+                  torch_baseline_steps: int = 0, device_memory_gb: float | None = None,
+                  compute_dtype: str = "float32") -> dict:
+    """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step).
+
+    members: "M" (1, 2, 4, ..., M) or "1,8,64" (those counts); 0 = no sweep.
+    """
     config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
                           steps_per_dispatch=steps_per_dispatch)
+    config.model.compute_dtype = compute_dtype
     device = jax.devices()[0]
     result = {"model": model, "batch_size": batch_size, "rows": sum(config.data.batch.values()),
               "segments": segments, "feature_dim": feature_dim, "hidden": hidden, "slots": slots,
-              "steps": steps, "steps_per_dispatch": steps_per_dispatch, "platform": device.platform,
+              "steps": steps, "steps_per_dispatch": steps_per_dispatch, "compute_dtype": compute_dtype,
+              "platform": device.platform,
               "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__}
+    torch_runs = []
+    if torch_baseline_steps:  # before and after the JAX step, so a change in the machine's load shows
+        torch_runs.append(torch_baseline(batch_size, segments, feature_dim, torch_baseline_steps))
     train_result = bench_train(config, steps)
+    if torch_baseline_steps:
+        torch_runs.append(torch_baseline(batch_size, segments, feature_dim, torch_baseline_steps))
+        torch_ms = [run["train_step_ms"] for run in torch_runs]
+        result["torch"] = {"version": torch_runs[0]["torch"], "threads": torch_runs[0]["threads"],
+                           "step_ms_before_after": torch_ms, "step_ms": statistics.mean(torch_ms)}
+        result["torch_over_jax"] = result["torch"]["step_ms"] / train_result["train_step_ms"]
     graphdef, params, rest = (train_result.pop(k) for k in ("graphdef", "params", "rest"))
     result |= train_result
     result["infer_segments_per_s"] = bench_infer(graphdef, params, rest, config, steps)
@@ -266,7 +344,10 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     result["matmul_only_fraction_of_peak"] = (
         None if not matmul_flops else matmul_flops / (result["matmul_only_ms"] / 1e3) / peak["flops_per_s"])
     if members:
-        result["sweep"] = bench_sweep(config, members, steps)
+        total = pipeline.device_memory_bytes() if device_memory_gb is None else int(device_memory_gb * 2**30)
+        result["sweep"] = bench_sweep(config, members, steps, device_memory=total)
+        if total:
+            result["member_memory"] = members_that_fit(result["sweep"], total / 2**30)
     return result
 
 
@@ -278,7 +359,7 @@ def format_report(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['platform']} ({result['device_kind']}): B={result['batch_size']} "
         f"({result['rows']} rows), T={result['segments']}, D={result['feature_dim']}, hidden={result['hidden']}, "
-        f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch",
+        f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch, {result['compute_dtype']} compute",
         f"  data-parallel devices {result['data_devices']}",
         f"  compile_s             {result['compile_s']:.2f}",
         f"  train_step_ms         {result['train_step_ms']:.2f}",
@@ -296,10 +377,24 @@ def format_report(result: dict) -> str:
         lines.append(f"  matmuls only          {result['matmul_only_ms']:.2f} ms for the step's {result['matmul_count']} "
                      f"matmuls ({g(result['matmul_flops_per_step'], 1e9)} GFLOP), "
                      f"{g(result['matmul_only_fraction_of_peak'], 0.01, '{:.1f}')} % of peak")
+    lines.append(f"  step_memory_gb        {g(result['step_memory_gb'], 1, '{:.3f}')} (XLA's estimate, per device)")
     for row in result.get("sweep", []):
-        lines.append(f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
-                     f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
-                     f"compile {row['compile_s']:.1f} s)")
+        head = f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
+        if "skipped" in row:
+            lines.append(head + f"not run: {row['skipped']}")
+            continue
+        lines.append(head + f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
+                     f"compile {row['compile_s']:.1f} s, {g(row['memory_gb'], 1, '{:.3f}')} GiB per device)")
+    fit = result.get("member_memory")
+    if fit:
+        lines.append(f"  memory per member     {fit['memory_per_member_gb']:.3f} GiB (+ {fit['shared_memory_gb']:.3f} "
+                     f"shared): {fit['members_fit_per_device']} members fit in {fit['device_memory_gb']:.1f} GiB "
+                     f"per device")
+    if "torch" in result:
+        t = result["torch"]
+        lines.append(f"  torch step            {t['step_ms']:.2f} ms (torch {t['version']}, {t['threads']} threads; "
+                     f"before / after: {' / '.join(f'{v:.1f}' for v in t['step_ms_before_after'])} ms): "
+                     f"JAX is {result['torch_over_jax']:.2f}x faster")
     return "\n".join(lines)
 
 
@@ -316,20 +411,38 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed calls of each program (median reported)")
     parser.add_argument("--steps-per-dispatch", type=int, default=1,
                         help="optimiser updates per jitted call (lax.scan), as train.steps_per_dispatch")
-    parser.add_argument("--members", type=int, default=0,
-                        help="also time the vmapped sweep step for 1, 2, 4, ..., M members")
+    parser.add_argument("--members", default="0",
+                        help="also time the vmapped sweep step: M for 1, 2, 4, ..., M members, or a list "
+                             "such as 1,8,64 (a count over the device's memory is estimated, not run)")
+    parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="model.compute_dtype of the benchmarked step (matmul operands)")
+    parser.add_argument("--torch-baseline", action="store_true",
+                        help="also time the PyTorch re-implementation's step (benchmarks/torch_step.py, in a "
+                             "subprocess before and after the JAX step; needs torch and a source checkout)")
+    parser.add_argument("--device-memory-gb", type=float, default=None,
+                        help="with --members: memory per device to fit members into (default: the device's own)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     for name in ("segments", "feature_dim", "hidden", "slots", "steps", "steps_per_dispatch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.members != "0":
+        try:
+            member_counts(args.members)
+        except ValueError:
+            parser.error(f"--members must be a count or a comma-separated list of counts, got {args.members!r}")
     try:
         bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
     except ValueError as e:
         parser.error(str(e))
+    if args.torch_baseline and (args.model, args.hidden, args.slots) != ("urdmu", 512, 60):
+        parser.error("--torch-baseline times the reference UR-DMU (hidden 512, 60 slots, its own loss): "
+                     "use --model urdmu with the default --hidden and --slots")
     result = run_benchmark(args.model, args.batch_size, args.segments, args.feature_dim, args.steps,
-                           members=args.members, hidden=args.hidden, slots=args.slots,
-                           steps_per_dispatch=args.steps_per_dispatch)
+                           members=0 if args.members == "0" else args.members, hidden=args.hidden, slots=args.slots,
+                           steps_per_dispatch=args.steps_per_dispatch,
+                           torch_baseline_steps=args.steps if args.torch_baseline else 0,
+                           device_memory_gb=args.device_memory_gb, compute_dtype=args.compute_dtype)
     print(format_report(result))
     if args.json:
         atomic.write_json(args.json, result, indent=2)

@@ -58,12 +58,19 @@ def default_data_config() -> ml_collections.ConfigDict:
     # CPU: a quarter of the RAM, shared by its simulated devices). UCF-Crime's 1610 videos x 10
     # crops at T=200, D=1024 take 13 GiB.
     c.device_budget_gb = 16.0
-    # Test videos per evaluation batch in the shortest bucket; longer buckets hold fewer videos
-    # (about the same number of segments per batch), at least one.
+    # Rows per evaluation batch in the shortest bucket; longer rows come fewer per batch (about
+    # the same number of segments per batch), at least one.
     c.eval_batch_size = 16
-    # Padded lengths (segments) of evaluation batches: a video goes to the smallest bucket that
-    # holds it; longer videos are padded to a multiple of the largest bucket.
-    c.eval_buckets = (128, 256, 512, 1024, 2048, 4096, 8192)
+    # Row lengths (segments) of evaluation batches: a video goes into a row of the smallest
+    # bucket that holds it, and short videos share rows (packed, largest first, into the row
+    # with the least room left). A video longer than every bucket gets a row of its own, padded
+    # by at most eval_max_padding of its length (one compiled program per distinct row length).
+    c.eval_buckets = (128, 512, 1024)
+    c.eval_max_padding = 0.125
+    # Memory (GiB) the scorer may use per device for one batch (XLA's estimate of the compiled
+    # program); 0 = 10 % of the host memory on CPU, half of the device memory on accelerators.
+    # Crops are scored a few at a time when all of them do not fit.
+    c.eval_memory_gb = 0.0
     # grain worker processes for the training pipeline; 0 reads in this process (threads).
     # Worker processes need a `if __name__ == "__main__":` guard in the launching script.
     c.worker_count = 0
@@ -89,6 +96,10 @@ def default_model_config() -> ml_collections.ConfigDict:
         "a_slots": 60,
         "n_slots": 60,
         "dropout": 0.5,
+        # Compute dtype of the training forward's matmuls: "float32" or "bfloat16" (parameters,
+        # optimiser state, accumulation, elementwise ops and losses stay float32; evaluation
+        # scores in float32).
+        "compute_dtype": "float32",
         # The reference's quirks, reproduced by default; False gives the evident intent.
         "quirks": {
             "local_attn_column_norm": True,  # A / A.sum(-1) divides [i, j] by row j's sum

@@ -17,31 +17,78 @@ default (train.eval_precision), so scores equal the reference's on every backend
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
+import resource
+import time
 
 import jax
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from pavad_jax import atomic, distributed, metrics, plots
 from pavad_jax.data import pipeline
+from pavad_jax.data.pipeline import GIB
 
 PRECISIONS = {"highest": "highest", "default": None}
+# Queries per attention step of the evaluation forward (the step also spans a few rows; see
+# urdmu.global_attention): past ~512 larger steps gain nothing and hold more logits.
+EVAL_QUERY_BLOCK = 512
 
 
-def make_scorer(graphdef, precision: str = "highest"):
-    """jit(params, rest, features, mask) -> (M, B, T) test-mode scores of M stacked models.
+def program_bytes(compiled) -> int | None:
+    """XLA's estimate of a compiled program's memory per device: arguments + temporaries + outputs
+    - aliased (donated) buffers (None where the backend gives no memory analysis)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
 
-    `precision` is a key of PRECISIONS: "highest" = full float32 matmuls on GPU/TPU too.
+
+class Scorer:
+    """Test-mode scores of M stacked models, in as few crops at a time as the memory budget needs.
+
+    scorer(params, rest, features, segment_ids, memory_budget=None) -> (M, B, T) scores; params and
+    rest carry a leading member axis. For each batch shape the largest crop chunk (a divisor of
+    the crop count) whose compiled program XLA estimates within the budget (arguments +
+    temporaries + output, per device) is compiled once and reused; with no chunk fitting, one
+    crop at a time (and a warning). `precision` is a key of PRECISIONS: "highest" = full
+    float32 matmuls on GPU/TPU too, so scores equal the reference's on every backend.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"config.train.eval_precision = {precision!r}: expected one of {sorted(PRECISIONS)}")
 
-    def score(params, rest, features, mask):
-        with jax.default_matmul_precision(PRECISIONS[precision]):
-            return jax.vmap(lambda p, r: nnx.merge(graphdef, p, r).scores(features, mask))(params, rest)
+    def __init__(self, graphdef, precision: str = "highest"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"config.train.eval_precision = {precision!r}: expected one of {sorted(PRECISIONS)}")
 
-    return jax.jit(score)
+        def score(params, rest, features, segment_ids, crop_chunk):
+            with jax.default_matmul_precision(PRECISIONS[precision]):
+                return jax.vmap(lambda p, r: nnx.merge(graphdef, p, r).scores(
+                    features, segment_ids=segment_ids, crop_chunk=crop_chunk, query_block=EVAL_QUERY_BLOCK))(
+                    params, rest)
+
+        self._jit = jax.jit(score, static_argnames="crop_chunk")
+        self._programs: dict = {}
+        self.chunks: dict = {}  # (features shape, budget) -> crop chunk chosen: what the figures report
+
+    def _program(self, params, rest, features, segment_ids, budget: int | None):
+        key = (features.shape, features.dtype, segment_ids.shape, budget)
+        if key not in self._programs:
+            crops = features.shape[1] if features.ndim == 4 else 1
+            for chunk in sorted((c for c in range(1, crops + 1) if crops % c == 0), reverse=True):
+                compiled = self._jit.lower(params, rest, features, segment_ids, chunk).compile()
+                need = program_bytes(compiled)
+                if budget is None or need is None or need <= budget or chunk == 1:
+                    break
+            if budget is not None and need is not None and need > budget:
+                logging.warning("scoring a batch of shape %s needs ~%.2f GiB even one crop at a time, over the "
+                                "budget of %.2f GiB (data.eval_memory_gb)", features.shape, need / GIB, budget / GIB)
+            self._programs[key], self.chunks[key] = compiled, chunk
+        return self._programs[key]
+
+    def __call__(self, params, rest, features, segment_ids, memory_budget: int | None = None):
+        return self._program(params, rest, features, segment_ids, memory_budget)(params, rest, features, segment_ids)
 
 
 def stacked_model(detector) -> tuple:
@@ -51,42 +98,81 @@ def stacked_model(detector) -> tuple:
     return graphdef, add_axis(params), add_axis(rest)
 
 
+def peak_memory() -> dict[str, float]:
+    """Peak memory so far, GiB: this process's resident set (VmHWM) and, where JAX reports it, the
+    first local device's peak allocation."""
+    peaks = {}
+    try:
+        status = pathlib.Path("/proc/self/status").read_text()
+        peaks["peak_rss_gb"] = int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM"))) / 2**20
+    except (OSError, StopIteration):
+        peaks["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        peaks["device_peak_gb"] = stats["peak_bytes_in_use"] / GIB
+    return peaks
+
+
+def place_scores(out: np.ndarray, video: np.ndarray, start: np.ndarray, lengths: np.ndarray,
+                 scores: list) -> int:
+    """Copy each packed video's segment scores out of the (B, L) batch scores; returns the segments placed."""
+    placed = 0
+    for row in range(out.shape[0]):
+        for v, first in zip(video[row], start[row]):
+            if v >= 0:
+                scores[v] = out[row, first:first + lengths[v]].copy()
+                placed += int(lengths[v])
+    return placed
+
+
 class Evaluator:
-    """The test split's padded, bucketed batches (this host's rows) and a scorer over a mesh."""
+    """The test split of a dataset (metadata here, features read batch by batch as they are scored)
+    and a scorer of every member of a (members, data) mesh: rows over "data", members over
+    "members"; the memory budget (data.eval_memory_gb) is per device."""
 
     def __init__(self, data_config, mesh, graphdef, *, split: str | None = None, precision: str = "highest",
-                 shards=None):
+                 shards=None, progress: bool = True):
         self.mesh = mesh
         index, count = distributed.data_slice(mesh)
         self.batches, self.evalset = pipeline.make_eval_batches(
             data_config, split=split, process_index=index, process_count=count,
             batch_multiple=mesh.shape[distributed.DATA_AXIS], shards=shards)
-        self.scorer = make_scorer(graphdef, precision)
+        self.memory_budget = pipeline.eval_memory_budget(data_config)
+        self.scorer = Scorer(graphdef, precision)
+        self.progress = progress
+        self.figures: dict = {}  # of the last scoring: eval_seconds, segments_per_s, peak memory, crop chunks
 
     def scores(self, params, rest) -> list[list[np.ndarray]]:
         """Per member, per video (test-set order) segment scores (T,); params/rest stacked (M, ...)."""
         rows = distributed.batch_sharded(self.mesh)
-        params, rest = (distributed.put_global(jax.device_get(t), distributed.member_sharded(self.mesh))
-                        if not _on_mesh(t, self.mesh) else t for t in (params, rest))
-        lengths = self.evalset.lengths
-        scores: list[list[np.ndarray | None]] | None = None
-        for batch in self.batches:
-            features, mask, videos = (distributed.put_process_local(batch[k], rows) for k in ("features", "mask", "video"))
-            out, videos = distributed.gather(self.scorer(params, rest, features, mask)), distributed.gather(videos)
-            if scores is None:
-                scores = [[None] * len(self.evalset) for _ in range(out.shape[0])]
-            for row, video in enumerate(videos):
-                if video >= 0:
-                    for m in range(out.shape[0]):
-                        scores[m][video] = out[m, row, : lengths[video]]
+        params, rest = (t if _on_mesh(t, self.mesh) else
+                        distributed.put_global(jax.device_get(t), distributed.member_sharded(self.mesh))
+                        for t in (params, rest))
+        members = jax.tree.leaves(params)[0].shape[0]
+        scores = [[None] * len(self.evalset) for _ in range(members)]
+        start_time = time.perf_counter()
+        with tqdm(total=self.batches.segments, desc="scoring test videos", unit="segment", unit_scale=True,
+                  leave=False, disable=not self.progress or jax.process_index() != 0) as bar:
+            for batch in self.batches:
+                features, segment_ids = (distributed.put_process_local(batch[k], rows) for k in ("features", "segment_ids"))
+                out = distributed.gather(self.scorer(params, rest, features, segment_ids, self.memory_budget))
+                video, start = (distributed.gather(distributed.put_process_local(batch[k], rows)) for k in ("video", "start"))
+                for m in range(members):
+                    placed = place_scores(out[m], video, start, self.evalset.lengths, scores[m])
+                bar.update(placed)
+        seconds = time.perf_counter() - start_time
         missing = [self.evalset.ids[i] for i, s in enumerate(scores[0]) if s is None]
         if missing:
             raise RuntimeError(f"evaluation batches skipped {len(missing)} videos, e.g. {missing[:3]}")
+        self.figures = {"eval_seconds": seconds, "segments_per_s": self.batches.segments / seconds, **peak_memory(),
+                        "crop_chunks": {str(shape[2]): chunk for (shape, *_), chunk in self.scorer.chunks.items()}}
         return scores
 
     def results(self, scores: list[list[np.ndarray]]) -> list[dict | None]:
-        """The protocol's metrics of each member's scores; None where a score is not finite."""
-        return [metrics.video_metrics(s, self.evalset.frame_labels, self.evalset.anomaly_classes)
+        """The protocol's metrics of each member's scores, with the scoring's figures; None where a
+        score is not finite (no metric is computed on non-finite values)."""
+        return [metrics.video_metrics(s, self.evalset.frame_labels, self.evalset.anomaly_classes) | self.figures
                 if all(np.isfinite(v).all() for v in s) else None for s in scores]
 
     def __call__(self, params, rest) -> list[dict | None]:
@@ -227,6 +313,9 @@ def main(argv=None) -> None:
           f"AP(average precision) {result['average_precision']:.4f}  over {len(evalset)} videos")
     for class_name, auc in sorted(result.get("per_class_auc", {}).items()):
         print(f"  {class_name:<20s} AUC {auc:.4f}")
+    device_peak = f", device peak {result['device_peak_gb']:.2f} GiB" if "device_peak_gb" in result else ""
+    print(f"scored {evaluator.batches.segments} segments in {result['eval_seconds']:.1f} s "
+          f"({result['segments_per_s']:.0f} segments/s), peak RSS {result['peak_rss_gb']:.2f} GiB{device_peak}")
     print(f"wrote {out_dir}/metrics.json, scores.npz, roc.png and {len(videos)} score traces")
 
 

@@ -26,21 +26,22 @@ def load_features(path: str, feature_dim: int) -> np.ndarray:
 
 
 def score_video(detector, features: np.ndarray, precision: str = "highest") -> np.ndarray:
-    """(T, D) or (crops, T, D) -> (T,) scores, crops averaged: the evaluator's scorer, padded to the
-    evaluation bucket as pavad-eval pads it."""
+    """(T, D) or (crops, T, D) -> (T,) scores, crops averaged: the evaluator's scorer on the video
+    in a row of the length pavad-eval gives it (default data config)."""
     from pavad_jax.config_base import default_data_config  # pylint: disable=import-outside-toplevel
     from pavad_jax.data.pipeline import bucket_length  # pylint: disable=import-outside-toplevel
-    from pavad_jax.evaluate import make_scorer, stacked_model  # pylint: disable=import-outside-toplevel
+    from pavad_jax.evaluate import Scorer, stacked_model  # pylint: disable=import-outside-toplevel
 
     crops = features if features.ndim == 3 else features[None]
     length = crops.shape[1]
-    padded = bucket_length(length, default_data_config().eval_buckets)
-    batch = np.zeros((1, crops.shape[0], padded, crops.shape[2]), np.float32)
+    data = default_data_config()
+    row = bucket_length(length, data.eval_buckets, data.eval_max_padding)
+    batch = np.zeros((1, crops.shape[0], row, crops.shape[2]), np.float32)
     batch[0, :, :length] = crops
-    mask = np.zeros((1, padded), bool)
-    mask[0, :length] = True
+    segment_ids = np.zeros((1, row), np.int32)
+    segment_ids[0, :length] = 1
     graphdef, params, rest = stacked_model(detector)
-    return np.asarray(make_scorer(graphdef, precision)(params, rest, batch, mask))[0, 0, :length]
+    return np.asarray(Scorer(graphdef, precision)(params, rest, batch, segment_ids))[0, 0, :length]
 
 
 def save_atomic(path: str, array: np.ndarray) -> None:

@@ -68,7 +68,9 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert result["train_segments_per_s"] == pytest.approx(6 * 32 / (result["train_step_ms"] / 1e3))
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_peak_flops_per_s"])
     assert [row["members"] for row in result["sweep"]] == [1, 2]
-    assert all(row["member_steps_per_s"] > 0 for row in result["sweep"])
+    assert all(row["member_steps_per_s"] > 0 and row["memory_gb"] > 0 for row in result["sweep"])
+    assert result["step_memory_gb"] > result["batch_gb"] > 0
+    assert result["member_memory"]["members_fit_per_device"] > 0
     text = bench.format_report(result)
     assert "fraction_of_peak" in text and "2 members" in text and "matmuls only          n/a" in text
     json.dumps(result)  # JSON-able as --json writes it
@@ -97,3 +99,29 @@ def test_single_device_cli_reports_the_matmul_only_ceiling(tmp_path):
     assert result["matmul_only_fraction_of_peak"] == pytest.approx(
         result["matmul_flops_per_step"] / (result["matmul_only_ms"] / 1e3) / result["matmul_peak_flops_per_s"])
     assert "matmuls only" in run.stdout and "% of peak" in run.stdout
+
+
+def test_members_that_fit_from_the_sweep_estimates():
+    rows = [{"members": m, "devices": 1, "memory_gb": 0.5 + 0.25 * m} for m in (1, 2, 4)]
+    fit = bench.members_that_fit(rows, memory_gb=10.0)
+    assert fit["memory_per_member_gb"] == pytest.approx(0.25) and fit["shared_memory_gb"] == pytest.approx(0.5)
+    assert fit["members_fit_per_device"] == 38  # (10 - 0.5) / 0.25
+    assert bench.members_that_fit(rows[:1], 10.0) == {}  # one point gives no line
+
+
+def test_torch_baseline_runs_the_reference_step_in_a_subprocess():
+    result = bench.torch_baseline(batch_size=2, segments=8, feature_dim=16, steps=1)
+    assert result["train_step_ms"] > 0 and result["batch_size"] == 2 and result["threads"] >= 1
+
+
+def test_member_counts_and_a_sweep_over_the_memory_is_not_run():
+    assert bench.member_counts(8) == [1, 2, 4, 8] and bench.member_counts("6") == [1, 2, 4, 6]
+    assert bench.member_counts("1,8,64") == [1, 8, 64]
+    with pytest.raises(ValueError):
+        bench.member_counts("0,4")
+    config = bench.bench_config("urdmu", 2, 8, 8, hidden=8, slots=4)
+    rows = bench.bench_sweep(config, "1,2", steps=1, device_memory=1)  # 1 byte: nothing fits
+    assert [row["members"] for row in rows] == [1, 2]
+    assert all("over" in row["skipped"] and row["memory_gb"] > 0 for row in rows)
+    assert "not run" in bench.format_report({**bench.run_benchmark("urdmu", 2, 8, 8, steps=1, hidden=8, slots=4),
+                                             "sweep": rows})

@@ -308,10 +308,43 @@ def test_auto_device_resident_follows_the_budget(config):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def test_bucket_lengths_and_batch_sizes(config):
-    assert [pipeline.bucket_length(t, (16, 64, 128)) for t in (1, 16, 17, 128, 129, 300)] == [16, 16, 64, 128, 256, 384]
+def test_bucket_lengths_bound_the_padding(config):
+    buckets = (16, 64, 128)
+    assert [pipeline.bucket_length(t, buckets) for t in (1, 16, 17, 128, 129, 300, 1000, 6749)] == [
+        16, 16, 64, 128, 144, 320, 1024, 6784]
+    for t in range(129, 9000, 7):  # beyond the largest bucket: under 1/8 padding
+        length = pipeline.bucket_length(t, buckets, 0.125)
+        assert t <= length < t * 1.125 and length % 16 == 0
     assert [pipeline.bucket_batch_size(b, config) for b in (16, 64, 128)] == [4, 1, 1]
     assert pipeline.bucket_batch_size(16, config, multiple=8) == 8
+
+
+def test_short_videos_share_rows_and_fill_the_ends_of_longer_ones():
+    rows = pipeline.pack_eval_rows(TEST_LENGTHS, (16, 64, 128))
+    # 300 and 130 are longer than every bucket: rows of their own (320, 144); the shorter ones
+    # fill the leftover room, longest first into the row with the least room that holds them.
+    assert [(r.length, [TEST_LENGTHS[v] for v in r.videos]) for r in rows] == [
+        (320, [300]), (144, [130, 9, 5]), (128, [70, 40, 17]), (64, [64])]
+    for row in rows:
+        ends = [s + TEST_LENGTHS[v] for v, s in zip(row.videos, row.starts)]
+        assert list(row.starts) == [0] + ends[:-1] and ends[-1] <= row.length  # back to back, inside the row
+    assert sorted(v for r in rows for v in r.videos) == list(range(len(TEST_LENGTHS)))
+
+
+def test_ucf_crime_test_set_packs_into_few_shapes_with_little_padding():
+    from pavad_jax.data.synthetic import ucf_test_lengths
+
+    lengths = [t for _, t in ucf_test_lengths()]
+    config = pipeline.default_data_config()
+    plan = pipeline._plan_eval_batches(np.asarray(lengths), config, multiple=1)
+    shapes = [(len(rows), next(r.length for r in rows if r)) for rows in plan]
+    padded = sum(rows * length for rows, length in shapes)
+    assert len(set(shapes)) <= 8  # compiled programs
+    assert sum(lengths) / padded > 0.95
+    for rows in plan:
+        for row in rows:
+            if row is not None and len(row.videos) == 1:  # a row of its own: padded by < 1/8
+                assert row.length < 1.125 * lengths[row.videos[0]] or row.length in config.eval_buckets
 
 
 def test_eval_batches_cover_every_video_once(config, dataset):
@@ -319,21 +352,23 @@ def test_eval_batches_cover_every_video_once(config, dataset):
     shards = ShardSet(dataset / "test")
     assert len(eval_set) == len(TEST_LENGTHS) and eval_set.crops == 3
     np.testing.assert_array_equal(eval_set.lengths, TEST_LENGTHS)
-    shapes = {(b["features"].shape[0], b["features"].shape[2]) for b in batches}
-    assert shapes == {(4, 16), (1, 64), (1, 128), (1, 256), (1, 384)}  # fixed B per bucket
+    assert sorted(batches.shapes()) == [(1, 64), (1, 128), (1, 144), (1, 320)]
+    assert batches.segments == sum(TEST_LENGTHS)
     seen = []
     for batch in batches:
-        assert batch["features"].dtype == np.float32 and batch["mask"].dtype == bool
-        assert batch["video"].dtype == np.int32
-        for row, v in enumerate(batch["video"]):
-            if v < 0:
-                assert not batch["mask"][row].any() and not batch["features"][row].any()
-                continue
-            seen.append(int(v))
-            t = TEST_LENGTHS[v]
-            np.testing.assert_array_equal(batch["mask"][row], np.arange(batch["mask"].shape[1]) < t)
-            np.testing.assert_array_equal(batch["features"][row, :, :t], shards[int(v)].features)
-            assert not batch["features"][row, :, t:].any()
+        features, ids = batch["features"], batch["segment_ids"]
+        assert features.dtype == np.float32 and ids.dtype == np.int32 and batch["video"].dtype == np.int32
+        covered = np.zeros(ids.shape, bool)
+        for row in range(ids.shape[0]):
+            for slot, (v, start) in enumerate(zip(batch["video"][row], batch["start"][row])):
+                if v < 0:
+                    continue
+                seen.append(int(v))
+                t = TEST_LENGTHS[v]
+                assert np.all(ids[row, start:start + t] == slot + 1)
+                np.testing.assert_array_equal(features[row, :, start:start + t], shards[int(v)].features)
+                covered[row, start:start + t] = True
+        assert np.all(ids[~covered] == 0) and not features.transpose(0, 2, 1, 3)[~covered].any()
     assert sorted(seen) == list(range(len(TEST_LENGTHS)))
 
 
@@ -358,6 +393,7 @@ def test_eval_hosts_split_rows_of_the_same_batches(config):
     single, _ = pipeline.make_eval_batches(config, batch_multiple=2)
     halves = [pipeline.make_eval_batches(config, process_index=p, process_count=2)[0] for p in (0, 1)]
     assert len(halves[0]) == len(halves[1]) == len(single)
+    assert all(rows == 2 for rows, _ in single.shapes())
     for whole, h0, h1 in zip(single, *halves):
         for key in whole:
             np.testing.assert_array_equal(np.concatenate([h0[key], h1[key]]), whole[key], err_msg=key)

@@ -126,3 +126,44 @@ def test_ensure_synthetic_reuses_a_valid_copy_and_rebuilds_a_broken_one(tmp_path
 def test_unknown_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="huge"):
         synthetic.generate(tmp_path, "huge")
+
+
+def test_ucf_shaped_data_has_the_real_test_lengths_and_is_written_video_by_video(tmp_path):
+    import tracemalloc
+
+    lengths = synthetic.ucf_test_lengths()
+    assert len(lengths) == 290 and sum(t for _, t in lengths) == 69355 and max(t for _, t in lengths) == 6749
+    tracemalloc.start()
+    info = synthetic.generate_ucf(tmp_path, seed=3, crops=2, feature_dim=32,
+                                  train_videos={"abnormal": 9, "normal": 8})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    test, test_records = load(tmp_path, "test")
+    assert [r.id for r in test_records] == [name for name, _ in lengths]
+    assert [r.features.shape for r in test_records] == [(2, t, 32) for _, t in lengths]
+    assert test.dtype == np.float16 and info["segments"]["test"] == 69355
+    longest_bytes = 6749 * 2 * 32 * 2  # the split is 10.3x this: holding it all would show
+    assert peak < 6 * longest_bytes  # streamed: a few copies of one video at a time
+    abnormal = [r for r in test_records if r.label == 1]
+    assert len(abnormal) == 140 and {r.anomaly_class for r in abnormal} >= {"Arson", "RoadAccidents", "Shoplifting"}
+    assert all(shards.aligned_frame_labels(r).any() for r in abnormal)
+    assert not any(shards.aligned_frame_labels(r).any() for r in test_records if r.label == 0)
+    features = np.concatenate([r.features.reshape(-1) for r in test_records[:20]]).astype(np.float32)
+    assert 0.5 <= features.min() and features.max() < 1.0 and abs(features.mean() - 0.75) < 0.01
+    train, train_records = load(tmp_path, "train")
+    assert shards.load_manifest(tmp_path / "train")["counts"]["stream"] == {"abnormal": 9, "normal": 8}
+    assert {r.features.shape[1] for r in train_records} <= {t for _, t in lengths}
+    assert all(r.frame_labels is None and r.source == "real" for r in train_records)
+    assert synthetic.is_valid(tmp_path, "ucf", 3, splits=("test",))
+    assert not synthetic.is_valid(tmp_path, "ucf", 3)  # 17 training videos, not UCF-Crime's 1610
+
+
+def test_synthetic_splits_limit_what_is_written(tmp_path):
+    synthetic.build(tmp_path / "d", "small", seed=2, splits=("test",))
+    assert (tmp_path / "d" / "test").is_dir() and not (tmp_path / "d" / "train").exists()
+    assert synthetic.is_valid(tmp_path / "d", "small", 2, splits=("test",))
+    assert not synthetic.is_valid(tmp_path / "d", "small", 2)
+    assert synthetic.build(tmp_path / "d", "small", seed=2)  # both splits asked: rebuilt
+    assert synthetic.is_valid(tmp_path / "d", "small", 2)
+    with pytest.raises(ValueError, match="splits"):
+        synthetic.build(tmp_path / "e", "small", splits=("val",))

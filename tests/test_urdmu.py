@@ -11,7 +11,8 @@ from flax import nnx
 from pavad_jax.import_urdmu import detector_from_state_dict
 from pavad_jax.losses import urdmu_loss
 from pavad_jax.models.detector import build_detector, count_parameters, default_model_config, set_active_slots
-from pavad_jax.models.urdmu import MemoryUnit, local_attention_matrix, topk_mean
+from pavad_jax.models.urdmu import (MemoryUnit, global_attention, local_attention, local_attention_matrix,
+                                  topk_mean)
 from urdmu_torch_reference import WSAD, ad_loss
 
 
@@ -201,3 +202,61 @@ def test_training_forward_and_loss_match_torch_reference(crops):
     np.testing.assert_allclose(terms["kl"], expected["kl_loss"].item(), rtol=1e-5)
     np.testing.assert_allclose(terms["distance"], expected["distance"].item(), rtol=1e-5)
     np.testing.assert_allclose(total, expected_loss, rtol=1e-5)
+
+
+def test_blocked_attention_and_banded_local_branch_equal_the_dense_ones():
+    rng = np.random.default_rng(5)
+    q, k, v = (jnp.asarray(rng.normal(size=(3, 300, 2, 8)), jnp.float32) for _ in range(3))
+    ids = jnp.asarray(np.repeat([[1] * 140 + [2] * 100 + [0] * 60], 3, axis=0), jnp.int32)
+    dense = global_attention(q, k, v, ids)
+    for block in (64, 100, 512):  # 300 = 4 blocks of 64 with a remainder; one block of 512
+        np.testing.assert_allclose(global_attention(q, k, v, ids, query_block=block), dense, atol=1e-6)
+    # The local branch beyond 2 * LOCAL_BLOCK: banded, against each video's own dense matrix.
+    t = jnp.asarray(rng.normal(size=(3, 300, 8)), jnp.float32)
+    for column_norm in (True, False):
+        banded = np.asarray(local_attention(t, ids, column_norm))
+        for start, length in ((0, 140), (140, 100)):
+            alone = local_attention_matrix(length, column_norm=column_norm) @ t[:, start:start + length]
+            np.testing.assert_allclose(banded[:, start:start + length], alone, atol=1e-6)
+        assert np.all(banded[:, 240:] == 0)
+
+
+def test_packed_videos_and_crop_chunks_give_each_video_its_own_scores():
+    detector = build_detector(small_config(), seed=4)
+    rng = np.random.default_rng(4)
+    lengths = [130, 90, 45, 3]  # one row of 270 + padding: attention and local branch past one block
+    videos = [rng.normal(size=(1, 4, t, 24)).astype(np.float16) for t in lengths]
+    row = np.full((1, 4, 320, 24), 7.0, np.float16)  # padding holds garbage
+    ids = np.zeros((1, 320), np.int32)
+    start = 0
+    for slot, (t, x) in enumerate(zip(lengths, videos)):
+        row[0, :, start:start + t], ids[0, start:start + t] = x[0], slot + 1
+        start += t
+    packed = jax.jit(lambda x, i: detector.urdmu.scores(x, segment_ids=i, crop_chunk=2, query_block=64))(row, ids)
+    packed = np.asarray(packed)[0]
+    start = 0
+    for t, x in zip(lengths, videos):
+        alone = np.asarray(jit_scores(detector)(x.astype(np.float32)))[0]
+        np.testing.assert_allclose(packed[start:start + t], alone, atol=1e-6, rtol=0)
+        start += t
+    assert np.all(packed[start:] == 0)
+    with pytest.raises(ValueError, match="does not divide"):
+        detector.urdmu.scores(row, segment_ids=ids, crop_chunk=3)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_losses_near_float32():
+    x = jax.random.normal(jax.random.key(0), (4, 2, 20, 24))
+    noise = jax.random.normal(jax.random.key(1), (4, 20, 32))
+    f32 = build_detector(small_config(), seed=3)
+    bf16 = build_detector(small_config(compute_dtype="bfloat16"), seed=3)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    out32 = jit_train_forward(f32)(x, None, noise)
+    out16 = jit_train_forward(bf16)(x, None, noise)
+    labels = jnp.array([0.0, 0.0, 1.0, 1.0])
+    loss32, loss16 = urdmu_loss(out32, labels)[0], urdmu_loss(out16, labels)[0]
+    assert out16["frame"].dtype == jnp.float32 and loss16.dtype == jnp.float32
+    np.testing.assert_allclose(out16["frame"], out32["frame"], atol=3e-2)
+    assert 0 < abs(float(loss16) - float(loss32)) < 2e-2 * abs(float(loss32))  # bf16 does change it, a little
+    np.testing.assert_array_equal(jit_scores(bf16)(x), jit_scores(f32)(x))  # test mode stays float32
+    with pytest.raises(ValueError, match="compute_dtype"):
+        build_detector(small_config(compute_dtype="float16"))

@@ -12,7 +12,7 @@
   pavad-data import rtfm --list shanghai-i3d-test-10crop.list --features DIR --dataset sht \\
       --gt test_frame_mask/ --output OUT
   pavad-data import folder --features DIR --labels labels.csv --output OUT
-  pavad-data synthetic --output DIR [--size small|default] [--seed N]
+  pavad-data synthetic --output DIR [--size small|default|ucf] [--seed N] [--splits test]
 
 See docs/data.md for the format and the layouts.
 """
@@ -183,11 +183,15 @@ def cmd_import(args) -> int:
 
 
 def cmd_synthetic(args) -> int:
-    built = synthetic.build(args.output, args.size, args.seed, force=args.force)
+    built = synthetic.build(args.output, args.size, args.seed, force=args.force, splits=args.splits)
     verb = "generated" if built else "already valid, kept"
     info = json.loads((pathlib.Path(args.output) / synthetic.INFO_FILE).read_text())
-    norms = ", ".join(f"{k} {v:.2f}" for k, v in info["mean_segment_norm"].items())
-    print(f"{verb}: synthetic {args.size} seed {args.seed} at {args.output}\n  mean segment norms: {norms}")
+    print(f"{verb}: synthetic {args.size} seed {args.seed} ({', '.join(args.splits)}) at {args.output}")
+    if "mean_segment_norm" in info:
+        norms = ", ".join(f"{k} {v:.2f}" for k, v in info["mean_segment_norm"].items())
+        print(f"  mean segment norms: {norms}")
+    else:
+        print(f"  {info['purpose']}; videos {info['videos']}, segments {info['segments']}")
     return 0
 
 
@@ -244,10 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthetic", help="generate the embedded synthetic benchmark (deterministic)")
     p.add_argument("--output", required=True, help="dataset folder to create (gets train/ and test/)")
-    p.add_argument("--size", default="default", choices=sorted(synthetic.SIZES),
-                   help="small: D=64, seconds, for tests; default: D=1024, UR-DMU-size")
+    p.add_argument("--size", default="default", choices=synthetic.SIZE_NAMES,
+                   help="small: D=64, seconds, for tests; default: D=1024, UR-DMU-size; ucf: random features "
+                        "with UCF-Crime's real shapes (290 test videos at their real lengths, 1610 training "
+                        "videos, 10 crops, D=1024, float16: ~1.4 + ~8 GB), for speed and memory only")
     p.add_argument("--seed", type=int, default=0, help="seed of the whole dataset")
     p.add_argument("--force", action="store_true", help="regenerate even if a valid copy is there")
+    p.add_argument("--splits", nargs="+", default=list(synthetic.SPLITS), choices=synthetic.SPLITS,
+                   help="which splits to write (default: train test)")
     p.set_defaults(run=cmd_synthetic)
     return parser
 

@@ -16,8 +16,11 @@ Two interchangeable training paths give batches of the same layout (docs/archite
   video and a crop and indexing the pre-resampled table is the same distribution as resampling
   per sample.
 
-Evaluation (`make_eval_batches`) keeps test videos at full length, padded to a few bucket
-lengths with a mask, so a jitted scorer compiles once per bucket.
+Evaluation (`make_eval_batches`) keeps test videos at full length: short videos are packed
+several to a row of a few bucket lengths (segment ids tell them apart), long ones get a row of
+their own padded by a bounded fraction, so a jitted scorer compiles once per row length and
+little work goes to padding. The batches are read from the shards when iterated, never all at
+once.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import os
 import pathlib
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import grain
@@ -431,17 +435,53 @@ class EvalSet:
         return np.concatenate(self.frame_labels) if self.frame_labels else np.zeros(0, np.uint8)
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket holding `length`; beyond the largest, the next multiple of it."""
+def bucket_length(length: int, buckets: Sequence[int], max_padding: float = 0.125) -> int:
+    """The row length of a video: the smallest bucket holding it; beyond the largest, the length
+    rounded up to a multiple of a power-of-two granule, 16 to 128 and at most max_padding *
+    length (so the padding stays under that fraction; attention's work grows with the square of
+    the row, so the longest videos are padded least)."""
     buckets = sorted(int(b) for b in buckets)
     for b in buckets:
         if length <= b:
             return b
-    return math.ceil(length / buckets[-1]) * buckets[-1]
+    granule = 2 ** min(7, max(4, int(math.floor(math.log2(max(1.0, max_padding * length))))))
+    return math.ceil(length / granule) * granule
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRow:
+    """One row of an evaluation batch: `videos` packed at `starts` into `length` segments."""
+
+    length: int
+    videos: tuple[int, ...]
+    starts: tuple[int, ...]
+
+
+def pack_eval_rows(lengths: Sequence[int], buckets: Sequence[int], max_padding: float = 0.125) -> list[EvalRow]:
+    """Every video in a row: best-fit decreasing into rows of bucket lengths.
+
+    Videos go longest first into the open row with the least room that still holds them, or
+    else a new row of `bucket_length`; short videos thus fill the ends of longer rows before
+    rows of their own bucket open. A video longer than every bucket gets its own row.
+    """
+    largest = max(int(b) for b in buckets)
+    rows: list[list] = []  # [length, used, videos, starts]
+    for video in sorted(range(len(lengths)), key=lambda v: (-int(lengths[v]), v)):
+        t = int(lengths[video])
+        fits = [row for row in rows if row[0] - row[1] >= t and t <= largest]
+        if fits:
+            row = min(fits, key=lambda r: r[0] - r[1])
+        else:
+            row = [bucket_length(t, buckets, max_padding), 0, [], []]
+            rows.append(row)
+        row[2].append(video)
+        row[3].append(row[1])
+        row[1] += t
+    return [EvalRow(length, tuple(videos), tuple(starts)) for length, _, videos, starts in rows]
 
 
 def bucket_batch_size(bucket: int, data_config: ml_collections.ConfigDict, multiple: int = 1) -> int:
-    """Videos per batch of a bucket: eval_batch_size * shortest / bucket (>= 1), rounded up to `multiple`."""
+    """Rows per batch of a row length: eval_batch_size * shortest / bucket (>= 1), rounded up to `multiple`."""
     shortest = min(int(b) for b in data_config.eval_buckets)
     size = max(1, data_config.eval_batch_size * shortest // bucket)
     return math.ceil(size / multiple) * multiple
@@ -459,32 +499,97 @@ def _eval_frame_labels(record, shards: ShardSet, index: int) -> np.ndarray:
 
 
 def _plan_eval_batches(lengths: np.ndarray, data_config: ml_collections.ConfigDict, multiple: int
-                       ) -> list[tuple[int, np.ndarray]]:
-    """(bucket, video indices padded with -1 to the bucket's batch size) for every batch."""
-    buckets = np.asarray([bucket_length(int(t), data_config.eval_buckets) for t in lengths])
+                       ) -> list[list[EvalRow | None]]:
+    """The rows of every batch (None: an empty padding row), batches of one row length together."""
+    rows = pack_eval_rows(lengths, data_config.eval_buckets, data_config.eval_max_padding)
     plan = []
-    for bucket in sorted(set(buckets.tolist())):
-        members = np.flatnonzero(buckets == bucket)
-        size = bucket_batch_size(bucket, data_config, multiple)
-        for start in range(0, len(members), size):
-            videos = np.full(size, -1, np.int32)
-            chunk = members[start:start + size]
-            videos[:len(chunk)] = chunk
-            plan.append((bucket, videos))
+    for length in sorted({row.length for row in rows}):
+        same = [row for row in rows if row.length == length]
+        size = bucket_batch_size(length, data_config, multiple)
+        for start in range(0, len(same), size):
+            chunk = same[start:start + size]
+            plan.append(chunk + [None] * (size - len(chunk)))
     return plan
+
+
+class EvalBatches:
+    """This host's evaluation batches, read from the test shards as they are iterated.
+
+    Each batch is a dict: features (b, crops, L, D) in the shards' dtype (float16 usually; the
+    scorer casts), segment_ids (b, L) int32 (k = the row's k-th video, 0 = padding), video and
+    start (b, S) int32: the videos of each row (EvalSet indices, -1 = none) and their first
+    segment. Only one batch (and the next, read ahead on a thread) is in memory at a time.
+    """
+
+    def __init__(self, shards: ShardSet, plan: list[list[EvalRow | None]], lengths: np.ndarray, crops: int,
+                 process_index: int, process_count: int):
+        self.shards = shards
+        self.plan = plan
+        self.lengths = lengths
+        self.crops = crops
+        self.process_index = process_index
+        self.process_count = process_count
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def host_rows(self, rows: list) -> list:
+        """This host's slice of a batch's rows."""
+        n = len(rows)
+        return rows[self.process_index * n // self.process_count:(self.process_index + 1) * n // self.process_count]
+
+    @property
+    def segments(self) -> int:
+        """Segments of the whole test set (all hosts)."""
+        return int(self.lengths.sum())
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """(rows, row length) of every batch (all hosts): one compiled scorer program per distinct one."""
+        return [(len(rows), next(r.length for r in rows if r is not None)) for rows in self.plan]
+
+    def read(self, index: int) -> dict[str, np.ndarray]:
+        """Batch `index` of this host, read from the shards."""
+        rows = self.plan[index]
+        length = next(r.length for r in rows if r is not None)
+        slots = max(len(r.videos) for r in rows if r is not None)  # the same on every host
+        mine = self.host_rows(rows)
+        batch = {
+            "features": np.zeros((len(mine), self.crops, length, self.shards.feature_dim), self.shards.dtype),
+            "segment_ids": np.zeros((len(mine), length), np.int32),
+            "video": np.full((len(mine), slots), -1, np.int32),
+            "start": np.zeros((len(mine), slots), np.int32),
+        }
+        for i, row in enumerate(mine):
+            for slot, (video, start) in enumerate(zip(row.videos, row.starts) if row is not None else ()):
+                t = int(self.lengths[video])
+                batch["features"][i, :, start:start + t] = self.shards[video].features
+                batch["segment_ids"][i, start:start + t] = slot + 1
+                batch["video"][i, slot], batch["start"][i, slot] = video, start
+        return batch
+
+    def __iter__(self):
+        if not self.plan:
+            return
+        with ThreadPoolExecutor(1) as reader:  # reads batch i + 1 while batch i is scored
+            ahead = reader.submit(self.read, 0)
+            for index in range(len(self.plan)):
+                batch = ahead.result()
+                if index + 1 < len(self.plan):
+                    ahead = reader.submit(self.read, index + 1)
+                yield batch
 
 
 def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | None = None, process_index: int = 0,
                       process_count: int = 1, batch_multiple: int = 1, shards: ShardSet | None = None
-                      ) -> tuple[list[dict[str, np.ndarray]], EvalSet]:
+                      ) -> tuple[EvalBatches, EvalSet]:
     """This host's evaluation batches of full-length test videos, and the test set's metadata.
 
-    Videos are grouped by bucket length (data.eval_buckets) and padded: features (b, crops,
-    T_bucket, D) float32, mask (b, T_bucket) bool, video (b,) int32 index into EvalSet (-1 for
-    padding rows). Each bucket has one fixed batch size, a multiple of `batch_multiple` (pass
-    the device count to shard rows over the mesh) and of `process_count`; every host gets the
+    Videos are packed into rows of bucket lengths (see `pack_eval_rows`); rows of one length are
+    batched together with a fixed number of rows per batch, a multiple of `batch_multiple` (pass
+    the device count to shard rows over the mesh) and of `process_count`. Every host gets the
     same batches, each with its b = B / process_count rows, so
-    ``jax.make_array_from_process_local_data`` builds the global batch.
+    ``jax.make_array_from_process_local_data`` builds the global batch. Features are read when
+    the batches are iterated (`EvalBatches`); here only the metadata and frame labels.
     """
     split = data_config.test_split if split is None else split
     if not 0 <= process_index < process_count:
@@ -493,44 +598,45 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
         raise ValueError(f"config.data.eval_buckets must be positive lengths, got {data_config.eval_buckets!r}")
     if data_config.eval_batch_size <= 0:
         raise ValueError(f"config.data.eval_batch_size must be > 0, got {data_config.eval_batch_size}")
+    if not 0 < data_config.eval_max_padding <= 1:
+        raise ValueError(f"config.data.eval_max_padding must be in (0, 1], got {data_config.eval_max_padding}")
     shards = shards if shards is not None else open_split(data_config, split)
     crop_counts = sorted({e["crops"] for e in shards.entries})
     if len(crop_counts) != 1:
         raise ValueError(f"{shards.path}: test videos must share one crop count, found crops={crop_counts}")
     crops, dim = crop_counts[0], shards.feature_dim
     lengths = np.asarray([e["T"] for e in shards.entries], np.int64)
-    multiple = math.lcm(batch_multiple, process_count)
-    plan = _plan_eval_batches(lengths, data_config, multiple)
-    rows_of_host = lambda videos: videos[process_index * len(videos) // process_count:
-                                         (process_index + 1) * len(videos) // process_count]
-    mine = {int(v) for _, videos in plan for v in rows_of_host(videos) if v >= 0}
-
-    features, frame_labels = {}, []
-    for i in tqdm(range(len(shards)), desc=f"loading {split} videos", unit="video", disable=process_index != 0):
-        record = shards[i]
-        frame_labels.append(_eval_frame_labels(record, shards, i))
-        if i in mine:
-            features[i] = record.features
+    plan = _plan_eval_batches(lengths, data_config, math.lcm(batch_multiple, process_count))
+    frame_labels = [_eval_frame_labels(shards[i], shards, i)
+                    for i in tqdm(range(len(shards)), desc=f"reading {split} labels", unit="video",
+                                  disable=process_index != 0)]
     eval_set = EvalSet(
         ids=[e["id"] for e in shards.entries], lengths=lengths,
         labels=np.asarray([e["label"] for e in shards.entries], np.int64),
         anomaly_classes=[e["anomaly_class"] for e in shards.entries], frame_labels=frame_labels,
         crops=crops, feature_dim=dim)
+    return EvalBatches(shards, plan, lengths, crops, process_index, process_count), eval_set
 
-    batches = []
-    for bucket, videos in plan:
-        videos = rows_of_host(videos)
-        batch = {
-            "features": np.zeros((len(videos), crops, bucket, dim), np.float32),
-            "mask": np.zeros((len(videos), bucket), bool),
-            "video": videos.astype(np.int32),
-        }
-        for row, v in enumerate(videos):
-            if v >= 0:
-                batch["features"][row, :, :lengths[v]] = features[v]
-                batch["mask"][row, :lengths[v]] = True
-        batches.append(batch)
-    return batches, eval_set
+
+def device_memory_bytes() -> int | None:
+    """Memory of the first local device where JAX reports it (bytes_limit); the host's RAM on CPU."""
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def eval_memory_budget(data_config: ml_collections.ConfigDict) -> int:
+    """Bytes per device the scorer may use: data.eval_memory_gb, or 10 % of the host memory on CPU
+    (all of its simulated devices together), half of the device memory on accelerators (8 GiB
+    where JAX reports none)."""
+    if data_config.eval_memory_gb:
+        return int(data_config.eval_memory_gb * GIB)
+    total = device_memory_bytes()
+    if jax.local_devices()[0].platform == "cpu":
+        return total // 10 // jax.local_device_count()
+    return total // 2 if total else 8 * GIB
 
 
 # ----------------------------------------------------------------------------- command line
@@ -578,8 +684,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"device table {sampler.nbytes / 2**20:.1f} MiB on {jax.devices()[0].platform}, "
           f"sample: {_time_per_step(lambda: sample(sampler, next(steps)), args.steps) * 1e3:.2f} ms/step")
     batches, eval_set = make_eval_batches(config, batch_multiple=jax.device_count())
-    shapes = sorted({b["features"].shape for b in batches}, key=lambda s: s[2])
-    print(f"eval: {len(eval_set)} videos in {len(batches)} batches of shapes {shapes}")
+    shapes = sorted(set(batches.shapes()), key=lambda s: s[1])
+    padded = sum(rows * length for rows, length in batches.shapes())
+    print(f"eval: {len(eval_set)} videos in {len(batches)} batches of (rows, length) {shapes}, "
+          f"{batches.segments / padded:.1%} of the padded segments are real")
 
 
 if __name__ == "__main__":

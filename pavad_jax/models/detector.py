@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pavad_jax.config_base import GV_MODES, POOL_POINTS, default_loss_config, default_model_config  # noqa: F401
+from pavad_jax.config_base import GV_MODES, POOL_POINTS, default_loss_config, default_model_config  # noqa: F401 (re-exported)
 from pavad_jax.models.darm import DomainDiscriminator
 from pavad_jax.models.urdmu import URDMU
 
@@ -52,9 +52,10 @@ class Detector(nnx.Module):
         """The learnable GV-VAD lambda (positive), or None when it is a fixed weight."""
         return None if self.gv_lambda_raw is None else jax.nn.softplus(self.gv_lambda_raw[...])
 
-    def scores(self, features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """Test mode: (B, T, D) or (B, crops, T, D), optional (B, T) mask -> (B, T), crops averaged."""
-        return self.urdmu.scores(features, mask)
+    def scores(self, features: jax.Array, mask: jax.Array | None = None, **memory_bounds) -> jax.Array:
+        """Test mode: (B, T, D) or (B, crops, T, D), an optional (B, T) mask or packed `segment_ids`
+        -> (B, T), crops averaged (URDMU.scores: `crop_chunk`, `query_block`)."""
+        return self.urdmu.scores(features, mask, **memory_bounds)
 
 
 def build_detector(model_cfg: Any, loss_cfg: Any | None = None, *, seed: int = 0) -> Detector:
