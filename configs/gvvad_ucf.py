@@ -11,7 +11,7 @@ loss scaled by the real and synthetic fractions), `:learnable` makes λ a traine
 The Table III sweep is configs/sweeps/gvvad_lambda.py.
 
 GV-VAD plugs SSLS into RTFM, TEVAD and LAP; here the detector is UR-DMU (this project's
-backbone), so numbers are not the paper's 89.3 AUC. Paper settings kept: Adam lr 1e-3, weight
+backbone), so numbers are not the paper's 89.3 AUC (GV-VAD (LAP), its Table I). Paper settings kept: Adam lr 1e-3, weight
 decay 5e-3, CLIP-L 768-d features, 300 + 300 generated videos.
 """
 from pavad_jax.config_base import base_config, default_loss_config, parse_variants

@@ -6,8 +6,9 @@
 
 The dataset folder holds train/ (real normal videos, pseudo-abnormal and pseudo-normal clips
 from `pavad-gen run --config configs/generation/sht.py`) and test/ (the Zhong et al. test split,
-e.g. imported with `pavad-data import rtfm`). Expected: PA-VAD reports 98.2 AUC on SHT (Table 2)
-with I3D features; we have not reproduced it (the generated clips are not public).
+e.g. imported with `pavad-data import rtfm`). Expected: PA-VAD reports 98.2 AUC on SHT with DARM
+and 96.0 with UR-DMU* alone (its Table 4; the ablations in between are its Table 5), with I3D
+features; we have not reproduced it (the generated clips are not public).
 
 Where Table 8 is ambiguous we state our reading:
 - "Batch size 4": 4 videos per stream (4 normal + 4 pseudo-abnormal + 4 pseudo-normal).

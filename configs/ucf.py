@@ -6,8 +6,9 @@
 
 The dataset folder holds train/ (real normal videos, pseudo-abnormal and pseudo-normal clips
 from `pavad-gen run --config configs/generation/ucf.py`) and test/ (the 290 test videos, e.g.
-imported with `pavad-data import urdmu`, 10 crops). Expected: PA-VAD reports 82.14 AUC on
-UCF-Crime (Table 2); not reproduced here (the generated clips are not public).
+imported with `pavad-data import urdmu`, 10 crops). Expected: PA-VAD reports 82.5 AUC on
+UCF-Crime with DARM and 80.2 with UR-DMU* alone (its Table 4; Table 5's ablations are on SHT
+only); not reproduced here (the generated clips are not public).
 
 Readings of Table 8: "Batch size 4" = 4 videos per stream; "Segment number 64" = T = 64
 resampled segments (top-k = 64 // 16 + 1 = 5); iterations not given (UR-DMU's 3000 kept);

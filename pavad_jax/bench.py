@@ -108,8 +108,8 @@ def members_that_fit(rows: list[dict], memory_gb: float) -> dict:
     """Memory per member and shared memory (a least-squares line through the sweep rows'
     estimates, per device), and how many members fit in `memory_gb` per device."""
     points = [(row["members"] / row["devices"], row["memory_gb"]) for row in rows if row.get("memory_gb")]
-    if len(points) < 2:
-        return {}
+    if len({x for x, _ in points}) < 2:  # e.g. 1 and 2 members on 8 devices: one member per device both times
+        return {"note": "needs two sweep rows with different members per device (e.g. --members 1,16 on 8 devices)"}
     x, y = (np.asarray(v, np.float64) for v in zip(*points))
     slope = max(float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()), 1e-9)
     shared = float(y.mean() - slope * x.mean())
@@ -386,7 +386,9 @@ def format_report(result: dict) -> str:
         lines.append(head + f"{row['member_steps_per_s']:.2f} member-steps/s ({row['dispatch_ms']:.1f} ms/dispatch, "
                      f"compile {row['compile_s']:.1f} s, {g(row['memory_gb'], 1, '{:.3f}')} GiB per device)")
     fit = result.get("member_memory")
-    if fit:
+    if fit and "note" in fit:
+        lines.append(f"  memory per member     n/a: {fit['note']}")
+    elif fit:
         lines.append(f"  memory per member     {fit['memory_per_member_gb']:.3f} GiB (+ {fit['shared_memory_gb']:.3f} "
                      f"shared): {fit['members_fit_per_device']} members fit in {fit['device_memory_gb']:.1f} GiB "
                      f"per device")

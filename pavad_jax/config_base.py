@@ -14,6 +14,7 @@ from pavad_jax.config_loader import parse_variants  # noqa: F401  (config files 
 METHODS = ("pavad", "urdmu", "gvvad")
 GV_MODES = ("none", "sample", "batch")  # GV-VAD's synthetic-sample loss scaling: off, Eq. 6, public code
 POOL_POINTS = ("selfatt", "embedding")  # embeddings mean-pooled for L_DA
+UPD_SPACES = ("raw", "normalized")  # loss.darm.upd_centers / upd_distance (docs/model.md, "Eq. 13")
 # Metric that picks the best checkpoint (best/): frame AUC, sklearn's average precision, or
 # UR-DMU's trapezoidal PR area.
 SELECT_BY = {"auc": "auc", "ap": "average_precision", "ap_trapezoid": "ap_pr_trapezoid"}
@@ -45,6 +46,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     # abnormal, pseudo-normal. UR-DMU splits the batch in halves, so normal == abnormal.
     # pseudo_normal > 0 only for runs that use pseudo-normal videos (0 = stream unused).
     c.batch = ml_collections.ConfigDict(dict(normal=64, abnormal=64, pseudo_normal=0))
+    # What one training sample is: "crop" (the reference: every (video, crop) pair, an epoch is a
+    # shuffled pass over crop sequences) or "video" (a video, then one of its crops uniformly).
+    c.sample_unit = "crop"
+    # Keep only this many abnormal-stream videos (a fixed random subset drawn with data.seed;
+    # PA-VAD Table 6's clip counts); 0 keeps all.
+    c.abnormal_clips = 0
     # Which records feed the normal stream: "real" (PA-VAD, UR-DMU) or "any" (also pseudo).
     c.normal_source = "real"
     # Which records feed the abnormal stream: "pseudo" (PA-VAD trains on synthetic anomalies
@@ -53,11 +60,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Keep the pre-resampled training set on the device and sample inside the jitted step:
     # "auto" (when it fits device_budget_gb), True / "true", or False / "false".
     c.device_resident = config_dict.FieldReference("auto", field_type=object)
-    # Largest pre-resampled training table (GiB, float32, one full copy per device) that "auto"
-    # puts on the device; also capped at half of the device memory where JAX reports it (on a
-    # CPU: a quarter of the RAM, shared by its simulated devices). UCF-Crime's 1610 videos x 10
-    # crops at T=200, D=1024 take 13 GiB.
+    # Largest pre-resampled training table (GiB, at data.table_dtype, one full copy per device)
+    # that "auto" puts on the device; also capped at half of the device memory where JAX reports
+    # it (on a CPU: a quarter of the RAM, shared by its simulated devices). UCF-Crime's 1610
+    # videos x 10 crops at T=200, D=1024 take 13 GiB in float32, 6.5 GiB in (b)float16.
     c.device_budget_gb = 16.0
+    # Storage of the resampled training features: "float32", "float16" or "bfloat16" (half the
+    # memory; batches are cast back to float32). Both training paths round the same way.
+    c.table_dtype = "float32"
     # Rows per evaluation batch in the shortest bucket; longer rows come fewer per batch (about
     # the same number of segments per batch), at least one.
     c.eval_batch_size = 16
@@ -78,8 +88,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # (each thread builds a whole batch, so at most min(threads, prefetch) are built at once).
     c.read_threads = 4
     c.prefetch_batches = 4
-    # Seed of the shuffles and crop choices: the data order depends on it alone (not on
-    # train.seed), so sweep members with other seeds see the same batches.
+    # Seed of the training order (shuffles, crop choices, the abnormal_clips subset): the data
+    # order depends on it alone (not on train.seed), so sweep members with other seeds see the
+    # same batches.
     c.seed = 2022
     return c
 
@@ -104,6 +115,10 @@ def default_model_config() -> ml_collections.ConfigDict:
         "quirks": {
             "local_attn_column_norm": True,  # A / A.sum(-1) divides [i, j] by row j's sum
             "kl_sum_over_time": True,  # KL summed over axis 1 (time), not over features
+            # The reference's first commit (e0ac5f3) gathered anchor_new at the abnormal half's
+            # top-k (A_index); commit 152c4dc fixed it to N_index. True trains as the first commit,
+            # the code the published records (UCF 0.8697, XD AP 0.8166) were committed with.
+            "anchor_at_abnormal_index": False,
         },
     })
 
@@ -135,6 +150,11 @@ def default_loss_config(method: str = "pavad") -> ml_collections.ConfigDict:
             "stop_grad_centers": True,  # mu_k carries no gradient (slots move, not features)
             "stop_grad_usage": True,  # the usage weights (u_bar / (u_k + eps))^beta carry none
             "usage_eps": 1e-6,  # epsilon in u_k + eps
+            # Eq. 13's reading (docs/model.md, "Eq. 13"): mu_k over the unit embeddings Z~ of Eq. 10 and
+            # slots compared with it by direction keep L_upd bounded; "raw" for both is Eq. 13 as
+            # printed, whose target grows with the embeddings' norm and runs away on the main job.
+            "upd_centers": "normalized",  # mu_k over Z~ ("normalized") or over the raw Z ("raw")
+            "upd_distance": "normalized",  # ||m~_k - mu~_k||^2 ("normalized") or ||m_k - mu_k||^2 ("raw")
         },
         "gv": {
             "mode": "sample" if method == "gvvad" else "none",  # "none", "sample" or "batch"

@@ -86,7 +86,10 @@ def unwrap_state_dict(obj: dict, source: str = "checkpoint") -> dict:
 
 
 def model_config_from_shapes(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> ml_collections.ConfigDict:
-    """The model config implied by a reference state_dict: feature_dim, slot counts, depth."""
+    """The model config implied by a reference state_dict: feature and hidden widths, slot counts, depth.
+
+    The head count leaves no trace in the shapes (q, k, v, t are split after one Linear): it stays 4.
+    """
     for key in ("embedding.conv_1.0.weight", "Amemory.memory_block", "Nmemory.memory_block"):
         if key not in arrays:
             raise ValueError(f"{source}: missing key {key!r}; is this a UR-DMU (WSAD) state_dict?")
@@ -97,6 +100,10 @@ def model_config_from_shapes(arrays: dict[str, np.ndarray], source: str = "check
     cfg.a_slots = int(arrays["Amemory.memory_block"].shape[0])
     cfg.n_slots = int(arrays["Nmemory.memory_block"].shape[0])
     cfg.depth = max(layers) + 1 if layers else 0
+    if "selfatt.layers.0.1.fn.net.0.weight" in arrays:
+        cfg.mlp_dim = int(arrays["selfatt.layers.0.1.fn.net.0.weight"].shape[0])
+    if "cls_head.mlp.0.weight" in arrays:
+        cfg.cls_hidden = int(arrays["cls_head.mlp.0.weight"].shape[0])
     return cfg
 
 

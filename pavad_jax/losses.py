@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pavad_jax.models.darm import gradient_reversal
+from pavad_jax.config_base import UPD_SPACES
 from pavad_jax.models.defaults_rtfm import WARMUP_DECAYS, WARMUP_RISES
 from pavad_jax.models.detector import Detector, default_loss_config, validate_loss_config
 
@@ -253,29 +254,41 @@ def domain_alignment_loss(discriminator, pooled_real: jax.Array, pooled_pseudo: 
 
 
 def usage_update_loss(z: jax.Array, memory: jax.Array, slot_mask: jax.Array, *, tau: jax.Array, beta: jax.Array,
-                      eps: float = 1e-6, stop_grad_centers: bool = True, stop_grad_usage: bool = True
-                      ) -> dict[str, jax.Array]:
+                      eps: float = 1e-6, stop_grad_centers: bool = True, stop_grad_usage: bool = True,
+                      centers: str = "normalized", distance: str = "normalized") -> dict[str, jax.Array]:
     """PA-VAD Eqs. 10, 11, 13: usage-aware pull of abnormal slots towards their centres.
 
     z (n, d): abnormal embeddings unfolded over time; memory (K, d): M_A; slot_mask (K,):
-    padded slots take no part (zero assignment, zero loss, zero gradient).
+    padded slots take no part (zero assignment, zero loss, zero gradient). The readings the
+    paper leaves open (docs/model.md, "Eq. 13"): `centers` = "normalized" (default) takes mu_k
+    over the rows of Z~ (the unit vectors Eq. 10 assigns), "raw" over Z (Eq. 13 as printed);
+    `distance` = "normalized" (default) compares the directions of m_k and mu_k (each slot's
+    term <= 4, its gradient orthogonal to m_k: slot norms stay the UR-DMU loss's business),
+    "raw" the vectors themselves.
     """
+    for name, value in (("centers", centers), ("distance", distance)):
+        if value not in UPD_SPACES:
+            raise ValueError(f"loss.darm.upd_{name} must be one of {UPD_SPACES}, got {value!r}")
     active = slot_mask.astype(bool)
     num_active = active.sum()
-    logits = l2_normalize(z) @ l2_normalize(memory).T / tau
+    z_unit = l2_normalize(z)
+    logits = z_unit @ l2_normalize(memory).T / tau
     q = jax.nn.softmax(jnp.where(active, logits, -jnp.inf), axis=-1)  # (n, K)
     usage = q.mean(0)
     mean_usage = jnp.where(active, usage, 0.0).sum() / num_active
-    centers = (q.T @ z) / jnp.maximum(q.sum(0), 1e-12)[:, None]
+    center = (q.T @ (z_unit if centers == "normalized" else z)) / jnp.maximum(q.sum(0), 1e-12)[:, None]
     weights = (mean_usage / (usage + eps)) ** beta
     if stop_grad_centers:
-        centers = jax.lax.stop_gradient(centers)
+        center = jax.lax.stop_gradient(center)
     if stop_grad_usage:
         weights = jax.lax.stop_gradient(weights)
-    per_slot = jnp.where(active, weights * jnp.sum((memory - centers) ** 2, axis=-1), 0.0)
+    slots = memory
+    if distance == "normalized":
+        slots, center = l2_normalize(memory), l2_normalize(center)
+    per_slot = jnp.where(active, weights * jnp.sum((slots - center) ** 2, axis=-1), 0.0)
     usage_entropy = -jnp.sum(jnp.where(active, usage * jnp.log(jnp.maximum(usage, 1e-30)), 0.0))
     return {"upd": per_slot.sum() / num_active, "usage_min": jnp.where(active, usage, 1.0).min(),
-            "usage_entropy": usage_entropy}
+            "usage_entropy": usage_entropy, "usage_weight_max": jnp.where(active, weights, 0.0).max()}
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -305,7 +318,9 @@ def compute_loss(model: Detector, batch: dict[str, jax.Array], weights: dict[str
     """Total = L_UR-DMU (GV-scaled) + lambda1 L_DA + lambda2 L_upd, and every term for logging.
 
     batch: features (B, T, D), label (B,), synthetic (B,), stream (B,), rows normal, abnormal,
-    pseudo-normal with the counts of config.data.batch. `key` drives dropout and the UR sampling.
+    pseudo-normal with the counts of config.data.batch. `key` drives dropout and the UR sampling;
+    an optional batch["reparam_noise"] (normal rows, T, hidden) replaces the sampling's standard
+    normal draw (tests that compare with another implementation).
     """
     n_normal, n_abnormal, n_pseudo = batch_counts(config)
     loss_cfg = _loss_config(config)
@@ -317,7 +332,7 @@ def compute_loss(model: Detector, batch: dict[str, jax.Array], weights: dict[str
     k_encode, k_heads = jax.random.split(key)
     embedded, h = urdmu.encode(features, key=k_encode)
     n_main = n_normal + n_abnormal
-    out = urdmu.train_heads(h[:n_main], 1, k_heads)
+    out = urdmu.train_heads(h[:n_main], 1, k_heads, batch.get("reparam_noise"))
     per_sample = urdmu_loss_per_sample(out, batch["label"][:n_main], kl_sum_over_time=urdmu.kl_sum_over_time)
 
     terms: dict[str, jax.Array] = {}
@@ -345,7 +360,7 @@ def compute_loss(model: Detector, batch: dict[str, jax.Array], weights: dict[str
     # DARM terms that are switched off are logged as 0, so every config logs the same keys.
     zero = jnp.zeros((), jnp.float32)
     terms.update(da_bce=zero, da_dist=zero, da_total=zero, da_accuracy=zero, upd=zero, usage_min=zero,
-                 usage_entropy=zero)
+                 usage_entropy=zero, usage_weight_max=zero)
     total = urdmu_total
     if loss_cfg.darm.domain_alignment and n_pseudo > 0:
         pooled = (h if loss_cfg.darm.pool == "selfatt" else embedded).mean(1)
@@ -358,7 +373,8 @@ def compute_loss(model: Detector, batch: dict[str, jax.Array], weights: dict[str
         upd = usage_update_loss(z, urdmu.a_memory.memory_block[...], urdmu.a_memory.slot_mask[...],
                                 tau=weights["tau"], beta=weights["beta"], eps=float(loss_cfg.darm.usage_eps),
                                 stop_grad_centers=bool(loss_cfg.darm.stop_grad_centers),
-                                stop_grad_usage=bool(loss_cfg.darm.stop_grad_usage))
+                                stop_grad_usage=bool(loss_cfg.darm.stop_grad_usage),
+                                centers=loss_cfg.darm.upd_centers, distance=loss_cfg.darm.upd_distance)
         terms.update(upd)
         total = total + weights["lambda2"] * upd["upd"]
     terms["total"] = total

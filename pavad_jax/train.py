@@ -85,21 +85,13 @@ def stream_row_permutation(batch_counts: dict[str, int], process_count: int) -> 
     return np.asarray(order, np.int32)
 
 
-def subset_clips(indices: np.ndarray, clips: int, seed: int) -> np.ndarray:
-    """A fixed random subset of `clips` pseudo-abnormal videos (the same for every member and rerun)."""
-    if clips > len(indices):
-        raise ConfigError(f"config.data.abnormal_clips = {clips}: the training split has only {len(indices)} "
-                          "abnormal-stream videos")
-    order = np.random.default_rng([seed, 1]).permutation(len(indices))
-    return np.sort(indices[order[:clips]])
-
-
 class DetectorData:
     """Training batches for a (members, data) mesh, shared by every member.
 
     Device-resident (`sampler`: the resampled table on every device, batch `step` drawn inside
     the program) or streamed from grain (`iterator`: this process's rows, see
-    distributed.data_slice). Either way the batch of a step depends on data.seed only.
+    distributed.data_slice). Both give the same batches, which depend on data.seed only
+    (data.sample_unit, docs/data.md): device residency is a speed choice, not a change of results.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh, shards):
@@ -108,21 +100,15 @@ class DetectorData:
         index, count = distributed.data_slice(mesh)
         self.row_permutation = stream_row_permutation(dict(config.data.batch), count)
         self.sampler = self.iterator = None
-        clips = int(config.data.get("abnormal_clips", 0) or 0)
-        if pipeline.use_device_resident(config.data, shards):
-            streams = pipeline.select_streams(shards, config.data)
-            if clips:
-                streams[1] = subset_clips(streams[1], clips, int(config.data.seed))
-            host = pipeline.build_resampled_table(shards, streams, int(config.data.segments))
-            self.sampler = pipeline.DeviceResidentSampler.from_table(
-                host, pipeline.stream_counts(config.data), sharding=distributed.replicated(mesh),
-                seed=int(config.data.seed))
-        else:
-            if clips:
-                raise ConfigError(f"config.data.abnormal_clips = {clips} needs the device-resident data mode "
-                                  "(set --config.data.device_resident=true)")
-            self.iterator = pipeline.make_train_iterator(config.data, process_index=index, process_count=count,
-                                                         shards=shards)
+        try:
+            if pipeline.use_device_resident(config.data, shards):
+                self.sampler = pipeline.DeviceResidentSampler.from_config(
+                    config.data, sharding=distributed.replicated(mesh), shards=shards)
+            else:
+                self.iterator = pipeline.make_train_iterator(config.data, process_index=index, process_count=count,
+                                                             shards=shards)
+        except ValueError as e:  # a stream the data cannot fill (source filters, abnormal_clips)
+            raise ConfigError(str(e)) from None
 
     def next(self):
         """The next `steps` batches stacked (k, B, ...) as global arrays, or None when sampled on device."""

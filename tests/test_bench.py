@@ -58,7 +58,8 @@ def test_step_matmuls_finds_every_dot_with_its_repeat_count():
 
 @pytest.mark.slow
 def test_tiny_benchmark_reports_every_figure(tmp_path):
-    result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members=2, hidden=8, slots=4, steps_per_dispatch=2)
+    result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members="1,16", hidden=8, slots=4,
+                                 steps_per_dispatch=2)
     assert result["rows"] == 6 and result["steps_per_dispatch"] == 2
     for name in ("compile_s", "train_step_ms", "train_segments_per_s", "infer_segments_per_s", "flops_per_step",
                  "achieved_flops_per_s", "matmul_peak_flops_per_s", "fraction_of_peak"):
@@ -67,12 +68,15 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert result["data_devices"] == 6 and result["matmul_only_ms"] is None
     assert result["train_segments_per_s"] == pytest.approx(6 * 32 / (result["train_step_ms"] / 1e3))
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_peak_flops_per_s"])
-    assert [row["members"] for row in result["sweep"]] == [1, 2]
+    # 1 member on one device, 16 on all 8 (2 per device): two points for the per-member memory line.
+    assert [(row["members"], row["devices"]) for row in result["sweep"]] == [(1, 1), (16, 8)]
     assert all(row["member_steps_per_s"] > 0 and row["memory_gb"] > 0 for row in result["sweep"])
     assert result["step_memory_gb"] > result["batch_gb"] > 0
     assert result["member_memory"]["members_fit_per_device"] > 0
+    assert result["member_memory"]["memory_per_member_gb"] > 0
+    assert "note" in bench.members_that_fit(result["sweep"][:1] * 2, 1.0)  # one members-per-device value: no line
     text = bench.format_report(result)
-    assert "fraction_of_peak" in text and "2 members" in text and "matmuls only          n/a" in text
+    assert "fraction_of_peak" in text and "16 members" in text and "matmuls only          n/a" in text
     json.dumps(result)  # JSON-able as --json writes it
 
 

@@ -67,8 +67,8 @@ def test_gradient_reversal_is_identity_forward_and_negated_scaled_backward():
 
 # ---------------------------------------------------------------------------- L_upd
 
-def numpy_usage_update(z, m, active, tau, beta, eps):
-    """PA-VAD Eqs. 10, 11, 13 written out directly over the active slots."""
+def numpy_usage_update(z, m, active, tau, beta, eps, reading="normalized"):
+    """PA-VAD Eqs. 10, 11, 13 written out directly over the active slots, in one of the two readings."""
     m = m[active]
     zn = z / np.linalg.norm(z, axis=1, keepdims=True)
     mn = m / np.linalg.norm(m, axis=1, keepdims=True)
@@ -79,20 +79,44 @@ def numpy_usage_update(z, m, active, tau, beta, eps):
     u_bar = u.mean()
     total = 0.0
     for k in range(m.shape[0]):
-        mu_k = (q[:, k:k + 1] * z).sum(0) / q[:, k].sum()
-        total += (u_bar / (u[k] + eps)) ** beta * np.sum((m[k] - mu_k) ** 2)
+        if reading == "raw":  # Eq. 13 as printed
+            mu_k = (q[:, k:k + 1] * z).sum(0) / q[:, k].sum()
+            distance = np.sum((m[k] - mu_k) ** 2)
+        else:  # centre of the unit embeddings, compared by direction
+            mu_k = (q[:, k:k + 1] * zn).sum(0) / q[:, k].sum()
+            distance = np.sum((mn[k] - mu_k / np.linalg.norm(mu_k)) ** 2)
+        total += (u_bar / (u[k] + eps)) ** beta * distance
     return total / m.shape[0]
 
 
-def test_usage_update_against_numpy_with_a_slot_mask():
+@pytest.mark.parametrize("reading", ["normalized", "raw"])
+def test_usage_update_against_numpy_with_a_slot_mask(reading):
     rng = np.random.default_rng(0)
-    z = rng.normal(size=(30, 8)).astype(np.float32)
+    z = (5 * rng.normal(size=(30, 8))).astype(np.float32)
     m = rng.normal(size=(7, 8)).astype(np.float32)
     active = np.array([True] * 5 + [False] * 2)
     for tau, beta in ((0.1, 1.0), (0.5, 2.0)):
-        got = losses.usage_update_loss(jnp.asarray(z), jnp.asarray(m), jnp.asarray(active),
-                                       tau=tau, beta=beta, eps=1e-6)
-        np.testing.assert_allclose(got["upd"], numpy_usage_update(z, m, active, tau, beta, 1e-6), rtol=1e-4)
+        got = losses.usage_update_loss(jnp.asarray(z), jnp.asarray(m), jnp.asarray(active), tau=tau, beta=beta,
+                                       eps=1e-6, centers=reading, distance=reading)
+        np.testing.assert_allclose(got["upd"], numpy_usage_update(z, m, active, tau, beta, 1e-6, reading), rtol=1e-4)
+    # The direction reading ignores magnitudes: scaling the embeddings or a slot leaves it unchanged.
+    scaled = losses.usage_update_loss(jnp.asarray(10 * z), jnp.asarray(m * np.arange(1, 8)[:, None]),
+                                      jnp.asarray(active), tau=0.1, beta=1.0, centers=reading, distance=reading)
+    unscaled = losses.usage_update_loss(jnp.asarray(z), jnp.asarray(m), jnp.asarray(active), tau=0.1, beta=1.0,
+                                        centers=reading, distance=reading)
+    assert (abs(float(scaled["upd"]) - float(unscaled["upd"])) < 1e-4) == (reading == "normalized")
+
+
+def test_usage_update_direction_reading_is_bounded_and_leaves_slot_norms_alone():
+    rng = np.random.default_rng(3)
+    z, m = jnp.asarray(30 * rng.normal(size=(40, 8))), jnp.asarray(rng.normal(size=(6, 8)))
+    active = jnp.ones(6, bool)
+    out = losses.usage_update_loss(z, m, active, tau=0.1, beta=1.0)
+    assert 0 <= float(out["upd"]) <= 4 * float(out["usage_weight_max"])  # each direction distance is <= 4
+    grad = jax.grad(lambda m: losses.usage_update_loss(z, m, active, tau=0.1, beta=1.0)["upd"])(m)
+    np.testing.assert_allclose(jnp.sum(grad * m, axis=-1), 0.0, atol=1e-5)  # no radial component
+    with pytest.raises(ValueError, match="upd_centers must be one of"):
+        losses.usage_update_loss(z, m, active, tau=0.1, beta=1.0, centers="unit")
 
 
 def test_usage_update_stop_gradients():

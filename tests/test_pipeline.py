@@ -186,11 +186,30 @@ def test_restored_iterator_continues_identically(config):
     _assert_batches_equal(_take(restored, 4), uninterrupted[3:])
 
 
-def test_epoch_visits_each_video_once(config):
-    # 12 normal videos, 4 per step: 3 steps are exactly one epoch.
+def test_crop_epoch_visits_every_video_crop_pair_once(config):
+    # sample_unit="crop" (the default): 12 normal videos x 3 crops = 36 samples, 4 per step, so
+    # steps 0-8 are one epoch and steps 9-17 the next.
+    assert config.sample_unit == "crop"
+    batches = _take(pipeline.make_train_iterator(config), 18)
+    pairs = [pair for b in batches for pair in _row_ids(b["features"][:4])]
+    every_pair = sorted((v, c) for v in range(12) for c in range(3))
+    assert sorted(pairs[:36]) == every_pair and sorted(pairs[36:]) == every_pair
+    assert pairs[:36] != pairs[36:]  # reshuffled each epoch
+    # 10 pseudo-abnormal videos of one crop, 4 per step: 8 per epoch (drop_last), never a repeat.
+    abnormal = [n for b in batches for n, _ in _row_ids(b["features"][4:8])]
+    for epoch in range(0, len(abnormal) - 7, 8):
+        assert len(set(abnormal[epoch:epoch + 8])) == 8
+    assert len(set(abnormal)) == 10  # the dropped remainder differs between epochs
+
+
+def test_video_epoch_visits_each_video_once(config):
+    # sample_unit="video": 12 normal videos, 4 per step: 3 steps are exactly one epoch.
+    config.sample_unit = "video"
     batches = _take(pipeline.make_train_iterator(config), 3)
     normals = [n for b in batches for n, _ in _row_ids(b["features"][:4])]
     assert sorted(normals) == list(range(12))
+    crops = {c for b in _take(pipeline.make_train_iterator(config), 9) for _, c in _row_ids(b["features"][:4])}
+    assert crops == {0, 1, 2}
 
 
 def test_stream_smaller_than_its_count_wraps_over_epochs(config):
@@ -202,8 +221,27 @@ def test_stream_smaller_than_its_count_wraps_over_epochs(config):
     assert all(rows.count(n) == 3 for n in set(rows))  # still every video once per epoch
 
 
+def test_abnormal_clips_keeps_a_fixed_subset_on_both_paths(config, dataset):
+    shards = ShardSet(dataset / "train")
+    full = pipeline.select_streams(shards, config)
+    config.abnormal_clips = 3
+    streams = pipeline.select_streams(shards, config)
+    assert len(streams[1]) == 3 and set(streams[1]) <= set(full[1])
+    np.testing.assert_array_equal(streams[0], full[0])  # the other streams are untouched
+    np.testing.assert_array_equal(streams[1], pipeline.select_streams(shards, config)[1])  # fixed by data.seed
+    kept = {int(shards.entries[i]["id"].rsplit("-", 1)[1]) for i in streams[1]}
+    grain_rows = {n for b in _take(pipeline.make_train_iterator(config, shards=shards), 4)
+                  for n, _ in _row_ids(b["features"][4:8])}
+    sampler = pipeline.DeviceResidentSampler.from_config(config, shards=shards)
+    device_rows = {n for step in range(4) for n, _ in _row_ids(np.asarray(sampler.sample(step)["features"][4:8]))}
+    assert grain_rows == device_rows == kept
+    config.abnormal_clips = 11
+    with pytest.raises(ValueError, match="abnormal_clips = 11: .* has only 10 abnormal-stream videos"):
+        pipeline.select_streams(shards, config)
+
+
 def test_hosts_slices_concatenate_to_the_global_batch(config):
-    steps = 6
+    steps = 9  # one epoch of the normal stream's 36 crop sequences
     single = _take(pipeline.make_train_iterator(config), steps)
     hosts = [_take(pipeline.make_train_iterator(config, process_index=p, process_count=2), steps) for p in (0, 1)]
     for step in range(steps):
@@ -213,9 +251,9 @@ def test_hosts_slices_concatenate_to_the_global_batch(config):
             for key in single[step]:
                 joined = np.concatenate([h0[key][lo // 2:lo // 2 + half], h1[key][lo // 2:lo // 2 + half]])
                 np.testing.assert_array_equal(joined, single[step][key][lo:hi], err_msg=f"{key} step {step}")
-    # Within one normal epoch (3 steps) the two hosts see disjoint videos.
-    seen = [{n for b in hosts[p][:3] for n, _ in _row_ids(b["features"][:2])} for p in (0, 1)]
-    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12
+    # Within that epoch the two hosts see disjoint samples.
+    seen = [{pair for b in hosts[p] for pair in _row_ids(b["features"][:2])} for p in (0, 1)]
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 36
 
 
 def test_indivisible_counts_and_missing_streams_are_named(config, tmp_path):
@@ -244,11 +282,17 @@ def test_worker_processes_give_the_same_batches(config):
 # ----------------------------------------------------------------------------- device-resident path
 
 
-def test_device_sampler_matches_grain_layout(config, dataset):
+@pytest.mark.parametrize("unit, dtype, pseudo_normal", [
+    ("crop", "float32", 2), ("video", "float32", 2), ("crop", "bfloat16", 6), ("video", "float16", 6)])
+def test_device_sampler_gives_the_grain_batches_bit_for_bit(config, dataset, unit, dtype, pseudo_normal):
+    # 12 steps cross epoch boundaries of every stream (crop: 9, 2 and 2 or 2/3 steps per epoch;
+    # video: 3, 2 and 2); pseudo_normal = 6 > its 4 videos makes steps span several epochs.
+    config.sample_unit, config.table_dtype, config.batch.pseudo_normal = unit, dtype, pseudo_normal
     shards = ShardSet(dataset / "train")
-    streams = pipeline.select_streams(shards, config)
-    host = pipeline.build_resampled_table(shards, streams, T)
-    sampler = pipeline.DeviceResidentSampler.from_table(host, pipeline.stream_counts(config))
+    steps = 12
+    expected = _take(pipeline.make_train_iterator(config, shards=shards), steps)
+    sampler = pipeline.DeviceResidentSampler.from_config(config, shards=shards)
+    assert sampler.table.dtype == np.dtype(pipeline.TABLE_DTYPES[dtype])
     traces = []
 
     @jax.jit
@@ -256,35 +300,36 @@ def test_device_sampler_matches_grain_layout(config, dataset):
         traces.append(1)
         return sampler.sample(step)
 
-    grain_batch = next(pipeline.make_train_iterator(config, shards=shards))
-    by_number = {int(shards.entries[i]["id"].rsplit("-", 1)[1]): (s, i) for s, idx in enumerate(streams) for i in idx}
-    batches = [jax.device_get(sample(sampler, step)) for step in range(5)]
+    got = [jax.device_get(sample(sampler, np.int32(step))) for step in range(steps)]
     assert len(traces) == 1  # one compilation for every step
-    for batch in batches:
-        for key, value in grain_batch.items():
-            assert batch[key].shape == value.shape and batch[key].dtype == value.dtype, key
-        np.testing.assert_array_equal(batch["stream"], grain_batch["stream"])
-        np.testing.assert_array_equal(batch["label"], grain_batch["label"])
-        np.testing.assert_array_equal(batch["synthetic"], grain_batch["synthetic"])
-        ids = _row_ids(batch["features"])
-        for row, stream_id, (number, crop) in zip(batch["features"], batch["stream"], ids):
-            s, record_index = by_number[number]
-            assert s == stream_id
-            expected = resample_segments(shards[int(record_index)].features[crop], T)
-            np.testing.assert_array_equal(row, expected)
-        for lo, hi in ((0, 4), (4, 8), (8, 10)):  # distinct videos within a stream
-            assert len({n for n, _ in ids[lo:hi]}) == hi - lo
-    assert not np.array_equal(batches[0]["features"], batches[1]["features"])
-    crops_seen = {c for b in batches for _, c in _row_ids(b["features"][:4])}
-    assert crops_seen == {0, 1, 2}
+    _assert_batches_equal(got, expected)
+    for batch in got:
+        assert batch["features"].dtype == np.float32
+    # The rounding really happened: a float32 run differs, and by the storage precision at most.
+    if dtype != "float32":
+        config.table_dtype = "float32"
+        exact = next(pipeline.make_train_iterator(config, shards=shards))["features"]
+        assert not np.array_equal(exact, got[0]["features"])
+        np.testing.assert_allclose(got[0]["features"], exact, rtol=2**-7, atol=1e-6)
 
 
-def test_device_sampler_draws_with_replacement_past_the_stream_size(config):
-    config.batch.pseudo_normal = 6  # only 4 pseudo-normal videos
-    sampler = pipeline.DeviceResidentSampler.from_config(config)
-    batch = jax.jit(lambda s, step: s.sample(step))(sampler, 1)
-    assert batch["features"].shape == (14, T, D)
-    assert {n for n, _ in _row_ids(np.asarray(batch["features"][8:]))} <= set(range(28, 32))
+def test_device_sampler_rows_are_resampled_crops(config, dataset):
+    shards = ShardSet(dataset / "train")
+    by_number = {int(e["id"].rsplit("-", 1)[1]): i for i, e in enumerate(shards.entries)}
+    batch = jax.device_get(pipeline.DeviceResidentSampler.from_config(config, shards=shards).sample(3))
+    np.testing.assert_array_equal(batch["stream"], [0] * 4 + [1] * 4 + [2] * 2)
+    np.testing.assert_array_equal(batch["label"], [0] * 4 + [1] * 4 + [0] * 2)
+    for row, (number, crop) in zip(batch["features"], _row_ids(batch["features"])):
+        np.testing.assert_array_equal(row, resample_segments(shards[by_number[number]].features[crop], T))
+
+
+def test_sample_unit_and_table_dtype_are_checked(config):
+    config.sample_unit = "frame"
+    with pytest.raises(ValueError, match="data.sample_unit is 'frame'"):
+        pipeline.make_train_iterator(config)
+    config.sample_unit, config.table_dtype = "crop", "int8"
+    with pytest.raises(ValueError, match="data.table_dtype is 'int8'"):
+        pipeline.make_train_iterator(config)
 
 
 def test_auto_device_resident_follows_the_budget(config):
@@ -298,6 +343,9 @@ def test_auto_device_resident_follows_the_budget(config):
     assert pipeline.use_device_resident(config, shards)
     config.device_budget_gb = (nbytes * copies - copies) / pipeline.GIB
     assert not pipeline.use_device_resident(config, shards)
+    config.table_dtype = "bfloat16"  # half the bytes: fits again
+    assert pipeline.use_device_resident(config, shards)
+    config.table_dtype = "float32"
     config.device_resident = "true"
     assert pipeline.use_device_resident(config, shards)
     config.device_resident = "sometimes"

@@ -12,7 +12,7 @@ from flax import nnx
 
 from pavad_jax.losses import dsr_indices, gv_lambda_warmup, gv_official_scale
 from pavad_jax.models import lap, rtfm
-from pavad_jax.train import pytorch_adam
+from pavad_jax.engine import pytorch_adam
 import rtfm_torch_reference as ref
 import test_lap as lap_tests
 from test_rtfm import experiment_config, make_batch, tiny_model

@@ -223,15 +223,18 @@ def test_abnormal_clips_keeps_a_fixed_subset_of_the_abnormal_stream(easy_data):
     mesh = distributed.make_mesh(1, 1)
     shards = train.pipeline.open_split(config.data, "train")
     first, again = (train.DetectorData(config, mesh, shards).sampler for _ in range(2))
-    assert first.first_row[1].shape == (3,) and first.first_row[0].shape == (8,)  # normal stream untouched
-    np.testing.assert_array_equal(first.first_row[1], again.first_row[1])
+    # One crop per training video: a sample per video; the normal stream is untouched.
+    assert first.unit_row[1].shape == (3,) and first.unit_row[0].shape == (8,)
+    np.testing.assert_array_equal(first.unit_row[1], again.unit_row[1])
     too_many = sweep.member_config(config, {"abnormal_clips": 9})
     with pytest.raises(ConfigError, match="abnormal_clips = 9.*only 8"):
         train.DetectorData(too_many, mesh, shards)
+    # The grain path keeps the same subset: the same batches as the device-resident path.
     streamed = sweep.member_config(config, {"abnormal_clips": 3})
     streamed.data.device_resident = False
-    with pytest.raises(ConfigError, match="device-resident"):
-        train.DetectorData(streamed, mesh, shards)
+    grain = train.DetectorData(streamed, mesh, shards)
+    sampled = train.jax.jit(lambda s: s.sample(0))(first)
+    np.testing.assert_array_equal(np.asarray(grain.next()["features"])[0], np.asarray(sampled["features"]))
 
 
 @pytest.mark.slow

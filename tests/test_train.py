@@ -79,6 +79,20 @@ def test_one_and_four_devices_give_the_same_trajectory(data_dir, tmp_path, devic
     np.testing.assert_allclose(losses[4], losses[1], rtol=1e-5)
 
 
+def test_device_resident_is_a_speed_choice_not_a_change_of_results(data_dir, tmp_path):
+    # Both paths feed the same batches (pipeline tests), so the same run trains the same way.
+    summaries, losses = {}, {}
+    for resident in (True, False):
+        config = tiny_config(data_dir, steps=6)
+        config.data.device_resident = resident
+        config.train.num_devices = 1
+        summaries[resident] = train.train_and_evaluate(config, tmp_path / str(resident))
+        losses[resident] = read_losses(tmp_path / str(resident))
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
+    assert summaries[True]["best_step"] == summaries[False]["best_step"]
+    assert summaries[True]["auc"] == pytest.approx(summaries[False]["auc"], abs=1e-6)
+
+
 @pytest.mark.parametrize("device_resident", [True, False])
 def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path, device_resident):
     def run(workdir, steps):

@@ -260,3 +260,17 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses_near_float32():
     np.testing.assert_array_equal(jit_scores(bf16)(x), jit_scores(f32)(x))  # test mode stays float32
     with pytest.raises(ValueError, match="compute_dtype"):
         build_detector(small_config(compute_dtype="float16"))
+
+
+def test_anchor_quirk_moves_only_anchor_new():
+    """model.quirks.anchor_at_abnormal_index (the reference's first commit) changes anchor_new alone."""
+    fixed = build_detector(small_config(), seed=0)
+    first_commit = build_detector(small_config(quirks={"local_attn_column_norm": True, "kl_sum_over_time": True,
+                                                       "anchor_at_abnormal_index": True}), seed=0)
+    x = jax.random.normal(jax.random.key(0), (4, 12, 24))
+    noise = jax.random.normal(jax.random.key(1), (2, 12, 32))
+    out_fixed, out_quirk = (jit_train_forward(d)(x, None, noise) for d in (fixed, first_commit))
+    for name in out_fixed:
+        if name != "anchor_new":
+            np.testing.assert_array_equal(out_fixed[name], out_quirk[name], err_msg=name)
+    assert float(jnp.abs(out_fixed["anchor_new"] - out_quirk["anchor_new"]).max()) > 1e-3

@@ -2,7 +2,9 @@
 
 Used only by the tests as "the reference implementation": module names reproduce the
 reference's state_dict keys, and the forward reproduces its quirks. `noise` lets a test feed
-the reparameterisation the same standard normal draw as the JAX port.
+the reparameterisation the same standard normal draw as the JAX port. The model follows the
+reference's fixed code (commit 152c4dc); `anchor_at_abnormal_index=True` is its first commit,
+which gathered anchor_new at the abnormal half's top-k indices.
 """
 import math
 
@@ -101,15 +103,18 @@ def _gather_mean(x, index):
 
 
 class WSAD(nn.Module):
-    def __init__(self, input_size, a_nums=60, n_nums=60):
+    def __init__(self, input_size, a_nums=60, n_nums=60, anchor_at_abnormal_index=False, hidden=512, heads=4,
+                 mlp_dim=512, cls_hidden=128):
+        """The reference's sizes by default; tests narrow hidden/heads/mlp_dim/cls_hidden to run fast."""
         super().__init__()
-        self.embedding = Temporal(input_size, 512)
-        self.selfatt = Transformer(512, 2, 4, 128, 512, dropout=0.5)
-        self.cls_head = ADCLS(1024, 128)
-        self.Amemory = MemoryUnit(a_nums, 512)
-        self.Nmemory = MemoryUnit(n_nums, 512)
-        self.encoder_mu = nn.Sequential(nn.Linear(512, 512))
-        self.encoder_var = nn.Sequential(nn.Linear(512, 512))
+        self.anchor_at_abnormal_index = anchor_at_abnormal_index
+        self.embedding = Temporal(input_size, hidden)
+        self.selfatt = Transformer(hidden, 2, heads, hidden // heads, mlp_dim, dropout=0.5)
+        self.cls_head = ADCLS(2 * hidden, cls_hidden)
+        self.Amemory = MemoryUnit(a_nums, hidden)
+        self.Nmemory = MemoryUnit(n_nums, hidden)
+        self.encoder_mu = nn.Sequential(nn.Linear(hidden, hidden))
+        self.encoder_var = nn.Sequential(nn.Linear(hidden, hidden))
         self.triplet = nn.TripletMarginLoss(margin=1)
 
     def forward(self, x, noise=None):
@@ -145,7 +150,7 @@ class WSAD(nn.Module):
         mu, logvar = self.encoder_mu(n_aug), self.encoder_var(n_aug)
         eps = torch.randn_like(mu) if noise is None else noise
         n_aug_new = mu + eps * logvar.exp().sqrt()
-        anchor_new = per_video(_gather_mean(n_aug_new, n_index))
+        anchor_new = per_video(_gather_mean(n_aug_new, a_index if self.anchor_at_abnormal_index else n_index))
         a_aug_new = self.encoder_mu(a_aug)
         negative_new = per_video(_gather_mean(a_aug_new, a_index))
         kl = torch.mean(-0.5 * torch.sum(1 + logvar - mu**2 - logvar.exp(), dim=1))

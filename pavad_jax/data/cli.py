@@ -12,7 +12,7 @@
   pavad-data import rtfm --list shanghai-i3d-test-10crop.list --features DIR --dataset sht \\
       --gt test_frame_mask/ --output OUT
   pavad-data import folder --features DIR --labels labels.csv --output OUT
-  pavad-data synthetic --output DIR [--size small|default|ucf] [--seed N] [--splits test]
+  pavad-data synthetic --output DIR [--size small|xd_small|default|ucf] [--seed N] [--splits test]
 
 See docs/data.md for the format and the layouts.
 """
@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthetic", help="generate the embedded synthetic benchmark (deterministic)")
     p.add_argument("--output", required=True, help="dataset folder to create (gets train/ and test/)")
     p.add_argument("--size", default="default", choices=synthetic.SIZE_NAMES,
-                   help="small: D=64, seconds, for tests; default: D=1024, UR-DMU-size; ucf: random features "
+                   help="small: D=64, seconds, for tests; xd_small: D=64, 5 crops, real abnormal training "
+                        "videos (configs/xd.py:runlocal); default: D=1024, UR-DMU-size; ucf: random features "
                         "with UCF-Crime's real shapes (290 test videos at their real lengths, 1610 training "
                         "videos, 10 crops, D=1024, float16: ~1.4 + ~8 GB), for speed and memory only")
     p.add_argument("--seed", type=int, default=0, help="seed of the whole dataset")

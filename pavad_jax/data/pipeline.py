@@ -1,20 +1,21 @@
 """Input pipelines: training batches (grain, or device-resident) and bucketed evaluation batches.
 
 Training follows UR-DMU's loaders (shared/reference/urdmu.md, "Training and data"): every step
-draws a fixed number of videos per stream (normal, abnormal, pseudo-normal), takes one of each
-video's crops uniformly at random and resamples it to T segments (`resample_segments`). Each
-stream is a shuffled sequence of its videos, reshuffled every epoch with the remainder dropped
-(the reference's ``drop_last``), so no video repeats within an epoch.
+takes a fixed number of rows per stream (normal, abnormal, pseudo-normal), each a crop sequence
+resampled to T segments (`resample_segments`). Which (video, crop) fills each row is
+`pavad_jax.data.order`: with data.sample_unit = "crop" (the reference) every (video, crop) pair
+is a sample and each stream is a shuffled pass over its crop sequences per epoch, the remainder
+dropped (``drop_last``), the streams restarting independently; "video" shuffles videos and
+takes one crop of each uniformly. The order depends on data.seed only.
 
-Two interchangeable training paths give batches of the same layout (docs/architecture.md,
-"Batches"):
+Two interchangeable training paths give the *same* batches, bit for bit, so choosing one
+(data.device_resident) changes speed, never results (docs/architecture.md, "Batches"):
 
 * `make_train_iterator`: grain on the host, checkpointable (``get_state``/``set_state``), each
   host producing its slice of every stream for ``jax.make_array_from_process_local_data``.
-* `DeviceResidentSampler`: every (video, crop) resampled to T once and kept on the device;
-  ``sample(key)`` is jittable. Resampling depends only on the video and the crop, so drawing a
-  video and a crop and indexing the pre-resampled table is the same distribution as resampling
-  per sample.
+* `DeviceResidentSampler`: every (video, crop) resampled to T once and kept on the device
+  (stored as data.table_dtype); ``sample(step)`` is jittable and returns the global batch of
+  that step. The grain path rounds its features through data.table_dtype the same way.
 
 Evaluation (`make_eval_batches`) keeps test videos at full length: short videos are packed
 several to a row of a few bucket lengths (segment ids tell them apart), long ones get a row of
@@ -44,6 +45,7 @@ from absl import flags
 from tqdm import tqdm
 
 from pavad_jax.config_base import default_data_config  # noqa: F401  (the data fields' defaults)
+from pavad_jax.data import order
 from pavad_jax.data.resample import resample_segments
 from pavad_jax.shards import SEGMENT_FRAMES, STREAMS, ShardSet, align_labels
 
@@ -55,6 +57,8 @@ _SOURCES = {
     "abnormal_source": ("pseudo", "real", "any"),
 }
 GIB = 2**30
+# data.table_dtype -> the numpy dtype training features are rounded through (bfloat16 from ml_dtypes).
+TABLE_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(jnp.bfloat16)}
 
 
 # ----------------------------------------------------------------------------- selection
@@ -103,7 +107,8 @@ def select_streams(shards: ShardSet, data_config: ml_collections.ConfigDict) -> 
     """Record indices of each stream (normal, abnormal, pseudo-normal) in `shards`.
 
     A stream with a zero count in data.batch gets no records; a used stream with none is an
-    error that names the split and the source filter.
+    error that names the split and the source filter. data.abnormal_clips > 0 keeps that many
+    abnormal-stream videos, a fixed subset drawn with data.seed (`subset_clips`).
     """
     for field, allowed in _SOURCES.items():
         if data_config[field] not in allowed:
@@ -118,54 +123,84 @@ def select_streams(shards: ShardSet, data_config: ml_collections.ConfigDict) -> 
                              f"{data_config.normal_source!r}, abnormal_source={data_config.abnormal_source!r}); "
                              f"the split holds (stream, source) = {have}")
         selected.append(np.asarray(indices, np.int64))
+    clips = int(data_config.get("abnormal_clips", 0) or 0)
+    if clips:
+        selected[1] = subset_clips(selected[1], clips, int(data_config.seed), where=str(shards.path))
     return selected
 
 
-def _stream_seeds(seed: int, stream_id: int) -> tuple[int, int]:
-    """Independent (shuffle, crop) seeds of one stream, derived from the run seed."""
-    shuffle_seed, crop_seed = np.random.SeedSequence([int(seed), stream_id]).generate_state(2)
-    return int(shuffle_seed), int(crop_seed)
+def subset_clips(indices: np.ndarray, clips: int, seed: int, *, where: str = "the training split") -> np.ndarray:
+    """A fixed random subset of `clips` abnormal-stream videos, in record order (the same for every run of a seed)."""
+    if not 0 < clips <= len(indices):
+        raise ValueError(f"config.data.abnormal_clips = {clips}: {where} has only {len(indices)} "
+                         "abnormal-stream videos")
+    chosen = np.random.default_rng([seed, 1]).permutation(len(indices))[:clips]
+    return np.sort(indices[chosen])
+
+
+def table_dtype(data_config: ml_collections.ConfigDict) -> np.dtype:
+    """data.table_dtype as a numpy dtype, with a clear error on an unknown name."""
+    name = str(data_config.get("table_dtype", "float32"))
+    if name not in TABLE_DTYPES:
+        raise ValueError(f"config.data.table_dtype is {name!r}, expected one of {sorted(TABLE_DTYPES)}")
+    return TABLE_DTYPES[name]
+
+
+def _stream_orders(crops: Sequence[np.ndarray], counts: Sequence[int], unit: str, seed: int
+                   ) -> list[tuple[order.StreamUnits, order.StreamOrder] | None]:
+    """Per stream, its units and their order from the crop counts of its videos; None for an unused stream."""
+    plans = []
+    for stream_id, (stream_crops, count) in enumerate(zip(crops, counts)):
+        if not count:
+            plans.append(None)
+            continue
+        units = order.stream_units(stream_crops, unit)
+        plans.append((units, order.StreamOrder.make(len(units), count, seed=seed, stream_id=stream_id)))
+    return plans
 
 
 # ----------------------------------------------------------------------------- grain training path
 
 
-class _ShuffledEpochs(grain.transforms.Map):
-    """Position k of an endless stream -> record index, in a fresh permutation every epoch.
+class _StreamPositions(grain.transforms.Map):
+    """Position k of an endless stream -> (record index, crop), as `order.StreamOrder` orders it.
 
-    Epoch e is the first `usable` entries of a permutation drawn from (seed, e). Used instead
-    of grain's MapDataset.shuffle, whose per-index cipher costs ~1 ms per element on a
-    stream of a few dozen videos.
+    Each epoch's permutation is computed once and cached (a few epochs per stream at a time).
     """
 
-    def __init__(self, indices: np.ndarray, usable: int, seed: int):
+    def __init__(self, indices: np.ndarray, units: order.StreamUnits, stream_order: order.StreamOrder):
         self.indices = indices
-        self.usable = usable
-        self.seed = seed
+        self.units = units
+        self.order = stream_order
 
-    @functools.lru_cache(maxsize=64)  # keyed by (self, epoch): a few epochs of each stream
+    @functools.lru_cache(maxsize=64)  # keyed by (self, epoch)
     def _epoch(self, epoch: int) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.indices))
-        return self.indices[order[:self.usable]]
+        return self.order.permutation(epoch)
 
-    def map(self, position: int) -> int:
-        epoch, offset = divmod(position, self.usable)
-        return int(self._epoch(epoch)[offset])
+    def map(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, self.order.usable)
+        unit = int(self._epoch(epoch)[offset])
+        crop = int(self.units.crop[unit])
+        if self.units.span[unit] > 1:
+            crop += int(self.order.crop_offsets(np.asarray([position]), self.units.span[unit:unit + 1])[0])
+        return int(self.indices[self.units.video[unit]]), crop
 
 
-class _LoadSample(grain.transforms.RandomMap):
-    """Reads one video, picks one of its crops uniformly and resamples it to T segments."""
+class _LoadSample(grain.transforms.Map):
+    """Reads one video's crop and resamples it to T segments, rounded through the table dtype."""
 
-    def __init__(self, shards: ShardSet, segments: int, stream_id: int):
+    def __init__(self, shards: ShardSet, segments: int, stream_id: int, dtype: np.dtype):
         self.shards = shards
         self.segments = segments
         self.stream_id = stream_id
+        self.dtype = dtype
 
-    def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def map(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
+        index, crop = element
         record = self.shards[index]
-        crop = rng.integers(record.features.shape[0])
         return {
-            "features": resample_segments(record.features[crop], self.segments),
+            "features": resample_segments(record.features[crop], self.segments).astype(self.dtype, copy=False)
+            .astype(np.float32, copy=False),
             "label": np.float32(record.label),
             "synthetic": np.float32(record.source == "pseudo"),
             "stream": np.int32(self.stream_id),
@@ -178,21 +213,6 @@ def host_count(global_count: int, process_count: int, name: str) -> int:
         raise ValueError(f"config.data.batch.{name}={global_count} is not divisible by process_count="
                          f"{process_count}: every host must take an equal slice of each stream")
     return global_count // process_count
-
-
-def _stream_samples(shards: ShardSet, indices: np.ndarray, global_count: int, *, seed: int, stream_id: int,
-                    segments: int) -> grain.MapDataset:
-    """One stream as an endless MapDataset of samples: position k -> a resampled crop of a video.
-
-    The sequence is the same on every host; step s of the global batch takes its positions
-    [s*n, (s+1)*n), and `_HostSteps` gives each host its part of that range.
-    """
-    shuffle_seed, crop_seed = _stream_seeds(seed, stream_id)
-    # Drop each epoch's remainder, as the reference loaders do (drop_last=True), unless the
-    # stream is smaller than one batch (tiny datasets): then batches wrap over epochs.
-    usable = len(indices) // global_count * global_count or len(indices)
-    ds = grain.MapDataset.range(sys.maxsize).map(_ShuffledEpochs(indices, usable, shuffle_seed))
-    return ds.random_map(_LoadSample(shards, segments, stream_id), seed=crop_seed)
 
 
 class _HostSteps(grain.MapDataset):
@@ -236,11 +256,18 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | No
     counts = stream_counts(data_config)
     for key, count in zip(BATCH_KEYS, counts):
         host_count(count, process_count, key)
-    used = [(stream_id, indices, count)
-            for stream_id, (indices, count) in enumerate(zip(select_streams(shards, data_config), counts)) if count]
-    streams = [_stream_samples(shards, indices, count, seed=seed, stream_id=stream_id, segments=data_config.segments)
-               for stream_id, indices, count in used]
-    steps = _HostSteps(streams, [count for _, _, count in used], process_index, process_count)
+    streams = select_streams(shards, data_config)
+    crops = [np.asarray([shards.entries[i]["crops"] for i in indices], np.int32) for indices in streams]
+    dtype = table_dtype(data_config)
+    datasets, used_counts = [], []
+    for stream_id, plan in enumerate(_stream_orders(crops, counts, data_config.sample_unit, seed)):
+        if plan is None:
+            continue
+        positions = _StreamPositions(streams[stream_id], *plan)
+        load = _LoadSample(shards, data_config.segments, stream_id, dtype)
+        datasets.append(grain.MapDataset.range(sys.maxsize).map(positions).map(load))
+        used_counts.append(counts[stream_id])
+    steps = _HostSteps(datasets, used_counts, process_index, process_count)
     read = grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch_batches)
     ds = steps.to_iter_dataset(read)
     if data_config.worker_count > 0:
@@ -258,8 +285,9 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int | N
     Each batch is a dict of numpy arrays with this host's rows of every stream, ordered normal,
     abnormal, pseudo-normal: features (b, T, D) float32, label (b,) float32, synthetic (b,)
     float32 (1 for source=pseudo), stream (b,) int32; b = global count / process_count per
-    stream. `get_state()` / `set_state()` save and restore the position. Deterministic given
-    `seed` (default data.seed); `shards` reuses an already opened training split.
+    stream. Batch i of the global batch is what `DeviceResidentSampler.sample(i)` returns.
+    `get_state()` / `set_state()` save and restore the position. Deterministic given `seed`
+    (default data.seed); `shards` reuses an already opened training split.
     """
     return iter(make_train_dataset(data_config, seed=seed, process_index=process_index,
                                    process_count=process_count, shards=shards))
@@ -272,7 +300,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int | N
 class ResampledTable:
     """Every (video, crop) of the training streams resampled to T, on the host (numpy)."""
 
-    table: np.ndarray  # (rows, T, D) float32; a video's crops are consecutive rows
+    table: np.ndarray  # (rows, T, D) float32 or data.table_dtype; a video's crops are consecutive rows
     first_row: tuple[np.ndarray, ...]  # per stream, (videos,) int32: table row of crop 0
     crops: tuple[np.ndarray, ...]  # per stream, (videos,) int32
     label: tuple[np.ndarray, ...]  # per stream, (videos,) float32
@@ -280,16 +308,18 @@ class ResampledTable:
     record_index: tuple[np.ndarray, ...]  # per stream, (videos,) int64 index into the ShardSet
 
 
-def resampled_table_bytes(shards: ShardSet, streams: Sequence[np.ndarray], segments: int) -> int:
-    """Size in bytes of the float32 table `build_resampled_table` would make (from metadata only)."""
+def resampled_table_bytes(shards: ShardSet, streams: Sequence[np.ndarray], segments: int,
+                          dtype: np.dtype = np.dtype(np.float32)) -> int:
+    """Size in bytes of the table `build_resampled_table` would make (from metadata only)."""
     rows = sum(shards.entries[i]["crops"] for indices in streams for i in indices)
-    return rows * segments * (shards.feature_dim or 0) * 4
+    return rows * segments * (shards.feature_dim or 0) * np.dtype(dtype).itemsize
 
 
-def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segments: int) -> ResampledTable:
-    """Read every selected video once and resample all of its crops to `segments`."""
+def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segments: int,
+                          dtype: np.dtype = np.dtype(np.float32)) -> ResampledTable:
+    """Read every selected video once and resample all of its crops to `segments`, stored as `dtype`."""
     n_rows = sum(shards.entries[i]["crops"] for indices in streams for i in indices)
-    table = np.empty((n_rows, segments, shards.feature_dim), np.float32)
+    table = np.empty((n_rows, segments, shards.feature_dim), dtype)
     first_rows, crops, labels, synthetic = [], [], [], []
     row = 0
     with tqdm(total=sum(len(s) for s in streams), desc="resampling the training set", unit="video",
@@ -299,7 +329,7 @@ def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segme
             for i in indices:
                 record = shards[int(i)]
                 c = record.features.shape[0]
-                table[row:row + c] = resample_segments(record.features, segments)
+                table[row:row + c] = resample_segments(record.features, segments).astype(dtype)
                 first.append(row)
                 n_crops.append(c)
                 label.append(record.label)
@@ -343,69 +373,79 @@ def use_device_resident(data_config: ml_collections.ConfigDict, shards: ShardSet
     if mode != "auto":
         return mode
     shards = shards if shards is not None else open_split(data_config, data_config.train_split, verify=False)
-    nbytes = resampled_table_bytes(shards, select_streams(shards, data_config), data_config.segments)
+    nbytes = resampled_table_bytes(shards, select_streams(shards, data_config), data_config.segments,
+                                   table_dtype(data_config))
     return nbytes <= _device_budget_bytes(data_config)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DeviceResidentSampler:
-    """The pre-resampled training set on the device and a jittable `sample(key)`.
+    """The pre-resampled training set on the device and a jittable `sample(step)`.
 
     A pytree: pass it into the jitted train step as an argument (closing over it would bake the
-    table into the program as a constant). `sample` returns the *global* batch, laid out as the
-    grain iterator's: rows normal, abnormal, pseudo-normal with data.batch counts. Within a step
-    a stream draws distinct videos (when it has at least as many as it draws), each with one
-    crop chosen uniformly.
+    table into the program as a constant). `sample(step)` returns the *global* batch of that
+    step, the one the grain iterator yields as its step-th batch (`pavad_jax.data.order`): rows
+    normal, abnormal, pseudo-normal with data.batch counts, features cast to float32.
+    Per used stream, its units: the table row of each (crop 0 of a video for
+    sample_unit="video"), the crops a draw chooses among, label and synthetic flag.
     """
 
-    table: jax.Array  # (rows, T, D) float32
-    first_row: tuple[jax.Array, ...]
-    crops: tuple[jax.Array, ...]
+    table: jax.Array  # (rows, T, D) at data.table_dtype
+    unit_row: tuple[jax.Array, ...]
+    unit_span: tuple[jax.Array, ...]
     label: tuple[jax.Array, ...]
     synthetic: tuple[jax.Array, ...]
-    counts: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
-    seed: int = dataclasses.field(default=0, metadata=dict(static=True))  # data.seed
+    orders: tuple[order.StreamOrder, ...] = dataclasses.field(metadata=dict(static=True))
+    stream_ids: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
 
     @classmethod
     def from_table(cls, host: ResampledTable, counts: Sequence[int], *, sharding: jax.sharding.Sharding | None = None,
-                   seed: int = 0) -> "DeviceResidentSampler":
-        """Move a host table to the device(s): `sharding` (e.g. replicated over the mesh) or the default device."""
+                   sample_unit: str = "crop", seed: int = 2022) -> "DeviceResidentSampler":
+        """Move a host table to the device(s) (`sharding`, e.g. replicated over the mesh, or the default
+        device), ordered by `sample_unit` and the data seed `seed` (data.sample_unit, data.seed)."""
         put = lambda x: jax.device_put(x, sharding)
-        return cls(put(host.table), tuple(map(put, host.first_row)), tuple(map(put, host.crops)),
-                   tuple(map(put, host.label)), tuple(map(put, host.synthetic)), tuple(int(c) for c in counts),
-                   int(seed))
+        rows, spans, labels, synthetic, orders, stream_ids = [], [], [], [], [], []
+        for stream_id, plan in enumerate(_stream_orders(host.crops, counts, sample_unit, seed)):
+            if plan is None:
+                continue
+            units, stream_order = plan
+            rows.append(host.first_row[stream_id][units.video] + units.crop)
+            spans.append(units.span)
+            labels.append(host.label[stream_id][units.video])
+            synthetic.append(host.synthetic[stream_id][units.video])
+            orders.append(stream_order)
+            stream_ids.append(stream_id)
+        return cls(put(host.table), tuple(map(put, rows)), tuple(map(put, spans)), tuple(map(put, labels)),
+                   tuple(map(put, synthetic)), tuple(orders), tuple(stream_ids))
 
     @classmethod
     def from_config(cls, data_config: ml_collections.ConfigDict, *, sharding: jax.sharding.Sharding | None = None,
                     shards: ShardSet | None = None) -> "DeviceResidentSampler":
         """Read and resample the training split of `data_config` and put it on the device(s)."""
         shards = shards if shards is not None else open_split(data_config, data_config.train_split)
-        host = build_resampled_table(shards, select_streams(shards, data_config), data_config.segments)
-        return cls.from_table(host, stream_counts(data_config), sharding=sharding, seed=int(data_config.seed))
+        host = build_resampled_table(shards, select_streams(shards, data_config), data_config.segments,
+                                     table_dtype(data_config))
+        return cls.from_table(host, stream_counts(data_config), sharding=sharding,
+                              sample_unit=data_config.sample_unit, seed=int(data_config.seed))
 
     @property
     def nbytes(self) -> int:
         """Bytes of the resampled table (per device holding a full copy)."""
         return self.table.size * self.table.dtype.itemsize
 
-    def sample(self, step: jax.Array) -> dict[str, jax.Array]:
-        """The global training batch of `step` (jittable; drawn from data.seed and the step only)."""
-        key = jax.random.fold_in(jax.random.key(self.seed), step)
+    def sample(self, step: jax.Array | int) -> dict[str, jax.Array]:
+        """The global training batch of step `step` (a traced int32 under jit); the same on every call."""
         rows, labels, synthetic, streams = [], [], [], []
-        for stream_id, count in enumerate(self.counts):
-            if count == 0:
-                continue
-            video_key, crop_key = jax.random.split(jax.random.fold_in(key, stream_id))
-            n_videos = self.first_row[stream_id].shape[0]
-            videos = jax.random.choice(video_key, n_videos, (count,), replace=count > n_videos)
-            crop = jax.random.randint(crop_key, (count,), 0, self.crops[stream_id][videos])
-            rows.append(self.first_row[stream_id][videos] + crop)
-            labels.append(self.label[stream_id][videos])
-            synthetic.append(self.synthetic[stream_id][videos])
-            streams.append(jnp.full((count,), stream_id, jnp.int32))
+        for i, (stream_id, stream_order) in enumerate(zip(self.stream_ids, self.orders)):
+            positions, units = stream_order.step_units(step)
+            crop = stream_order.crop_offsets(positions, self.unit_span[i][units], jnp)
+            rows.append(self.unit_row[i][units] + crop)
+            labels.append(self.label[i][units])
+            synthetic.append(self.synthetic[i][units])
+            streams.append(jnp.full((stream_order.count,), stream_id, jnp.int32))
         return {
-            "features": jnp.take(self.table, jnp.concatenate(rows), axis=0),
+            "features": jnp.take(self.table, jnp.concatenate(rows), axis=0).astype(jnp.float32),
             "label": jnp.concatenate(labels),
             "synthetic": jnp.concatenate(synthetic),
             "stream": jnp.concatenate(streams),

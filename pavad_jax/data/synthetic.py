@@ -74,6 +74,12 @@ SIZES = {
                            train_pseudo_abnormal=24, train_pseudo_normal=12, train_real_abnormal=8,
                            test_normal=12, test_abnormal=12, real_train_t=(16, 64), pseudo_t=(6, 24),
                            test_t=(24, 96)),
+    # XD-Violence's shape in miniature for configs/xd.py:runlocal: 5 crops, a real-abnormal
+    # training stream (weak labels) beside the real normals; the 4 pseudo clips go unused there.
+    "xd_small": SyntheticSpec(feature_dim=64, crops=5, num_classes=3, num_scenes=6, train_normal=24,
+                              train_pseudo_abnormal=4, train_pseudo_normal=0, train_real_abnormal=20,
+                              test_normal=10, test_abnormal=10, real_train_t=(16, 64), pseudo_t=(6, 24),
+                              test_t=(24, 96)),
     # UR-DMU-size features (D = 1024); a UR-DMU model trains on it in minutes on a CPU.
     "default": SyntheticSpec(feature_dim=1024, crops=2, num_classes=6, num_scenes=12, train_normal=200,
                              train_pseudo_abnormal=160, train_pseudo_normal=80, train_real_abnormal=40,

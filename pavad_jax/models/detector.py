@@ -11,16 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pavad_jax.config_base import GV_MODES, POOL_POINTS, default_loss_config, default_model_config  # noqa: F401 (re-exported)
+from pavad_jax.config_base import (  # noqa: F401 (the defaults are re-exported)
+    GV_MODES, POOL_POINTS, UPD_SPACES, default_loss_config, default_model_config)
 from pavad_jax.models.darm import DomainDiscriminator
 from pavad_jax.models.urdmu import URDMU
-
 
 
 def validate_loss_config(loss_cfg: Any) -> None:
     """Raise a ValueError naming the field on an unknown structural choice."""
     if loss_cfg.darm.pool not in POOL_POINTS:
         raise ValueError(f"loss.darm.pool must be one of {POOL_POINTS}, got {loss_cfg.darm.pool!r}")
+    for field in ("upd_centers", "upd_distance"):
+        if loss_cfg.darm[field] not in UPD_SPACES:
+            raise ValueError(f"loss.darm.{field} must be one of {UPD_SPACES}, got {loss_cfg.darm[field]!r}")
     if loss_cfg.gv.mode not in GV_MODES:
         raise ValueError(f"loss.gv.mode must be one of {GV_MODES}, got {loss_cfg.gv.mode!r}")
     if loss_cfg.gv.learnable and loss_cfg.gv.mode != "sample":

@@ -404,6 +404,7 @@ class URDMU(nnx.Module):
         # optimiser state, every elementwise op and the losses stay float32); test mode is
         # float32 unless `scores(..., dtype=...)` asks.
         self.compute_dtype = jnp.dtype(compute_dtype)
+        self.anchor_at_abnormal_index = bool(cfg.quirks.get("anchor_at_abnormal_index", False))
         self.embedding = TemporalEmbedding(self.feature_dim, self.hidden, rngs=rngs)
         self.layers = nnx.List([
             TransformerLayer(self.hidden, int(cfg.heads), int(cfg.mlp_dim), float(cfg.dropout),
@@ -515,6 +516,9 @@ class URDMU(nnx.Module):
         if reparam_noise is None:
             reparam_noise = random_bits.normal(key, mu.shape)  # = jax.random.normal, fused
         n_aug_new = mu + reparam_noise * jnp.sqrt(jnp.exp(logvar))
+        # The fixed reference (152c4dc) gathers anchor_new at the normal half's own top-k; its
+        # first commit used the abnormal half's (model.quirks.anchor_at_abnormal_index).
+        anchor_index = a_index if self.anchor_at_abnormal_index else n_index
         a_aug_new = a_mem.encoded_readout(a_att_k, self.encoder_mu, dtype)
         memory_feature = jnp.concatenate([n_aug_new + a_mem.encoded_readout(a_n_att_k, self.encoder_mu, dtype),
                                           a_aug_new + n_mem.encoded_readout(n_a_att_k, self.encoder_mu, dtype)])
@@ -527,7 +531,7 @@ class URDMU(nnx.Module):
             "anchor": crop_mean(gather_mean(n_x, n_index), crops),
             "positive": crop_mean(gather_mean(a_x, p_index), crops),
             "negative": crop_mean(gather_mean(a_x, a_index), crops),
-            "anchor_new": crop_mean(gather_mean(n_aug_new, n_index), crops),
+            "anchor_new": crop_mean(gather_mean(n_aug_new, anchor_index), crops),
             "negative_new": crop_mean(gather_mean(a_aug_new, a_index), crops),
             "mu": mu,  # per crop row: (B*N/2, T, d)
             "logvar": logvar,
