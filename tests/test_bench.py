@@ -74,7 +74,6 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert result["step_memory_gb"] > result["batch_gb"] > 0
     assert result["member_memory"]["members_fit_per_device"] > 0
     assert result["member_memory"]["memory_per_member_gb"] > 0
-    assert "note" in bench.members_that_fit(result["sweep"][:1] * 2, 1.0)  # one members-per-device value: no line
     text = bench.format_report(result)
     assert "fraction_of_peak" in text and "16 members" in text and "matmuls only          n/a" in text
     json.dumps(result)  # JSON-able as --json writes it
@@ -110,7 +109,7 @@ def test_members_that_fit_from_the_sweep_estimates():
     fit = bench.members_that_fit(rows, memory_gb=10.0)
     assert fit["memory_per_member_gb"] == pytest.approx(0.25) and fit["shared_memory_gb"] == pytest.approx(0.5)
     assert fit["members_fit_per_device"] == 38  # (10 - 0.5) / 0.25
-    assert bench.members_that_fit(rows[:1], 10.0) == {}  # one point gives no line
+    assert "note" in bench.members_that_fit(rows[:1], 10.0)  # one point gives no line
 
 
 def test_torch_baseline_runs_the_reference_step_in_a_subprocess():

@@ -1,8 +1,9 @@
 """DARM's terms stay bounded in training: the main job's criterion, on its shortened runlocal form.
 
 The main job (configs/synthetic.py, 400 steps) is held to: from step 50 on, no logged loss term
-exceeds 10x its own value at step 50 (docs/model.md, "Eq. 13"; the full run's figures are in
-the README). Here the same check runs on configs/synthetic.py:runlocal for 150 steps, where Eq.
+exceeds 10x its own value at step 50 (docs/model.md, "Eq. 13"; the full run's figures are in the
+README). Values are means over 10 steps, as one small batch's terms jump several-fold from step
+to step without a trend. Here the same check runs on configs/synthetic.py:runlocal for 150 steps, where Eq.
 13 as printed (raw centres and distances) already grows L_upd ~6x while the default reading
 stays within 1.5x of its step-50 value.
 """
@@ -26,6 +27,11 @@ def runlocal_config():
     return module.get_config("runlocal")
 
 
+def ten_step_means(steps, values) -> dict[int, float]:
+    """{s: mean of the values logged at steps s-9..s} for s >= 50 (every step is logged)."""
+    return {s: sum(v for t, v in zip(steps, values) if s - 10 < t <= s) / 10 for s in steps if s >= 50}
+
+
 @pytest.mark.slow
 def test_every_loss_term_stays_within_10x_of_its_step_50_value(tmp_path):
     config = runlocal_config()
@@ -41,10 +47,9 @@ def test_every_loss_term_stays_within_10x_of_its_step_50_value(tmp_path):
         assert all(math.isfinite(v) for v in values), term
         if term in DIAGNOSTICS:
             continue
-        at_50 = values[steps.index(50)]
-        later = max(v for s, v in zip(steps, values) if s >= 50)
-        assert later <= 10 * at_50, f"{term}: {at_50:.4g} at step 50, {later:.4g} later"
-    upd_steps, upd = terms["upd"]
-    assert max(upd[upd_steps.index(50):]) <= 1.5 * upd[upd_steps.index(50)]  # the reading, not luck, bounds it
+        mean = ten_step_means(steps, values)
+        assert max(mean.values()) <= 10 * mean[50], f"{term}: {mean[50]:.4g} at step 50, {max(mean.values()):.4g} later"
+    upd = ten_step_means(*terms["upd"])
+    assert max(upd.values()) <= 1.5 * upd[50]  # the reading, not luck, bounds it
     assert plots.plot_loss_terms(tmp_path / "run" / "metrics.jsonl", tmp_path / "loss_terms.png").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_step"] == 150
