@@ -60,6 +60,7 @@ def test_schedules_refuse_structural_axes_and_the_grain_path(easy_data):
 
 # ------------------------------------------------------------------------------ successive halving
 
+@pytest.mark.slow  # two programs (4 and 2 members); the refill test below is its fast form
 def test_successive_halving_keeps_the_top_half_at_each_rung_and_counts_member_steps(easy_data, tmp_path):
     config = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.0, 1.0], "seed": [0, 1]},
                                       "schedule": "successive_halving", "rungs": [2], "eta": 2})
@@ -96,7 +97,12 @@ def test_refill_replaces_stopped_slots_with_fresh_draws(easy_data, tmp_path):
     for m in fresh:  # a fresh member trained from its own initialisation: its first evaluation is after the rung
         row = next(r for r in rows if r["member"] == m)
         assert [e["step"] for e in row["evals"]] == [3, 4] and row["seed"] in (0, 1)
-    assert json.loads((tmp_path / sweep.RESULTS_JSON).read_text())["configurations"] == 6
+    results = json.loads((tmp_path / sweep.RESULTS_JSON).read_text())
+    assert results["configurations"] == 6 and results["member_steps"] == results["grid_member_steps"] == 16
+    at_rung = {m: next(e["auc"] for e in r["evals"] if e["step"] == 2) for r in rows for m in [r["member"]] if m < 4}
+    stopped = set(range(4)) - set(rungs[0]["kept"])
+    assert len(stopped) == 2 and max(at_rung[m] for m in stopped) <= min(at_rung[m] for m in rungs[0]["kept"])
+    assert all(r["stopped_at"] == 2 for r in rows if r["member"] in stopped)
 
 
 @pytest.mark.slow
@@ -180,10 +186,10 @@ def test_pbt_winner_replays_with_pavad_train_to_the_same_params(easy_data, tmp_p
     config = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.2, 1.0], "seed": [0, 1]},
                                       "schedule": "pbt", "ready": 2, "random_seed": 1,
                                       "pbt": {"quantile": 0.5, "bounds": {"lambda1": (0.05, 3.0)}}},
-                          steps=6, eval_every=2)
+                          steps=4, eval_every=2)
     rows = sweep.run_sweep(config, tmp_path / "pbt")
     lineage = [json.loads(line) for line in (tmp_path / "pbt" / sweep_schedules.LINEAGE).read_text().splitlines()]
-    assert [e["step"] for e in lineage] == [2, 2, 4, 4]  # two copies at each ready step before the end
+    assert [e["step"] for e in lineage] == [2, 2]  # the bottom half copies at the ready step before the end
     winner = json.loads((tmp_path / "pbt" / sweep_schedules.WINNER).read_text())
     assert winner["params_sha256"] == rows[winner["winner"]]["params_sha256"]
     assert (tmp_path / "pbt" / "pbt_winner_schedule.png").read_bytes()[:4] == b"\x89PNG"
