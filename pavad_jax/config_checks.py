@@ -57,7 +57,8 @@ def check_hyper_schedule(config: ml_collections.ConfigDict) -> None:
              f"every step must be a multiple of train.steps_per_dispatch = {train.steps_per_dispatch}")
     for entry in schedule:
         unknown = sorted(set(entry) - traced - {"step"})
-        _require(not unknown, "train.hyper_schedule", unknown, f"not traced hyperparameters; choose from {sorted(traced)}")
+        _require(not unknown, "train.hyper_schedule", unknown,
+                 f"not traced hyperparameters; choose from {sorted(traced)}")
         for name, value in entry.items():
             _require(name == "step" or (isinstance(value, (int, float)) and value >= 0), "train.hyper_schedule",
                      {name: value}, "values must be numbers >= 0")

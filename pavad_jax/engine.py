@@ -217,7 +217,8 @@ def copy_members(mesh):
     def copy(state: TrainState, source: jax.Array) -> TrainState:
         take = lambda tree: jax.tree.map(lambda x: x[source], tree)
         return state.replace(params=take(state.params), rest=take(state.rest), opt_state=take(state.opt_state),
-                             seed=state.seed[source], weights=take(state.weights), diverged_at=state.diverged_at[source])
+                             seed=state.seed[source], weights=take(state.weights),
+                             diverged_at=state.diverged_at[source])
 
     return jax.jit(copy, donate_argnums=0, out_shardings=state_shardings(mesh))
 

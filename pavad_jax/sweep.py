@@ -382,14 +382,14 @@ def plot_seed_intervals(path: pathlib.Path, rows: list[dict], others: list[str])
     labels = list(cells)
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(labels) + 3), 4), squeeze=False)
     for ax, prefix in zip(axes[0], SEED_METRICS.values()):
-        mean = np.asarray([np.nan if r[f"{prefix}_mean"] is None else r[f"{prefix}_mean"] for r in cells.values()])
-        low = np.asarray([np.nan if r[f"{prefix}_ci95_low"] is None else r[f"{prefix}_ci95_low"] for r in cells.values()])
-        high = np.asarray([np.nan if r[f"{prefix}_ci95_high"] is None else r[f"{prefix}_ci95_high"]
-                           for r in cells.values()])
+        column = lambda name: np.asarray([np.nan if r[f"{prefix}_{name}"] is None else r[f"{prefix}_{name}"]
+                                          for r in cells.values()])
+        mean, low, high = column("mean"), column("ci95_low"), column("ci95_high")
         ax.errorbar(range(len(labels)), mean, yerr=[mean - low, high - mean], fmt="o", capsize=3)
         ax.set_xticks(range(len(labels)), [", ".join(f"{k}={v}" for k, v in json.loads(s).items()) or "config"
                                             for s in labels], rotation=60, ha="right", fontsize=7)
-        ax.set(ylabel=f"best {prefix.upper()}", title=f"{prefix.upper()}: mean and 95% interval over {rows[0]['seeds']} seeds")
+        ax.set(ylabel=f"best {prefix.upper()}",
+               title=f"{prefix.upper()}: mean and 95% interval over {rows[0]['seeds']} seeds")
     fig.tight_layout()
     plots.save_figure(fig, path, dpi=110)
 

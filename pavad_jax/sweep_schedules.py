@@ -56,7 +56,8 @@ def check_schedule(config: ml_collections.ConfigDict, members: list[dict]) -> st
     if structural:
         raise _bad("schedule", schedule, f"runs one program; structural axes {structural} need schedule 'grid'")
     if int(spec.get("members_per_group", 0)) not in (0, len(members)):
-        raise _bad("members_per_group", spec.members_per_group, f"schedule {schedule!r} trains all members together (0)")
+        raise _bad("members_per_group", spec.members_per_group,
+                   f"schedule {schedule!r} trains all members together (0)")
     if not pipeline.use_device_resident(config.data):
         raise ConfigError(f"config.data.device_resident = {config.data.device_resident!r}: schedule {schedule!r} "
                           "restarts or rewrites the program mid-run and needs the device-resident sampler (True)")
@@ -82,11 +83,13 @@ def check_schedule(config: ml_collections.ConfigDict, members: list[dict]) -> st
     pbt = spec.get("pbt", ml_collections.ConfigDict())
     names = pbt_hyperparameters(spec, members)
     if not names:
-        raise _bad("pbt.hyperparameters", [], f"name the traced hyperparameters to perturb ({sorted(PBT_HYPERPARAMETERS)})")
+        raise _bad("pbt.hyperparameters", [],
+                   f"name the traced hyperparameters to perturb ({sorted(PBT_HYPERPARAMETERS)})")
     bounds = dict(pbt.get("bounds", {}) or {})
     for name in names:
         if name not in PBT_HYPERPARAMETERS:
-            raise _bad("pbt.hyperparameters", name, f"not a traced hyperparameter; choose from {sorted(PBT_HYPERPARAMETERS)}")
+            raise _bad("pbt.hyperparameters", name,
+                       f"not a traced hyperparameter; choose from {sorted(PBT_HYPERPARAMETERS)}")
         b = bounds.get(name)
         if b is None or len(b) != 2 or not 0 <= b[0] <= b[1]:
             raise _bad(f"pbt.bounds.{name}", b, "needs (low, high) with 0 <= low <= high")
@@ -176,6 +179,11 @@ def run_halving(config, workdir: pathlib.Path, base, members: list[dict], data_d
         kept = sorted(order if last else order[:max(1, len(slots) // eta)])
         stopped = [p for p in range(len(slots)) if p not in kept]
         added = _refill_draws(spec, len(stopped), rung) if refill and not last else []
+        for draw in added:  # a refill must fit the program's padded memory banks
+            for axis in ("a_slots", "n_slots"):
+                if int(draw.get(axis, 0)) > int(structure.model[axis]):
+                    raise _bad(f"axes.{axis}", draw[axis], f"a refill draw exceeds the first members' largest "
+                                                           f"{axis} = {structure.model[axis]}, which sets the program")
         fresh = iter(range(len(everyone), len(everyone) + len(added)))
         everyone += added
         following = [slots[p] if p in kept else next(fresh) for p in range(len(slots))] if added else \

@@ -411,7 +411,10 @@ def main(argv=None):
     if args.seeds > 1:
         from pavad_jax import sweep  # pylint: disable=import-outside-toplevel  (sweep imports this module)
 
-        rows = sweep.run_sweep(seeds_sweep(config, args.seeds), args.workdir)
+        try:
+            rows = sweep.run_sweep(seeds_sweep(config, args.seeds), args.workdir)
+        except ConfigError as e:
+            raise SystemExit(f"pavad-train: {e}") from None
         if rows and jax.process_index() == 0:
             sweep.print_seed_statistics(rows)
         return
