@@ -200,6 +200,7 @@ def test_pbt_winner_replays_with_pavad_train_to_the_same_params(easy_data, tmp_p
     assert all(not k.startswith("member/") for r in replayed for k in r)  # logged as one run
 
 
+@pytest.mark.slow  # a pavad-train run; the PBT replay test trains a schedule too
 def test_hyper_schedule_sets_the_traced_values_from_its_steps(easy_data, tmp_path):
     config = tiny_config(easy_data, steps=4)
     config.train.checkpoint_every = 2
@@ -210,6 +211,11 @@ def test_hyper_schedule_sets_the_traced_values_from_its_steps(easy_data, tmp_pat
     at = {step: float(np.asarray(saved.restore_fields(step, abstract)["weights"]["lambda1"])[0]) for step in (2, 4)}
     saved.close()
     assert at == {2: np.float32(0.7), 4: np.float32(0.7)}  # set at step 2, before the checkpoint
+
+
+def test_hyper_schedule_merges_entries_up_to_a_step_and_is_checked(easy_data):
+    config = tiny_config(easy_data, steps=4)
+    config.train.hyper_schedule = ({"step": 0, "lambda1": 0.3}, {"step": 2, "lambda1": 0.7, "learning_rate": 1e-3})
     assert train.scheduled_hyperparameters(config.train.hyper_schedule, 1) == {"lambda1": 0.3}
     assert train.scheduled_hyperparameters(config.train.hyper_schedule, 3) == {"lambda1": 0.7, "learning_rate": 1e-3}
     bad = tiny_config(easy_data)
