@@ -185,6 +185,13 @@ def default_train_config() -> ml_collections.ConfigDict:
         # Matmul precision of evaluation and scoring: "highest" (full float32 on every
         # backend, so scores equal the reference's) or "default" (TF32 / bf16 passes).
         eval_precision="highest",
+        # Piecewise-constant traced hyperparameters: ({"step": s, name: value, ...}, ...), each
+        # applied from update s on (s a multiple of steps_per_dispatch, the first 0); names are
+        # loss weights, learning_rate, weight_decay. A PBT winner's replay config sets it.
+        hyper_schedule=(),
+        # Identical copies of the run trained in one vmapped program (the first is the run): a
+        # replay of a sweep member uses the member's program shape, so it matches bit for bit.
+        program_members=1,
     ))
 
 

@@ -39,6 +39,31 @@ def check_schedule(train: ml_collections.ConfigDict) -> None:
                  "fires only at the least common multiple)")
 
 
+def check_hyper_schedule(config: ml_collections.ConfigDict) -> None:
+    """train.hyper_schedule: steps from 0, increasing, multiples of steps_per_dispatch; traced names only."""
+    from pavad_jax.losses import WEIGHT_NAMES  # pylint: disable=import-outside-toplevel
+
+    train = config.train
+    schedule = list(train.get("hyper_schedule", ()) or ())
+    _require(int(train.get("program_members", 1)) >= 1, "train.program_members", train.get("program_members"),
+             "must be >= 1")
+    if not schedule:
+        return
+    traced = set(WEIGHT_NAMES) | {"learning_rate", "weight_decay"}
+    steps = [entry.get("step") if hasattr(entry, "get") else None for entry in schedule]
+    _require(all(isinstance(s, int) for s in steps) and steps[0] == 0 and steps == sorted(set(steps)),
+             "train.hyper_schedule", steps, "needs entries {'step': s, ...} with increasing int steps, the first 0")
+    _require(all(s % train.steps_per_dispatch == 0 for s in steps), "train.hyper_schedule", steps,
+             f"every step must be a multiple of train.steps_per_dispatch = {train.steps_per_dispatch}")
+    for entry in schedule:
+        unknown = sorted(set(entry) - traced - {"step"})
+        _require(not unknown, "train.hyper_schedule", unknown,
+                 f"not traced hyperparameters; choose from {sorted(traced)}")
+        for name, value in entry.items():
+            _require(name == "step" or (isinstance(value, (int, float)) and value >= 0), "train.hyper_schedule",
+                     {name: value}, "values must be numbers >= 0")
+
+
 def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.Path | None = None, *,
                           data_devices: int | None = None) -> None:
     """Raises ConfigError for a config that cannot train; cheap (reads only manifests).
@@ -66,6 +91,7 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
              f"must be one of {sorted(SELECT_BY)}")
     _require(config.train.eval_precision in EVAL_PRECISIONS, "train.eval_precision", config.train.eval_precision,
              f"must be one of {EVAL_PRECISIONS}")
+    check_hyper_schedule(config)
     _require(config.optim.learning_rate > 0, "optim.learning_rate", config.optim.learning_rate, "must be > 0")
     _require(config.optim.weight_decay >= 0, "optim.weight_decay", config.optim.weight_decay, "must be >= 0")
     batch = config.data.batch

@@ -182,6 +182,47 @@ def make_step(update, steps_per_dispatch: int, *, mesh=None, row_permutation=Non
     return step
 
 
+# ---------------------------------------------------------------------------------------------
+# Traced hyperparameters and member copies (population-based training, hyperparameter schedules).
+
+OPTIM_HYPERPARAMETERS = ("learning_rate", "weight_decay")  # in the optimiser's inject_hyperparams state
+
+
+def hyperparameters(state: TrainState) -> dict[str, np.ndarray]:
+    """{name: (M,) float32} of every traced hyperparameter: the loss weights, learning rate, weight decay."""
+    values = {name: distributed.gather(v) for name, v in state.weights.items()}
+    return values | {name: distributed.gather(state.opt_state.hyperparams[name]) for name in OPTIM_HYPERPARAMETERS}
+
+
+def set_hyperparameters(state: TrainState, values: dict[str, np.ndarray]) -> TrainState:
+    """The state with some traced hyperparameters replaced ({name: (M,)}); each new array keeps the
+    old one's sharding and dtype, so the jitted step does not compile again."""
+    put = lambda old, new: jax.device_put(np.asarray(new, old.dtype).reshape(old.shape), old.sharding)
+    unknown = sorted(set(values) - set(state.weights) - set(OPTIM_HYPERPARAMETERS))
+    if unknown:
+        raise KeyError(f"not a traced hyperparameter: {unknown}")
+    weights = {k: put(v, values[k]) if k in values else v for k, v in state.weights.items()}
+    hyper = dict(state.opt_state.hyperparams)
+    for name in OPTIM_HYPERPARAMETERS:
+        if name in values:
+            hyper[name] = put(hyper[name], values[name])
+    return state.replace(weights=weights, opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+def copy_members(mesh):
+    """copy(state, source) -> state where member m holds member source[m]'s params, model state,
+    optimiser state, seed, weights and divergence marker: one jitted gather on the member axis,
+    on the device (state donated; source[m] = m keeps a member)."""
+
+    def copy(state: TrainState, source: jax.Array) -> TrainState:
+        take = lambda tree: jax.tree.map(lambda x: x[source], tree)
+        return state.replace(params=take(state.params), rest=take(state.rest), opt_state=take(state.opt_state),
+                             seed=state.seed[source], weights=take(state.weights),
+                             diverged_at=state.diverged_at[source])
+
+    return jax.jit(copy, donate_argnums=0, out_shardings=state_shardings(mesh))
+
+
 def state_shardings(mesh) -> TrainState:
     """The state's shardings as a pytree prefix: member fields over "members", `step` replicated."""
     members = distributed.member_sharded(mesh)
@@ -285,10 +326,16 @@ class Loop:
     member_ids: list[int] | None = None
     desc: str = "train"
     is_main: bool = True
+    # after_dispatch(state, step, progress) -> state, after the step's evaluation and before its
+    # checkpoint (PBT's exploit, a hyperparameter schedule); it may change members' state.
+    after_dispatch: Callable[[TrainState, int, dict], TrainState] | None = None
+    single_run_copies: bool = False  # member_ids None and members > 1: copies of one run (program_members)
 
     def _logged(self, members: int) -> list[int]:
         """Members whose metrics are logged (not the padding of a sweep group, whose id is None)."""
-        return [m for m in range(members) if self.member_ids is None or self.member_ids[m] is not None]
+        if self.member_ids is None:  # a single run; train.program_members copies beyond the first are not logged
+            return [0] if self.single_run_copies else list(range(members))
+        return [m for m in range(members) if self.member_ids[m] is not None]
 
     def _key(self, member: int, key: str) -> str:
         return member_key(None if self.member_ids is None else self.member_ids[member], key)
@@ -373,6 +420,8 @@ class Loop:
                     if self.member_ids is None and progress["members"][0]["diverged_at"] is not None:
                         raise TrainingDiverged(f"evaluation at step {step} gave non-finite scores. Stopped; the last "
                                                f"good checkpoint is {self._last_checkpoint()}")
+                if self.after_dispatch is not None:
+                    state = self.after_dispatch(state, step, progress)
                 preempted = preemption.requested()
                 finished_all = all(progress["members"][m]["diverged_at"] is not None
                                    for m in self._logged(state.members))

@@ -228,6 +228,7 @@ def train_group(group: Group, members: list[dict], base, workdir: pathlib.Path, 
             "best_ap_pr_trapezoid": best.get("ap_pr_trapezoid"), "best_step": result.best_step,
             "final_auc": (result.final or {}).get("auc"), "final_loss": progress["members"][m]["final_loss"],
             "diverged_at": result.diverged_at, "params_sha256": result.params_sha256,
+            "evals": [{"step": e["step"], "auc": e.get("auc")} for e in result.evals],
         })
     return rows
 
@@ -248,6 +249,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
         except ConfigError as e:
             raise ConfigError(f"sweep member {i} {m}: {e}") from None
 
+    from pavad_jax import sweep_schedules  # pylint: disable=import-outside-toplevel  (it imports this module)
+
+    schedule = sweep_schedules.check_schedule(config, members)
     definition = {"members": [{a: _jsonable(v) for a, v in m.items()} for m in members],
                   "base": json.loads(base.to_json_best_effort())}
     if is_main:
@@ -257,6 +261,16 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
             raise ConfigError(f"{saved} holds a different sweep (other members): use a new --workdir")
         atomic.write_text(saved, json.dumps(definition, indent=2))
         atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
+    extra = {}
+    if schedule != "grid":
+        if is_main:
+            print(f"pavad-sweep: {len(members)} members, schedule {schedule}, on {jax.device_count()} device(s)")
+        run = sweep_schedules.run_halving if schedule == "successive_halving" else sweep_schedules.run_pbt
+        outcome = run(config, workdir, base, members, data_dir)
+        if outcome is None:
+            return []
+        rows, extra, members = outcome
+        return _finish(workdir, base, members, rows, extra, is_main)
     progress_path = workdir / PROGRESS_JSON
     done = json.loads(progress_path.read_text()) if progress_path.exists() else {"groups": {}}
     if is_main:
@@ -272,6 +286,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
         if is_main:
             atomic.write_text(progress_path, json.dumps(done, indent=2))
     rows = sorted((r for g in done["groups"].values() for r in g["results"]), key=lambda r: r["member"])
+    return _finish(workdir, base, members, rows, {"member_steps": len(members) * int(base.train.steps),
+                                                  "grid_member_steps": len(members) * int(base.train.steps)}, is_main)
+
+
+def _finish(workdir, base, members, rows, extra, is_main) -> list[dict]:
+    """Every row gets every axis's value; results and plots are written."""
     axes = list(dict.fromkeys(a for m in members for a in m))
     for row in rows:  # a list sweep may set an axis on some members only: record every member's value
         config_of_member = member_config(base, members[row["member"]])
@@ -279,29 +299,99 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
             value = _get_field(config_of_member, AXES[axis])
             row.setdefault(axis, _jsonable(FIELD_DEFAULTS.get(axis) if value is None else value))
     if is_main:
-        write_results(workdir, rows, axes)
+        write_results(workdir, rows, axes, extra, steps=int(base.train.steps))
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # Results and plots.
 
-def write_results(workdir: pathlib.Path, rows: list[dict], axes: list[str]) -> None:
-    """sweep_results.csv / .json and PNG plots of best AUC against every swept axis."""
+SEED_METRICS = {"best_auc": "auc", "best_ap": "ap"}  # row field -> column prefix of the seed statistics
+
+
+def seed_statistics(values: list[float | None]) -> dict[str, float | int | None]:
+    """Mean, sample std and 95% t-interval of the finite values (None where fewer than 2 are finite)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(finite)
+    stats = {"n": n, "mean": float(np.mean(finite)) if n else None, "std": None, "ci95_low": None, "ci95_high": None}
+    if n >= 2:
+        from scipy import stats as scipy_stats  # pylint: disable=import-outside-toplevel
+
+        std = float(np.std(finite, ddof=1))
+        half = float(scipy_stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        stats |= {"std": std, "ci95_low": stats["mean"] - half, "ci95_high": stats["mean"] + half}
+    return stats
+
+
+def add_seed_statistics(rows: list[dict], axes: list[str]) -> list[str]:
+    """Per configuration (every axis but seed), the statistics of best AUC and AP across its seeds,
+    added to each of its rows; returns the new column names ([] without a seed axis)."""
+    if "seed" not in axes or len({json.dumps(r["seed"]) for r in rows}) < 2:
+        return []
+    others = [a for a in axes if a != "seed"]
+    cells: dict[str, list[dict]] = {}
+    for row in rows:
+        cells.setdefault(json.dumps([row[a] for a in others]), []).append(row)
+    columns = ["seeds"]
+    for cell in cells.values():
+        for field, prefix in SEED_METRICS.items():
+            stats = seed_statistics([r[field] for r in cell])
+            for row in cell:
+                row["seeds"] = len(cell)
+                row |= {f"{prefix}_{k}": v for k, v in stats.items() if k != "n"}
+    return columns + [f"{prefix}_{k}" for prefix in SEED_METRICS.values() for k in ("mean", "std", "ci95_low",
+                                                                                       "ci95_high")]
+
+
+def write_results(workdir: pathlib.Path, rows: list[dict], axes: list[str], extra: dict | None = None,
+                  steps: int | None = None) -> None:
+    """sweep_results.csv / .json and PNG plots of best AUC against every swept axis, the race of
+    AUC against step and, with a seed axis, per-configuration means and 95% intervals."""
+    seed_columns = add_seed_statistics(rows, axes)
     columns = ["member", "group", *axes, "best_auc", "best_ap", "best_ap_pr_trapezoid", "best_step", "final_auc",
-               "final_loss", "params_sha256"]
+               "final_loss", "params_sha256", *seed_columns,
+               *[c for c in ("stopped_at", "copies") if any(c in r for r in rows)]]
     with atomic.atomic_path(workdir / RESULTS_CSV) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    best = max(rows, key=lambda r: r["best_auc"] if r["best_auc"] is not None else -1.0)
-    atomic.write_text(workdir / RESULTS_JSON, json.dumps({"axes": axes, "best": best, "members": rows}, indent=2))
+    finished = [r for r in rows if r.get("stopped_at") is None] or rows  # successive halving: the last rung
+    best = max(finished, key=lambda r: r["best_auc"] if r["best_auc"] is not None else -1.0)
+    atomic.write_text(workdir / RESULTS_JSON, json.dumps({"axes": axes, "best": best, **(extra or {}),
+                                                          "members": rows}, indent=2))
     swept = [a for a in axes if len({json.dumps(r[a]) for r in rows}) > 1]
     for axis in swept:
         plot_axis(workdir / f"auc_vs_{axis}.png", rows, axis)
     varied = [a for a in swept if a != "seed"]  # seeds are averaged in each cell
     if len(varied) == 2:
         plot_heatmap(workdir / f"auc_heatmap_{varied[0]}_{varied[1]}.png", rows, *varied)
+    if steps is not None and any(r.get("evals") for r in rows):
+        from pavad_jax.sweep_schedules import plot_race  # pylint: disable=import-outside-toplevel
+
+        plot_race(workdir / "auc_race.png", rows, steps)
+    if seed_columns:
+        plot_seed_intervals(workdir / "seed_intervals.png", rows, [a for a in axes if a != "seed"])
+
+
+def plot_seed_intervals(path: pathlib.Path, rows: list[dict], others: list[str]) -> None:
+    """Mean best AUC and AP of every configuration with its 95% interval across seeds."""
+    plt = plots.pyplot()
+    cells = {}
+    for row in rows:
+        cells.setdefault(json.dumps({a: row[a] for a in others}), row)
+    labels = list(cells)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(labels) + 3), 4), squeeze=False)
+    for ax, prefix in zip(axes[0], SEED_METRICS.values()):
+        column = lambda name: np.asarray([np.nan if r[f"{prefix}_{name}"] is None else r[f"{prefix}_{name}"]
+                                          for r in cells.values()])
+        mean, low, high = column("mean"), column("ci95_low"), column("ci95_high")
+        ax.errorbar(range(len(labels)), mean, yerr=[mean - low, high - mean], fmt="o", capsize=3)
+        ax.set_xticks(range(len(labels)), [", ".join(f"{k}={v}" for k, v in json.loads(s).items()) or "config"
+                                            for s in labels], rotation=60, ha="right", fontsize=7)
+        ax.set(ylabel=f"best {prefix.upper()}",
+               title=f"{prefix.upper()}: mean and 95% interval over {rows[0]['seeds']} seeds")
+    fig.tight_layout()
+    plots.save_figure(fig, path, dpi=110)
 
 
 def _numeric(values) -> bool:
@@ -372,7 +462,7 @@ def main(argv=None):
     except ConfigError as e:
         raise SystemExit(f"pavad-sweep: {e}") from None
     if rows and jax.process_index() == 0:
-        finished = [r for r in rows if r["best_auc"] is not None]
+        finished = [r for r in rows if r["best_auc"] is not None and r.get("stopped_at") is None]
         diverged = [r["member"] for r in rows if r["diverged_at"] is not None]
         if diverged:
             print(f"{len(diverged)} member(s) diverged (their results stop at the last finite step): {diverged}")
@@ -381,6 +471,20 @@ def main(argv=None):
             values = {a: best[a] for a in AXES if a in best}
             print(f"{len(rows)} members; best AUC {best['best_auc']:.4f} (member {best['member']}: {values}); "
                   f"results in {pathlib.Path(args.workdir) / RESULTS_CSV}")
+        print_seed_statistics(rows)
+
+
+def print_seed_statistics(rows: list[dict]) -> None:
+    """One line per configuration of a sweep with a seed axis: mean, std and 95% interval."""
+    shown = set()
+    for row in rows:
+        if row.get("auc_mean") is None or (row.get("auc_mean"), row.get("ap_mean")) in shown:
+            continue
+        shown.add((row["auc_mean"], row["ap_mean"]))
+        interval = lambda p: ("n/a" if row[f"{p}_std"] is None else
+                              f"{row[f'{p}_mean']:.4f} ± {row[f'{p}_std']:.4f} (95% {row[f'{p}_ci95_low']:.4f}–"
+                              f"{row[f'{p}_ci95_high']:.4f})")
+        print(f"  {row['seeds']} seeds: AUC {interval('auc')}, AP {interval('ap')}")
 
 
 if __name__ == "__main__":

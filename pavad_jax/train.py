@@ -202,10 +202,42 @@ class MemberResult:
     evals: list[dict]
 
 
+def member_mesh(members: int, rows: int, devices: int | None = None):
+    """(members, data) mesh: members over the most devices that divide them, each member's batch
+    over the most of the remaining devices that divide its rows."""
+    devices = devices or jax.device_count()
+    on_members = distributed.largest_divisor(members, devices)
+    return distributed.make_mesh(on_members, distributed.largest_divisor(rows, devices // on_members))
+
+
+def scheduled_hyperparameters(schedule, step: int) -> dict[str, float]:
+    """The traced hyperparameters train.hyper_schedule sets for updates from `step` on (merged up to it)."""
+    values = {}
+    for entry in schedule:
+        if int(entry["step"]) <= step:
+            values |= {k: float(v) for k, v in entry.items() if k != "step"}
+    return values
+
+
+def apply_hyper_schedule(schedule):
+    """after_dispatch hook (and start) that sets every member's scheduled hyperparameters where an
+    entry of train.hyper_schedule begins."""
+    starts = {int(entry["step"]) for entry in schedule}
+
+    def apply(state, step, progress=None):
+        if step not in starts:
+            return state
+        values = scheduled_hyperparameters(schedule, step)
+        return engine.set_hyperparameters(state, {k: np.full(state.members, v, np.float32) for k, v in values.items()})
+
+    return apply
+
+
 def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_collections.ConfigDict],
                   run_dir: pathlib.Path, data_dir: pathlib.Path, *, export_dirs: list[pathlib.Path | None],
-                  member_ids: list[int] | None = None, mesh=None, desc: str = "train"
-                  ) -> tuple[list[MemberResult], str, dict]:
+                  member_ids: list[int] | None = None, mesh=None, desc: str = "train",
+                  start: tuple[engine.TrainState, dict] | None = None, after_dispatch=None,
+                  copies: bool = False) -> tuple[list[MemberResult], str, dict]:
     """Trains the members (one program, vmapped) to config.train.steps, resuming from run_dir.
 
     `structure` holds everything the members share (model shapes up to slot counts, loss
@@ -213,22 +245,36 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
     whose traced values (seed, loss weights, learning rate, weight decay, slot counts) may
     differ. Member m exports best/ and last/ under export_dirs[m] (None: not exported).
     Returns (results, status, progress) with status "finished", "preempted" or "diverged".
+
+    start: (host state, progress) to continue from instead of the members' initialisation (a
+    successive-halving rung); a checkpoint in run_dir still wins (a resumed rung).
+    after_dispatch: the Loop's hook (PBT); config.train.hyper_schedule, if any, is applied too.
+    copies: the members are copies of one run (train.program_members): only the first is logged.
     """
     config = structure.copy_and_resolve_references()
     config.data.dir = str(data_dir)
     schedule = engine.Schedule.from_config(config.train)
     is_main = jax.process_index() == 0
     mesh = mesh or distributed.make_mesh(1, int(config.train.num_devices) or None)
-    template = padded_template(config, max(int(c.model.a_slots) for c in member_configs),
-                               max(int(c.model.n_slots) for c in member_configs))
+    # Padded to the structure's slot counts too: a successive-halving rung keeps its group's shapes.
+    template = padded_template(config, max(int(c.model.a_slots) for c in [config, *member_configs]),
+                               max(int(c.model.n_slots) for c in [config, *member_configs]))
     graphdef = nnx.split(template, nnx.Param, ...)[0]
-    state = engine.put_state(engine.stack_members([init_member(c, template) for c in member_configs]), mesh)
+    host = start[0] if start is not None else engine.stack_members([init_member(c, template) for c in member_configs])
+    state = engine.put_state(host, mesh)
     shards = pipeline.open_split(config.data, config.data.train_split)
     data = DetectorData(config, mesh, shards)
     evaluator = Evaluator(config.data, mesh, graphdef, precision=config.train.eval_precision)
     checkpoints = checkpoint.TrainCheckpoints(run_dir, int(config.train.keep_checkpoints))
     state, progress = checkpoints.restore(state, data.iterator)
-    progress = progress or engine.new_progress(len(member_configs))
+    progress = progress or (start[1] if start is not None else engine.new_progress(len(member_configs)))
+    hyper_schedule = list(config.train.get("hyper_schedule", ()) or ())
+    if hyper_schedule:  # the entry in force at the first step (idempotent on resume)
+        state = engine.set_hyperparameters(state, {k: np.full(state.members, v, np.float32) for k, v in
+                                                   scheduled_hyperparameters(hyper_schedule, progress["step"]).items()})
+        scheduled = apply_hyper_schedule(hyper_schedule)
+        hook = after_dispatch
+        after_dispatch = scheduled if hook is None else (lambda s, step, p: hook(scheduled(s, step, p), step, p))
 
     if is_main:  # each member's folder says how it was trained (pavad-eval and pavad-detect read it)
         for directory, member_config in zip(export_dirs, member_configs):
@@ -248,7 +294,8 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
     loop = engine.Loop(step_fn=compiled_step(graphdef, config, data, mesh), data=data, schedule=schedule,
                        checkpoints=checkpoints, log=log, evaluate=lambda s: evaluator(s.params, s.rest),
                        on_best=lambda state, member, _: export(state, member, "best"), select_by=SELECT_BY[config.train.select_by], member_ids=member_ids,
-                       desc=desc, is_main=is_main)
+                       desc=desc, is_main=is_main, after_dispatch=after_dispatch,
+                       single_run_copies=copies)
     try:
         state, progress, status = loop.run(state, progress)
     finally:
@@ -278,13 +325,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     start = time.time()
     workdir = pathlib.Path(workdir)
     data_dir = resolve_data_dir(config)
-    mesh = distributed.make_mesh(1, int(config.train.num_devices) or None)
+    copies = int(config.train.get("program_members", 1))
+    if copies > 1:  # the program shape of the sweep this run replays
+        mesh = member_mesh(copies, sum(config.data.batch.values()), int(config.train.num_devices) or None)
+    else:
+        mesh = distributed.make_mesh(1, int(config.train.num_devices) or None)
     check_training_config(config, data_dir, data_devices=mesh.shape[distributed.DATA_AXIS])
     config = config.copy_and_resolve_references()
     config.data.dir = str(data_dir)
     is_main = jax.process_index() == 0
     loop_start = time.time()
-    (result,), status, progress = train_members(config, [config], workdir, data_dir, export_dirs=[workdir], mesh=mesh)
+    results, status, progress = train_members(config, [config] * copies, workdir, data_dir,
+                                              export_dirs=[workdir] + [None] * (copies - 1), mesh=mesh,
+                                              copies=copies > 1)
+    result = results[0]
     if status == "preempted":
         return {"preempted_at_step": progress["step"]}
     best = result.best or {}
@@ -337,12 +391,33 @@ def parse_command_line(parser: argparse.ArgumentParser, argv, expected: str):
     return args, config
 
 
+def seeds_sweep(config: ml_collections.ConfigDict, seeds: int) -> ml_collections.ConfigDict:
+    """The sweep config of `pavad-train --seeds N`: this config over N consecutive seeds."""
+    config = config.copy_and_resolve_references()
+    first = int(config.train.seed)
+    config.sweep = ml_collections.ConfigDict({"kind": "grid", "axes": {"seed": [first + i for i in range(seeds)]}})
+    return config
+
+
 def main(argv=None):
     parser = build_parser("pavad-train", __doc__,
                           "config file, e.g. configs/synthetic.py or configs/synthetic.py:runlocal",
                           "run folder: checkpoints, metrics, summary.json; rerun to resume")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="N > 1: a pavad-sweep of this config over N seeds (train.seed, train.seed + 1, ...): "
+                             "per-seed results plus mean, std and 95%% interval of AUC and AP in sweep_results.csv")
     args, config = parse_command_line(parser, argv, "train")
     distributed.initialize_from_args(args)
+    if args.seeds > 1:
+        from pavad_jax import sweep  # pylint: disable=import-outside-toplevel  (sweep imports this module)
+
+        try:
+            rows = sweep.run_sweep(seeds_sweep(config, args.seeds), args.workdir)
+        except ConfigError as e:
+            raise SystemExit(f"pavad-train: {e}") from None
+        if rows and jax.process_index() == 0:
+            sweep.print_seed_statistics(rows)
+        return
     try:
         train_and_evaluate(config, args.workdir)
     except ConfigError as e:
