@@ -185,9 +185,10 @@ def plan_groups(base, members: list[dict], members_per_group: int, device_count:
         structural = member_config(base, {a: json.loads(v) for a, v in key})
         # Slot counts are traced: every group of a structure pads to the structure's largest.
         configs = [member_config(base, members[i]) for i in indices]
-        with structural.model.unlocked():
-            structural.model.a_slots = max(int(c.model.a_slots) for c in configs)
-            structural.model.n_slots = max(int(c.model.n_slots) for c in configs)
+        if "a_slots" in structural.model:  # UR-DMU's memory banks (RTFM and LAP have none)
+            with structural.model.unlocked():
+                structural.model.a_slots = max(int(c.model.a_slots) for c in configs)
+                structural.model.n_slots = max(int(c.model.n_slots) for c in configs)
         for start in range(0, len(indices), chunk):
             part = indices[start:start + chunk]
             groups.append(Group(len(groups), part, size - len(part), structural))

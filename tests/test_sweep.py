@@ -204,15 +204,17 @@ def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path):
 
 @pytest.mark.parametrize("name, arg, count", [("synthetic_lambda", None, 36), ("synthetic_lambda", "runlocal", 8),
                                                ("pavad_table5", None, 12), ("pavad_table5", "ucf", 12),
-                                               ("pavad_table6", None, 18), ("gvvad_lambda", None, 12)])
+                                               ("pavad_table6", None, 18), ("gvvad_lambda", None, 18),
+                                               ("gvvad_lambda", "runlocal", 6)])
 def test_sweep_configs_expand_and_group(name, arg, count):
     config = load_config_file(REPO / "configs" / "sweeps" / f"{name}.py", arg)
     members = sweep.expand_members(config.sweep)
     assert len(members) == count
     groups = sweep.plan_groups(sweep.base_of(config), members, config.sweep.members_per_group, 8)
     assert sorted(i for g in groups for i in g.members) == list(range(count))
-    if name == "gvvad_lambda":  # the learnable lambda compiles apart from the fixed ones
+    if name == "gvvad_lambda":  # on LAP; the learnable lambda compiles apart from the fixed ones
         assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, True]
+        assert {g.config.model.name for g in groups} == {"lap"}
     if name == "pavad_table6":
         assert sorted(g.config.data.abnormal_clips for g in groups) == [14, 35, 70, 105, 140, 175]
 
