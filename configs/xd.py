@@ -24,8 +24,7 @@ its name is the same fixed linspace binning as UCF-Crime's (no randomness).
 Variants (comma-separated): runlocal (the embedded `xd_small` synthetic set, built on first
 use: D = 64, 5 crops, real abnormal training videos; a narrow model, 60 steps), first_commit.
 """
-from pavad_jax.config_base import base_config, narrow_model, parse_variants
-from pavad_jax.models.detector import default_loss_config
+from pavad_jax.config_base import base_config, default_loss_config, narrow_model, parse_variants
 
 
 def get_config(arg=None):

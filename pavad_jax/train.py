@@ -39,7 +39,7 @@ from pavad_jax.evaluate import Evaluator
 from pavad_jax.losses import compute_loss, default_loss_weights
 from pavad_jax.metric_writers import MetricsLog
 from pavad_jax.models import registry
-from pavad_jax.models.detector import set_active_slots
+from pavad_jax.models.detector import build_detector, set_active_slots  # noqa: F401 (tests build UR-DMU templates)
 
 SUMMARY = "summary.json"
 
