@@ -142,3 +142,23 @@ def test_darm_on_rtfm_fails_naming_the_field(dataset, tmp_path):
     config.model.text_dim = 8
     with pytest.raises(ConfigError, match="model.text_dim"):
         train.train_and_evaluate(config, tmp_path / "lap")
+
+
+def test_an_imported_rtfm_checkpoint_loads_by_its_name_and_scores_as_the_original(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from pavad_jax import import_rtfm
+    from pavad_jax.models import rtfm
+
+    config = load_config("configs/gvvad_rtfm_ucf.py:runlocal")
+    original = rtfm.build(config, seed=5)
+    for bn in (original.mtn.bn_1, original.mtn.bn_5):  # statistics that differ from the initial ones
+        bn.mean[...] = bn.mean[...] + 0.3
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in import_rtfm.to_state_dict(original).items()},
+               tmp_path / "rtfm.pkl")
+    assert import_rtfm.main([str(tmp_path / "rtfm.pkl"), "--output", str(tmp_path / "model")]) == 0
+    assert "D=16" in capsys.readouterr().out
+    model, loaded = checkpoint.load_model(tmp_path / "model")
+    assert loaded.model.name == "rtfm" and type(model).__name__ == "RTFM"
+    features = np.random.default_rng(0).normal(size=(2, CROPS, 20, DIM)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model.scores(features)), np.asarray(original.scores(features)),
+                               rtol=1e-6, atol=1e-7)
