@@ -127,6 +127,12 @@ def test_trained_rtfm_and_lap_export_load_and_evaluate_as_a_direct_forward(datas
         extras = {k: record.segment_fields[k][None] for k in registry.extra_fields(config)}
         direct = np.asarray(model.scores(record.features[None], **extras))[0]
         np.testing.assert_allclose(scores[i], direct, rtol=1e-5, atol=1e-6, err_msg=record.id)
+    # pavad-score's path (one video in a row of its bucket) gives the same scores.
+    from pavad_jax import score
+    record = test[4]
+    extras = {k: record.segment_fields[k] for k in registry.extra_fields(config)}
+    np.testing.assert_allclose(score.score_video(model, record.features, extras=extras), scores[4], rtol=1e-5,
+                               atol=1e-6)
     # A step checkpoint of the run folder loads with its statistics too.
     stepped, _, _, _ = checkpoint.resolve_model(tmp_path / "run", "2")
     np.testing.assert_array_equal(np.asarray(stepped.mtn.bn_1.var[...]), np.asarray(model.mtn.bn_1.var[...]))
@@ -163,3 +169,26 @@ def test_an_imported_rtfm_checkpoint_loads_by_its_name_and_scores_as_the_origina
     features = np.random.default_rng(0).normal(size=(2, CROPS, 20, DIM)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(model.scores(features)), np.asarray(original.scores(features)),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_tevad_is_lap_without_the_prompt_losses():
+    from pavad_jax.config_base import model_defaults
+    import jax.numpy as jnp
+
+    config = load_config("configs/gvvad_lap_ucf.py:runlocal")
+    defaults = model_defaults("tevad")
+    for field in ("name", "prompts"):
+        config.model[field] = defaults.model[field]
+    config.loss.weights.beta = config.loss.weights.gamma = 0.0
+    model = registry.build(config, seed=0)  # no prompt bank is read
+    assert model.prompt_bank is None and registry.extra_fields(config) == ("caption_embedding",)
+    rng = np.random.default_rng(0)
+    batch = {"features": jnp.asarray(rng.normal(size=(4, CROPS, 32, DIM)), jnp.float32),
+             "caption_embedding": jnp.asarray(rng.normal(size=(4, 32, TEXT)), jnp.float32),
+             "label": jnp.asarray([0.0, 0.0, 1.0, 1.0]), "synthetic": jnp.asarray([0.0, 1.0, 0.0, 1.0])}
+    weights = {k: jnp.float32(v) for k, v in config.loss.weights.items()}
+    total, terms = registry.loss(model, batch, weights, jax.random.key(0), config, step=0)
+    assert np.isfinite(float(total)) and float(terms["triplet"]) == float(terms["pseudo_anomaly"]) == 0.0
+    with pytest.raises(ValueError, match="reads batch field"):
+        registry.loss(model, {k: v for k, v in batch.items() if k != "caption_embedding"}, weights,
+                      jax.random.key(0), config)
