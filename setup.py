@@ -59,6 +59,7 @@ setup(
             "pavad-score=pavad_jax.score:main",
             "pavad-detect=pavad_jax.detect:main",
             "pavad-import-urdmu=pavad_jax.import_urdmu:main",
+            "pavad-import-rtfm=pavad_jax.import_rtfm:main",
             "pavad-sweep=pavad_jax.sweep:main",
             "pavad-bench=pavad_jax.bench:main",
             "pavad-occ=pavad_jax.occ.cli:main",

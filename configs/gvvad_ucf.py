@@ -8,7 +8,8 @@ normal + abnormal ones (source "pseudo"), all as CLIP-L features (D = 768); test
 videos. Each synthetic sample's loss is scaled by λ = loss.weights.gv_lambda (Eq. 6; 0.5 by default,
 the paper's choice). Variants: `:batch_fraction` uses GV-VAD's public-code form (the whole batch
 loss scaled by the real and synthetic fractions), `:learnable` makes λ a trained parameter.
-The Table III sweep is configs/sweeps/gvvad_lambda.py.
+GV-VAD's own detectors are configs/gvvad_rtfm_ucf.py and configs/gvvad_lap_ucf.py; its
+Table III sweep (on LAP) is configs/sweeps/gvvad_lambda.py.
 
 GV-VAD plugs SSLS into RTFM, TEVAD and LAP; here the detector is UR-DMU (this project's
 backbone), so numbers are not the paper's 89.3 AUC (GV-VAD (LAP), its Table I). Paper settings kept: Adam lr 1e-3, weight

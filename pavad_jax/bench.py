@@ -2,6 +2,8 @@
 
   pavad-bench --model urdmu --batch-size 8 --segments 200 --feature-dim 1024 --steps 20
   pavad-bench --model darm --batch-size 64 --segments 200 --steps 50 --members 8 --json bench.json
+  pavad-bench --model rtfm --steps 3    # GV-VAD's RTFM at its paper's shapes: B = 32 + 32, 10 crops, T = 64, D = 768
+  pavad-bench --model lap --steps 3     # LAP, also with its caption branch (E = 768) and 26 prompts
 
 Inputs are random; the model is UR-DMU's default architecture (hidden 512, 4 heads, 60 + 60
 memory slots) unless flags say otherwise. B = --batch-size means B/2 normal + B/2 abnormal
@@ -53,18 +55,28 @@ from flax import nnx
 from tqdm import tqdm
 
 from pavad_jax import atomic, distributed, engine, evaluate, train
-from pavad_jax.config_base import base_config, default_loss_config
+from pavad_jax.config_base import base_config, default_loss_config, model_defaults
 from pavad_jax.data import pipeline
-from pavad_jax.models.detector import build_detector
+from pavad_jax.models import registry
+
+MODELS = ("urdmu", "darm", "rtfm", "lap")
+# Each detector's paper shapes (the defaults of --batch-size, --segments, --feature-dim, --crops):
+# UR-DMU's benchmark rows; GV-VAD's RTFM and LAP runs (runGV.sh: 32 + 32 videos, 10 crops, T = 64, CLIP-L).
+PAPER_SHAPES = {"urdmu": (8, 200, 1024, 1), "darm": (8, 200, 1024, 1), "rtfm": (64, 64, 768, 10),
+                "lap": (64, 64, 768, 10)}
 
 
 def bench_config(model: str, batch_size: int, segments: int, feature_dim: int, *, hidden: int = 512,
-                 slots: int = 60, steps_per_dispatch: int = 1):
-    """A training config for the benchmark: UR-DMU's sizes, `darm` adding the DARM losses."""
-    if model not in ("urdmu", "darm"):
-        raise ValueError(f"--model must be urdmu or darm, got {model!r}")
+                 slots: int = 60, steps_per_dispatch: int = 1, crops: int = 1):
+    """A training config for the benchmark: UR-DMU's sizes, `darm` adding the DARM losses; `rtfm`
+    and `lap` GV-VAD's detectors with the official loss (SSLS official form; LAP's learnable λ,
+    a random prompt bank and caption width 768)."""
+    if model not in MODELS:
+        raise ValueError(f"--model must be one of {MODELS}, got {model!r}")
     if batch_size < 2 or batch_size % 2:
         raise ValueError(f"--batch-size must be even and >= 2 (B/2 normal + B/2 abnormal), got {batch_size}")
+    if model in ("rtfm", "lap"):
+        return detector_bench_config(model, batch_size, segments, feature_dim, crops, steps_per_dispatch)
     config = base_config()
     config.model.feature_dim = feature_dim
     config.model.hidden = hidden
@@ -79,15 +91,47 @@ def bench_config(model: str, batch_size: int, segments: int, feature_dim: int, *
     return config
 
 
+def detector_bench_config(model: str, batch_size: int, segments: int, feature_dim: int, crops: int,
+                          steps_per_dispatch: int = 1):
+    """RTFM or LAP as configs/gvvad_{rtfm,lap}_ucf.py train them, at the given shapes."""
+    config = base_config()
+    defaults = model_defaults(model)
+    config.model, config.loss = defaults.model, defaults.loss
+    config.model.feature_dim = feature_dim
+    config.data.segments = segments
+    config.data.sample_unit = "all_crops" if crops > 1 else "crop"
+    config.data.crops = crops  # read by random_batches only
+    config.data.batch.normal = config.data.batch.abnormal = batch_size // 2
+    config.data.batch.pseudo_normal = 0
+    config.loss.gv.mode = "official"
+    config.loss.quirks.score_view_32 = segments % 32 == 0
+    if model == "rtfm":
+        config.loss.sparsity_smoothness = False  # GV-VAD's RTFM runs
+    else:
+        config.loss.gv.learnable = True
+        bank = pathlib.Path(tempfile.mkdtemp(prefix="pavad-bench-")) / registry.PROMPT_BANK_FILE
+        np.save(bank, np.random.default_rng(0).normal(size=(config.model.prompts, config.model.text_dim)))
+        config.model.prompt_bank = str(bank)
+    config.optim.learning_rate, config.optim.weight_decay = 1e-3, 5e-3
+    config.train.steps_per_dispatch = steps_per_dispatch
+    return config
+
+
 def random_batches(config, key, steps: int) -> dict:
-    """`steps` stacked random training batches (k, rows, T, D) in the trainer's layout."""
+    """`steps` stacked random training batches (k, rows, T, D) (or (k, rows, crops, T, D) with
+    data.crops > 1) in the trainer's layout, with the detector's per-segment fields."""
     counts = [config.data.batch.normal, config.data.batch.abnormal, config.data.batch.pseudo_normal]
     rows = sum(counts)
     stream = np.repeat(np.arange(3), counts).astype(np.int32)
-    features = jax.random.uniform(key, (steps, rows, config.data.segments, config.model.feature_dim), jnp.float32)
+    crops = int(config.data.get("crops", 1))
+    shape = (steps, rows, *((crops,) if crops > 1 else ()), config.data.segments, config.model.feature_dim)
+    features = jax.random.uniform(key, shape, jnp.float32)
     label = np.broadcast_to((stream == 1).astype(np.float32), (steps, rows))
+    extras = {name: jax.random.normal(jax.random.fold_in(key, 1), (steps, rows, config.data.segments,
+                                                                   config.model.text_dim), jnp.float32)
+              for name in registry.extra_fields(config)}
     return {"features": features, "label": jnp.asarray(label), "synthetic": jnp.asarray(label),
-            "stream": jnp.asarray(np.broadcast_to(stream, (steps, rows)))}
+            "stream": jnp.asarray(np.broadcast_to(stream, (steps, rows))), **extras}
 
 
 def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
@@ -199,7 +243,7 @@ def bench_matmuls_only(matmuls: list[tuple], steps: int) -> dict:
 
 def member_state(config, members: int, mesh):
     """The engine's TrainState for `members` copies of one freshly built model, on `mesh`."""
-    template = build_detector(config.model, config.loss, seed=0)
+    template = registry.build(config, seed=0)
     graphdef = nnx.split(template, nnx.Param, ...)[0]
     member = train.init_member(config, template)
     return graphdef, engine.put_state(engine.stack_members([member] * members), mesh)
@@ -259,10 +303,12 @@ def bench_infer(graphdef, params, rest, config, steps: int) -> float:
     """Segments per second of test-mode scoring of B videos (normal + abnormal rows) of T segments,
     with the evaluator's scorer (full float32 precision); params/rest with a member axis of 1."""
     rows = config.data.batch.normal + config.data.batch.abnormal
-    features = jax.random.uniform(jax.random.key(2), (rows, config.data.segments, config.model.feature_dim))
+    batch = jax.tree.map(lambda x: x[0, :rows], random_batches(config, jax.random.key(2), 1))
     segment_ids = jnp.ones((rows, config.data.segments), jnp.int32)
     scorer = evaluate.Scorer(graphdef, config.train.eval_precision)
-    times = time_calls(scorer, lambda: (params, rest, features, segment_ids), steps, "inference")
+    extras = {name: batch[name] for name in registry.extra_fields(config)}
+    times = time_calls(lambda *a: scorer(*a, extras=extras), lambda: (params, rest, batch["features"], segment_ids),
+                       steps, "inference")
     return rows * config.data.segments / statistics.median(times)
 
 
@@ -309,17 +355,20 @@ def bench_sweep(config, members_spec: str | int, steps: int, device_memory: int 
 def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *,
                   members: str | int = 0, hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1,
                   torch_baseline_steps: int = 0, device_memory_gb: float | None = None,
-                  compute_dtype: str = "float32") -> dict:
+                  compute_dtype: str = "float32", crops: int = 1) -> dict:
     """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step).
 
     members: "M" (1, 2, 4, ..., M) or "1,8,64" (those counts); 0 = no sweep.
     """
     config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
-                          steps_per_dispatch=steps_per_dispatch)
-    config.model.compute_dtype = compute_dtype
+                          steps_per_dispatch=steps_per_dispatch, crops=crops)
+    if model in ("urdmu", "darm"):
+        config.model.compute_dtype = compute_dtype
     device = jax.devices()[0]
     result = {"model": model, "batch_size": batch_size, "rows": sum(config.data.batch.values()),
-              "segments": segments, "feature_dim": feature_dim, "hidden": hidden, "slots": slots,
+              "segments": segments, "feature_dim": feature_dim, "crops": crops,
+              "hidden": hidden if model in ("urdmu", "darm") else None,
+              "slots": slots if model in ("urdmu", "darm") else None,
               "steps": steps, "steps_per_dispatch": steps_per_dispatch, "compute_dtype": compute_dtype,
               "platform": device.platform,
               "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__}
@@ -358,8 +407,10 @@ def format_report(result: dict) -> str:
 
     lines = [
         f"{result['model']} on {result['platform']} ({result['device_kind']}): B={result['batch_size']} "
-        f"({result['rows']} rows), T={result['segments']}, D={result['feature_dim']}, hidden={result['hidden']}, "
-        f"{result['slots']} slots, {result['steps_per_dispatch']} step(s)/dispatch, {result['compute_dtype']} compute",
+        f"({result['rows']} rows), {result.get('crops', 1)} crop(s), T={result['segments']}, "
+        f"D={result['feature_dim']}, "
+        + (f"hidden={result['hidden']}, {result['slots']} slots, " if result.get("hidden") else "")
+        + f"{result['steps_per_dispatch']} step(s)/dispatch, {result['compute_dtype']} compute",
         f"  data-parallel devices {result['data_devices']}",
         f"  compile_s             {result['compile_s']:.2f}",
         f"  train_step_ms         {result['train_step_ms']:.2f}",
@@ -403,11 +454,17 @@ def format_report(result: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="pavad-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("urdmu", "darm"), default="urdmu",
-                        help="urdmu: UR-DMU's loss; darm: PA-VAD's (UR-DMU + L_DA + L_upd, B/2 pseudo-normal rows more)")
-    parser.add_argument("--batch-size", type=int, default=8, help="B: B/2 normal + B/2 abnormal videos (default 8)")
-    parser.add_argument("--segments", type=int, default=200, help="T, segments per video (default 200)")
-    parser.add_argument("--feature-dim", type=int, default=1024, help="D, feature size (default 1024, I3D)")
+    parser.add_argument("--model", choices=MODELS, default="urdmu",
+                        help="urdmu: UR-DMU's loss; darm: PA-VAD's (UR-DMU + L_DA + L_upd, B/2 pseudo-normal rows "
+                             "more); rtfm, lap: GV-VAD's detectors with the official loss")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="B: B/2 normal + B/2 abnormal videos (default: the model's paper shape, 8 for UR-DMU, "
+                             "64 for RTFM and LAP)")
+    parser.add_argument("--segments", type=int, default=None, help="T, segments per video (default 200; RTFM/LAP 64)")
+    parser.add_argument("--feature-dim", type=int, default=None,
+                        help="D, feature size (default 1024, I3D; RTFM/LAP 768, CLIP-L)")
+    parser.add_argument("--crops", type=int, default=None,
+                        help="crops per video in a row (RTFM/LAP train on all 10; default 1 for UR-DMU)")
     parser.add_argument("--hidden", type=int, default=512, help="UR-DMU's hidden size (default 512)")
     parser.add_argument("--slots", type=int, default=60, help="memory slots per bank (default 60)")
     parser.add_argument("--steps", type=int, default=20, help="timed calls of each program (median reported)")
@@ -425,7 +482,12 @@ def main(argv=None) -> None:
                         help="with --members: memory per device to fit members into (default: the device's own)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("segments", "feature_dim", "hidden", "slots", "steps", "steps_per_dispatch"):
+    for name, default in zip(("batch_size", "segments", "feature_dim", "crops"), PAPER_SHAPES[args.model]):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.crops > 1 and args.model in ("urdmu", "darm"):
+        parser.error("--crops: UR-DMU trains on one crop per row")
+    for name in ("segments", "feature_dim", "hidden", "slots", "steps", "steps_per_dispatch", "crops"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.members != "0":
@@ -444,7 +506,8 @@ def main(argv=None) -> None:
                            members=0 if args.members == "0" else args.members, hidden=args.hidden, slots=args.slots,
                            steps_per_dispatch=args.steps_per_dispatch,
                            torch_baseline_steps=args.steps if args.torch_baseline else 0,
-                           device_memory_gb=args.device_memory_gb, compute_dtype=args.compute_dtype)
+                           device_memory_gb=args.device_memory_gb, compute_dtype=args.compute_dtype,
+                           crops=args.crops)
     print(format_report(result))
     if args.json:
         atomic.write_json(args.json, result, indent=2)

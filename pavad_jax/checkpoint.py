@@ -29,8 +29,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from pavad_jax import atomic
-from pavad_jax.config_base import default_loss_config, default_model_config
-from pavad_jax.models.detector import Detector, build_detector
+from pavad_jax.config_base import default_loss_config, model_defaults, model_name
+from pavad_jax.models import registry
+from pavad_jax.models.detector import Detector
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -101,7 +102,7 @@ class TrainCheckpoints:
 def _split_config(config: Any) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
     """(model, loss) configs from an experiment config (`.model`, `.loss`) or a bare model config."""
     if "feature_dim" in config:
-        return ml_collections.ConfigDict(config), default_loss_config()
+        return ml_collections.ConfigDict(config), model_defaults(model_name(config)).loss
     if "model" not in config:
         raise ValueError("export_model needs a model config (with feature_dim) or a config with a `model` field")
     loss = config.loss if "loss" in config else default_loss_config()
@@ -155,19 +156,22 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
     payload = json.loads(path.read_text())
     if payload.get("format") != FORMAT_VERSION or "model" not in payload:
         raise ValueError(f"{path}: unsupported model format {payload.get('format')!r} (expected {FORMAT_VERSION})")
-    # Fields added since the export take their defaults.
-    model = default_model_config()
-    model.update(payload["model"])
-    loss = default_loss_config()
-    loss.update(payload.get("loss", {}))
-    return ml_collections.ConfigDict({"model": model, "loss": loss})
+    # Fields added since the export take their detector's defaults (exports without a name are UR-DMU).
+    try:
+        defaults = model_defaults(model_name(ml_collections.ConfigDict({"model": payload["model"]})))
+    except ValueError as e:
+        raise ValueError(f"{path}: field 'model.name': {e}") from None
+    defaults.model.update(payload["model"])
+    defaults.loss.update(payload.get("loss", {}))
+    return defaults
 
 
-def load_model(directory: str | os.PathLike) -> tuple[Detector, ml_collections.ConfigDict]:
-    """Rebuild the Detector saved in `directory`; returns (detector, config with .model and .loss)."""
+def load_model(directory: str | os.PathLike) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+    """Rebuild the detector saved in `directory` (config.json's model.name picks the module);
+    returns (detector, config with .model and .loss)."""
     directory = pathlib.Path(directory).absolute()
     config = read_config(directory)
-    abstract = nnx.eval_shape(lambda: build_detector(config.model, config.loss, seed=0))
+    abstract = nnx.eval_shape(lambda: registry.build(config, seed=0, for_restore=True))
     graphdef, abstract_state = nnx.split(abstract)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -223,14 +227,19 @@ def resolve_model(path: str | os.PathLike, which: str = "best"
     run_config = read_run_config(path)
     if run_config is None:
         raise FileNotFoundError(f"{path}: a step number needs a pavad-train run folder (config.json + checkpoints/)")
-    detector = build_detector(run_config.model, run_config.loss, seed=0)
+    detector = registry.build(run_config, seed=0, for_restore=True)
     graphdef, params, rest = nnx.split(detector, nnx.Param, ...)
-    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), params)
+    stack = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), tree)
+    fields = {"params": stack(params)}
+    if run_config.model.get("name", "urdmu") != "urdmu":  # BatchNorm statistics, prompt bank
+        fields["rest"] = stack(rest)
     checkpoints = TrainCheckpoints(path)
     try:
-        restored = checkpoints.restore_fields(int(which), {"params": stacked})["params"]
+        restored = checkpoints.restore_fields(int(which), fields)
     finally:
         checkpoints.close()
-    params = jax.tree.map(lambda x: np.asarray(x)[0], restored)
+    params = jax.tree.map(lambda x: np.asarray(x)[0], restored["params"])
+    if "rest" in restored:
+        rest = jax.tree.map(lambda x: np.asarray(x)[0], restored["rest"])
     config = ml_collections.ConfigDict({"model": run_config.model, "loss": run_config.loss})
     return nnx.merge(graphdef, params, rest), config, run_config, f"{path} step {which}"

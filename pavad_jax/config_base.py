@@ -12,6 +12,8 @@ from ml_collections import config_dict
 from pavad_jax.config_loader import parse_variants  # noqa: F401  (config files import it from here)
 
 METHODS = ("pavad", "urdmu", "gvvad")
+# The detectors config.model.name chooses (pavad_jax/models/registry.py builds them).
+MODEL_NAMES = ("urdmu", "rtfm", "lap", "tevad")
 GV_MODES = ("none", "sample", "batch")  # GV-VAD's synthetic-sample loss scaling: off, Eq. 6, public code
 POOL_POINTS = ("selfatt", "embedding")  # embeddings mean-pooled for L_DA
 UPD_SPACES = ("raw", "normalized")  # loss.darm.upd_centers / upd_distance (docs/model.md, "Eq. 13")
@@ -47,7 +49,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     # pseudo_normal > 0 only for runs that use pseudo-normal videos (0 = stream unused).
     c.batch = ml_collections.ConfigDict(dict(normal=64, abnormal=64, pseudo_normal=0))
     # What one training sample is: "crop" (the reference: every (video, crop) pair, an epoch is a
-    # shuffled pass over crop sequences) or "video" (a video, then one of its crops uniformly).
+    # shuffled pass over crop sequences), "video" (a video, then one of its crops uniformly) or
+    # "all_crops" (a video with all of its crops, features (B, crops, T, D): RTFM and LAP).
     c.sample_unit = "crop"
     # Keep only this many abnormal-stream videos (a fixed random subset drawn with data.seed;
     # PA-VAD Table 6's clip counts); 0 keeps all.
@@ -98,6 +101,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 def default_model_config() -> ml_collections.ConfigDict:
     """UR-DMU's architecture as the reference builds it for I3D features (D = 1024)."""
     return ml_collections.ConfigDict({
+        "name": "urdmu",  # the detector (MODEL_NAMES): urdmu here; rtfm, lap, tevad start from model_defaults
         "feature_dim": 1024,
         "hidden": 512,
         "heads": 4,
@@ -163,6 +167,27 @@ def default_loss_config(method: str = "pavad") -> ml_collections.ConfigDict:
     })
 
 
+def model_name(config: ml_collections.ConfigDict) -> str:
+    """config.model.name (configs that predate it are UR-DMU), checked against MODEL_NAMES."""
+    model = config.model if "model" in config else config
+    name = model.get("name", "urdmu")
+    if name not in MODEL_NAMES:
+        raise ValueError(f"config.model.name = {name!r}: expected one of {MODEL_NAMES}")
+    return name
+
+
+def model_defaults(name: str) -> ml_collections.ConfigDict:
+    """{model, loss} defaults of a detector: UR-DMU's here, RTFM's and LAP's from models/defaults_*.py."""
+    from pavad_jax.models import defaults_lap, defaults_rtfm  # plain ConfigDicts, no jax
+
+    if name == "urdmu":
+        return ml_collections.ConfigDict({"model": default_model_config(), "loss": default_loss_config("urdmu")})
+    builders = {"rtfm": defaults_rtfm.rtfm_config, "lap": defaults_lap.lap_config, "tevad": defaults_lap.tevad_config}
+    if name not in builders:
+        raise ValueError(f"config.model.name = {name!r}: expected one of {MODEL_NAMES}")
+    return builders[name]()
+
+
 def default_optim_config() -> ml_collections.ConfigDict:
     """Adam as torch.optim.Adam (weight decay coupled to the gradient), UR-DMU's values."""
     return ml_collections.ConfigDict(dict(learning_rate=1e-4, weight_decay=5e-5, b1=0.9, b2=0.999, eps=1e-8))
@@ -176,6 +201,7 @@ def default_train_config() -> ml_collections.ConfigDict:
         # eval_every and checkpoint_every must be multiples of it.
         steps_per_dispatch=1,
         eval_every=10,
+        eval_after=0,  # evaluate only at steps > eval_after (GV-VAD's code: every 5 steps after step 50)
         checkpoint_every=100,
         log_every=10,
         keep_checkpoints=2,

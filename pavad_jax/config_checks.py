@@ -7,7 +7,7 @@ import pathlib
 import ml_collections
 
 from pavad_jax import shards
-from pavad_jax.config_base import GV_MODES, POOL_POINTS, SELECT_BY
+from pavad_jax.config_base import GV_MODES, MODEL_NAMES, POOL_POINTS, SELECT_BY
 from pavad_jax.config_loader import ConfigError
 
 LOSS_WEIGHTS_NONNEGATIVE = ("lambda1", "lambda2", "lambda_da", "lambda_dist", "beta", "gv_lambda")
@@ -70,6 +70,38 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
 
     data_devices: the size of the mesh's "data" axis, which the global batch must divide.
     """
+    name = config.model.get("name", "urdmu")
+    _require(name in MODEL_NAMES, "model.name", name, f"must be one of {MODEL_NAMES}")
+    if name == "urdmu":
+        _check_urdmu(config)
+    else:
+        _check_rtfm_family(config, name)
+    _check_common(config, data_dir, data_devices)
+
+
+def _check_rtfm_family(config: ml_collections.ConfigDict, name: str) -> None:
+    """RTFM, LAP and TEVAD: their network, loss and SSLS fields; no DARM, no pseudo-normal rows."""
+    from pavad_jax.models.defaults_rtfm import SSLS_MODES
+
+    model, loss = config.model, config.loss
+    _require(model.feature_dim % 4 == 0, "model.feature_dim", model.feature_dim,
+             "RTFM's temporal network splits the features in 4 branches: a multiple of 4")
+    if name != "rtfm":
+        _require(model.text_dim % 4 == 0, "model.text_dim", model.text_dim, "a multiple of 4 (the caption branch)")
+    _require(0 < model.topk <= config.data.segments, "model.topk", model.topk,
+             f"must be in [1, data.segments = {config.data.segments}]")
+    _require(loss.gv.mode in SSLS_MODES, "loss.gv.mode", loss.gv.mode, f"must be one of {SSLS_MODES}")
+    for field in ("domain_alignment", "usage_update"):
+        darm = loss.get("darm")
+        _require(darm is None or not darm.get(field), f"loss.darm.{field}", True,
+                 f"model {name!r} has no memory slots or pseudo-normal stream (DARM is wired for UR-DMU only)")
+    _require(config.data.batch.get("pseudo_normal", 0) == 0, "data.batch.pseudo_normal",
+             config.data.batch.get("pseudo_normal"), f"model {name!r} takes no pseudo-normal rows")
+    _require(not (loss.quirks.get("score_view_32") and config.data.segments % 32), "loss.quirks.score_view_32",
+             True, f"the code's view of the scores needs data.segments a multiple of 32, got {config.data.segments}")
+
+
+def _check_urdmu(config: ml_collections.ConfigDict) -> None:
     weights = config.loss.weights
     for name in LOSS_WEIGHTS_NONNEGATIVE:
         _require(weights[name] >= 0, f"loss.weights.{name}", weights[name], "must be >= 0")
@@ -85,6 +117,12 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
                  "a memory bank needs at least one slot")
     _require(config.model.hidden % config.model.heads == 0, "model.heads", config.model.heads,
              f"must divide model.hidden = {config.model.hidden}")
+    if config.loss.darm.domain_alignment:
+        _require(config.data.batch.pseudo_normal > 0, "data.batch.pseudo_normal", config.data.batch.pseudo_normal,
+                 "domain alignment (loss.darm.domain_alignment) needs pseudo-normal videos in the batch")
+
+
+def _check_common(config: ml_collections.ConfigDict, data_dir: pathlib.Path | None, data_devices: int | None) -> None:
     _require(config.data.segments > 0, "data.segments", config.data.segments, "must be > 0")
     check_schedule(config.train)
     _require(config.train.select_by in SELECT_BY, "train.select_by", config.train.select_by,
@@ -98,9 +136,6 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
     _require(batch.normal > 0 and batch.normal == batch.abnormal, "data.batch",
              dict(batch), "UR-DMU splits the batch in halves: normal == abnormal > 0")
     _require(batch.pseudo_normal >= 0, "data.batch.pseudo_normal", batch.pseudo_normal, "must be >= 0")
-    if config.loss.darm.domain_alignment:
-        _require(batch.pseudo_normal > 0, "data.batch.pseudo_normal", batch.pseudo_normal,
-                 "domain alignment (loss.darm.domain_alignment) needs pseudo-normal videos in the batch")
     if data_devices is not None:
         rows = sum(batch.values())
         _require(rows % data_devices == 0, "data.batch", dict(batch),
@@ -117,6 +152,13 @@ def check_training_config(config: ml_collections.ConfigDict, data_dir: pathlib.P
         for manifest, dim in dims.items():
             _require(dim == config.model.feature_dim, "model.feature_dim", config.model.feature_dim,
                      f"the shards in {manifest} have feature_dim {dim}")
+        for set_dir in shards.find_shard_sets(split_dir):  # LAP's captions: in every set, at model.text_dim
+            manifest = shards.load_manifest(set_dir)
+            fields = manifest.get("segment_fields") or {}
+            if config.model.get("name") in ("lap", "tevad") and manifest["num_records"]:
+                _require(fields.get("caption_embedding") == config.model.text_dim, "model.text_dim",
+                         config.model.text_dim, f"LAP reads per-segment caption_embedding, but "
+                         f"{set_dir / shards.MANIFEST} lists segment_fields {fields}")
         set_dirs += shards.find_shard_sets(split_dir)
     for warning in shards.check_provenance(set_dirs, root=data_dir):  # train and test made alike?
         logging.warning("%s", warning)

@@ -456,9 +456,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model_dir = checkpoint.model_dir_of(args.checkpoint)
-        feature_dim = int(checkpoint.read_config(model_dir).model.feature_dim)
+        model_config = checkpoint.read_config(model_dir).model
+        feature_dim = int(model_config.feature_dim)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"{PROG}: error: {error}") from error
+    if model_config.name in ("lap", "tevad"):
+        raise SystemExit(f"{PROG}: error: {model_dir}: field 'model.name' is {model_config.name!r}, which reads "
+                         "per-segment caption embeddings pavad-detect does not make; score with pavad-score --captions")
     if feature_dim != I3D_FEATURE_DIM:
         raise SystemExit(f"{PROG}: error: {model_dir}: field 'model.feature_dim' is {feature_dim}, but pavad-detect "
                          f"extracts {I3D_FEATURE_DIM}-d I3D features; use a checkpoint trained on I3D features")

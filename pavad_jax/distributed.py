@@ -81,6 +81,14 @@ def make_mesh(members: int = 1, data: int | None = None) -> Mesh:
     return Mesh(np.asarray(devices[:members * data]).reshape(members, data), (MEMBER_AXIS, DATA_AXIS))
 
 
+def member_mesh(members: int, rows: int, devices: int | None = None) -> Mesh:
+    """The mesh of `members` vmapped members of `rows` batch rows each: members over the most
+    devices that divide them, each member's batch over the most of the rest that divide its rows."""
+    devices = devices or jax.device_count()
+    on_members = largest_divisor(members, devices)
+    return make_mesh(on_members, largest_divisor(rows, devices // on_members))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -137,7 +137,9 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation):
 
     def update(params, rest, opt_state, seed, weights, diverged_at, step, batch):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), 0)
-        (loss, (terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, weights, key)
+        extra = {"step": step} if getattr(loss_fn, "takes_step", False) else {}  # e.g. GV-VAD's lambda warm-up
+        (loss, (terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, weights,
+                                                                                      key, **extra)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(terms)
         updates, new_opt_state = tx.update(grads, opt_state, params)
@@ -248,15 +250,19 @@ class Schedule:
     log_every: int
     eval_every: int
     checkpoint_every: int
+    eval_after: int = 0  # evaluations only at steps > eval_after (GV-VAD: every 5 steps after step 50)
 
     @classmethod
     def from_config(cls, train: ml_collections.ConfigDict) -> "Schedule":
         check_schedule(train)
         return cls(int(train.steps), int(train.steps_per_dispatch), int(train.log_every),
-                   int(train.eval_every), int(train.checkpoint_every))
+                   int(train.eval_every), int(train.checkpoint_every), int(train.get("eval_after", 0)))
 
     def fires(self, step: int, every: int) -> bool:
         return step % every == 0 or step == self.steps
+
+    def evaluates(self, step: int) -> bool:
+        return step > self.eval_after and self.fires(step, self.eval_every)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +421,7 @@ class Loop:
                 if messages and self.member_ids is None:
                     raise TrainingDiverged(f"{messages[0]}. Stopped; the last good checkpoint is "
                                            f"{self._last_checkpoint()} and nothing after it was saved")
-                if self.evaluate is not None and schedule.fires(step, schedule.eval_every):
+                if self.evaluate is not None and schedule.evaluates(step):
                     self._evaluate(state, step, progress)
                     if self.member_ids is None and progress["members"][0]["diverged_at"] is not None:
                         raise TrainingDiverged(f"evaluation at step {step} gave non-finite scores. Stopped; the last "

@@ -62,22 +62,23 @@ class Scorer:
         if precision not in PRECISIONS:
             raise ValueError(f"config.train.eval_precision = {precision!r}: expected one of {sorted(PRECISIONS)}")
 
-        def score(params, rest, features, segment_ids, crop_chunk):
+        def score(params, rest, features, segment_ids, extras, crop_chunk):
             with jax.default_matmul_precision(PRECISIONS[precision]):
                 return jax.vmap(lambda p, r: nnx.merge(graphdef, p, r).scores(
-                    features, segment_ids=segment_ids, crop_chunk=crop_chunk, query_block=EVAL_QUERY_BLOCK))(
-                    params, rest)
+                    features, segment_ids=segment_ids, crop_chunk=crop_chunk, query_block=EVAL_QUERY_BLOCK,
+                    **extras))(params, rest)
 
         self._jit = jax.jit(score, static_argnames="crop_chunk")
         self._programs: dict = {}
         self.chunks: dict = {}  # (features shape, budget) -> crop chunk chosen: what the figures report
 
-    def _program(self, params, rest, features, segment_ids, budget: int | None):
-        key = (features.shape, features.dtype, segment_ids.shape, budget)
+    def _program(self, params, rest, features, segment_ids, extras, budget: int | None):
+        key = (features.shape, features.dtype, segment_ids.shape, budget,
+               tuple((k, v.shape, v.dtype) for k, v in sorted(extras.items())))
         if key not in self._programs:
             crops = features.shape[1] if features.ndim == 4 else 1
             for chunk in sorted((c for c in range(1, crops + 1) if crops % c == 0), reverse=True):
-                compiled = self._jit.lower(params, rest, features, segment_ids, chunk).compile()
+                compiled = self._jit.lower(params, rest, features, segment_ids, extras, chunk).compile()
                 need = program_bytes(compiled)
                 if budget is None or need is None or need <= budget or chunk == 1:
                     break
@@ -87,8 +88,11 @@ class Scorer:
             self._programs[key], self.chunks[key] = compiled, chunk
         return self._programs[key]
 
-    def __call__(self, params, rest, features, segment_ids, memory_budget: int | None = None):
-        return self._program(params, rest, features, segment_ids, memory_budget)(params, rest, features, segment_ids)
+    def __call__(self, params, rest, features, segment_ids, memory_budget: int | None = None, extras=None):
+        """`extras`: the detector's per-segment fields beyond features, {name: (B, L, E)} packed alike."""
+        extras = dict(extras or {})
+        return self._program(params, rest, features, segment_ids, extras, memory_budget)(
+            params, rest, features, segment_ids, extras)
 
 
 def stacked_model(detector) -> tuple:
@@ -132,12 +136,13 @@ class Evaluator:
     "members"; the memory budget (data.eval_memory_gb) is per device."""
 
     def __init__(self, data_config, mesh, graphdef, *, split: str | None = None, precision: str = "highest",
-                 shards=None, progress: bool = True):
+                 shards=None, progress: bool = True, extra_fields: tuple[str, ...] = ()):
         self.mesh = mesh
+        self.extra_fields = tuple(extra_fields)  # per-segment fields the detector reads (LAP's captions)
         index, count = distributed.data_slice(mesh)
         self.batches, self.evalset = pipeline.make_eval_batches(
             data_config, split=split, process_index=index, process_count=count,
-            batch_multiple=mesh.shape[distributed.DATA_AXIS], shards=shards)
+            batch_multiple=mesh.shape[distributed.DATA_AXIS], shards=shards, fields=self.extra_fields)
         self.memory_budget = pipeline.eval_memory_budget(data_config)
         self.scorer = Scorer(graphdef, precision)
         self.progress = progress
@@ -156,7 +161,8 @@ class Evaluator:
                   leave=False, disable=not self.progress or jax.process_index() != 0) as bar:
             for batch in self.batches:
                 features, segment_ids = (distributed.put_process_local(batch[k], rows) for k in ("features", "segment_ids"))
-                out = distributed.gather(self.scorer(params, rest, features, segment_ids, self.memory_budget))
+                extras = {k: distributed.put_process_local(batch[k], rows) for k in self.extra_fields}
+                out = distributed.gather(self.scorer(params, rest, features, segment_ids, self.memory_budget, extras))
                 video, start = (distributed.gather(distributed.put_process_local(batch[k], rows)) for k in ("video", "start"))
                 for m in range(members):
                     placed = place_scores(out[m], video, start, self.evalset.lengths, scores[m])
@@ -292,7 +298,8 @@ def main(argv=None) -> None:
     try:
         detector, data_config, precision, out_dir, name = _resolve(args)
         graphdef, params, rest = stacked_model(detector)
-        evaluator = Evaluator(data_config, distributed.make_mesh(), graphdef, split=args.split, precision=precision)
+        evaluator = Evaluator(data_config, distributed.make_mesh(), graphdef, split=args.split, precision=precision,
+                              extra_fields=getattr(detector, "extra_fields", ()))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"pavad-eval: {e}") from None
     evalset = evaluator.evalset

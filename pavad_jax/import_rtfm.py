@@ -161,7 +161,7 @@ def to_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pavad_jax.import_rtfm",
+        prog="pavad-import-rtfm",
         description="Convert an RTFM PyTorch checkpoint (the state_dict of tianyu0207/RTFM's Model saved with "
         "torch.save, such as the released ShanghaiTech and UCF-Crime models) into a model directory. "
         "Feature dimension and head widths are read from the weights.")

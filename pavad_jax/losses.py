@@ -34,9 +34,10 @@ URDMU_COEFFICIENTS = {
 
 
 def default_loss_weights(config: Any) -> dict[str, np.float32]:
-    """The flat weights dict from a loss config (or from a config holding one at `.loss`)."""
+    """The flat weights dict from a loss config (or from a config holding one at `.loss`): every
+    entry of loss.weights (UR-DMU's are WEIGHT_NAMES; RTFM and LAP have their own)."""
     loss_cfg = config.loss if "loss" in config else config
-    return {name: np.float32(loss_cfg.weights[name]) for name in WEIGHT_NAMES}
+    return {name: np.float32(value) for name, value in loss_cfg.weights.items()}
 
 
 # ---------------------------------------------------------------------------- primitives

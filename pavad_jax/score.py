@@ -25,9 +25,10 @@ def load_features(path: str, feature_dim: int) -> np.ndarray:
     return features.astype(np.float32)
 
 
-def score_video(detector, features: np.ndarray, precision: str = "highest") -> np.ndarray:
+def score_video(detector, features: np.ndarray, precision: str = "highest", extras: dict | None = None) -> np.ndarray:
     """(T, D) or (crops, T, D) -> (T,) scores, crops averaged: the evaluator's scorer on the video
-    in a row of the length pavad-eval gives it (default data config)."""
+    in a row of the length pavad-eval gives it (default data config). `extras`: the detector's
+    per-segment fields, {name: (T, E)} (LAP's caption_embedding)."""
     from pavad_jax.config_base import default_data_config  # pylint: disable=import-outside-toplevel
     from pavad_jax.data.pipeline import bucket_length  # pylint: disable=import-outside-toplevel
     from pavad_jax.evaluate import Scorer, stacked_model  # pylint: disable=import-outside-toplevel
@@ -40,8 +41,12 @@ def score_video(detector, features: np.ndarray, precision: str = "highest") -> n
     batch[0, :, :length] = crops
     segment_ids = np.zeros((1, row), np.int32)
     segment_ids[0, :length] = 1
+    padded = {}
+    for name, value in (extras or {}).items():
+        padded[name] = np.zeros((1, row, value.shape[-1]), np.float32)
+        padded[name][0, :length] = value
     graphdef, params, rest = stacked_model(detector)
-    return np.asarray(Scorer(graphdef, precision)(params, rest, batch, segment_ids))[0, 0, :length]
+    return np.asarray(Scorer(graphdef, precision)(params, rest, batch, segment_ids, extras=padded))[0, 0, :length]
 
 
 def save_atomic(path: str, array: np.ndarray) -> None:
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a model export (a run's best/ or last/, a sweep member's, pavad-import-urdmu output) "
                         "or a pavad-train run folder (its best/)")
     parser.add_argument("--features", required=True, help=".npy file with (T, D) or (crops, T, D) features")
+    parser.add_argument("--captions", help=".npy file with the (T, E) per-segment caption embeddings (LAP, TEVAD)")
     parser.add_argument("--output", help="where to write the (T,) float32 scores as .npy (default: not written)")
     parser.add_argument("--top", type=int, default=5, help="how many top segments to print (default 5)")
     return parser
@@ -82,8 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     features = load_features(args.features, int(config.model.feature_dim))
+    extras = {}
+    for name in getattr(detector, "extra_fields", ()):
+        if not args.captions:
+            raise SystemExit(f"error: {args.checkpoint}: model {config.model.name!r} reads per-segment {name!r}: "
+                             "pass --captions FILE.npy of shape (T, model.text_dim)")
+        extras[name] = np.load(args.captions).astype(np.float32)
+        if extras[name].shape != (features.shape[-2], int(config.model.text_dim)):
+            raise SystemExit(f"error: {args.captions}: shape {extras[name].shape}, expected (T, model.text_dim) = "
+                             f"{(features.shape[-2], int(config.model.text_dim))}")
     precision = run_config.train.get("eval_precision", "highest") if run_config is not None else "highest"
-    scores = score_video(detector, features, precision)
+    scores = score_video(detector, features, precision, extras)
     if args.output:
         save_atomic(args.output, scores.astype(np.float32))
     print(summary(scores, args.top))

@@ -10,6 +10,9 @@ Each ArrayRecord record is one video, serialised as::
     | features, raw little-endian bytes, C order | frame labels, raw uint8 bytes (optional)
 
 so that reading a record is one ``json.loads`` of a few hundred bytes plus ``np.frombuffer``.
+Optional named per-segment fields (e.g. LAP's ``caption_embedding``, (T, E)) follow the
+features in the header's order, in the features' dtype; the manifest lists them
+(``segment_fields``: {name: E}) and every record of the set carries all of them.
 The manifest is written last (temp file + ``os.replace``); a folder without it is not a shard
 set, so a crash mid-write never leaves a readable half-written set. See docs/data.md.
 """
@@ -73,6 +76,8 @@ class VideoRecord:
     anomaly_class: str  # "normal" for normal videos
     num_frames: int
     frame_labels: np.ndarray | None = None  # (num_frames,) uint8
+    # Optional per-segment fields, {name: (T, E) float}: e.g. caption_embedding (LAP, TEVAD).
+    segment_fields: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def aligned_frame_labels(record: VideoRecord, segment_frames: int = SEGMENT_FRAMES) -> np.ndarray:
@@ -150,9 +155,35 @@ def _feature_problems(features: Any, feature_dim: int | None) -> list[str]:
     return []
 
 
+def _segment_field_problems(record: VideoRecord, expected: dict[str, int] | None) -> list[str]:
+    """Problems of a record's per-segment fields: each (T, E) float, finite, T the features' T;
+    with `expected` ({name: E} of the set) exactly those names and widths."""
+    fields = record.segment_fields or {}
+    if not isinstance(fields, dict):
+        return [f"field 'segment_fields' must be a dict of name -> (T, E) array, got {type(fields).__name__}"]
+    problems = []
+    t = record.features.shape[1] if isinstance(record.features, np.ndarray) and record.features.ndim == 3 else None
+    for name, value in sorted(fields.items()):
+        value = np.asarray(value)
+        if not isinstance(name, str) or not name.isidentifier() or name in ("features", "frame_labels"):
+            problems.append(f"field 'segment_fields': bad name {name!r} (an identifier other than features)")
+        elif value.ndim != 2 or (t is not None and value.shape[0] != t) or value.shape[1] == 0:
+            problems.append(f"field {name!r} has shape {value.shape}, expected (T, E) with T = {t} (the features' T)")
+        elif not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            problems.append(f"field {name!r} must hold finite floats")
+        elif expected is not None and name in expected and value.shape[1] != expected[name]:
+            problems.append(f"field {name!r} has E={value.shape[1]}, but this shard set has {name}={expected[name]}")
+    if expected is not None and set(fields) != set(expected):
+        problems.append(f"field 'segment_fields' has {sorted(fields)}, but every record of this shard set "
+                        f"carries {sorted(expected)}")
+    return problems
+
+
 def encode_record(record: VideoRecord, dtype: str = "float16") -> bytes:
     """Serialise a (validated) record to bytes: magic, header length, JSON header, raw arrays."""
     features = np.ascontiguousarray(record.features, dtype=np.dtype(dtype).newbyteorder("<"))
+    fields = {name: np.ascontiguousarray(value, dtype=features.dtype)
+              for name, value in sorted((record.segment_fields or {}).items())}
     header = {
         "id": record.id,
         "label": int(record.label),
@@ -164,9 +195,11 @@ def encode_record(record: VideoRecord, dtype: str = "float16") -> bytes:
         "dtype": dtype,
         "has_frame_labels": record.frame_labels is not None,
     }
+    if fields:
+        header["segment_fields"] = [[name, int(value.shape[1])] for name, value in fields.items()]
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(len(text) + _PREFIX.size) % 8)  # 8-byte aligned feature bytes
-    parts = [_PREFIX.pack(_MAGIC, len(text)), text, features.tobytes()]
+    parts = [_PREFIX.pack(_MAGIC, len(text)), text, features.tobytes(), *(v.tobytes() for v in fields.values())]
     if record.frame_labels is not None:
         parts.append(np.ascontiguousarray(record.frame_labels, np.uint8).tobytes())
     return b"".join(parts)
@@ -186,17 +219,27 @@ def decode_record(data: bytes) -> VideoRecord:
         dtype = np.dtype(header["dtype"]).newbyteorder("<")
     except (ValueError, KeyError, TypeError) as e:
         raise ShardError(f"field 'header': cannot parse ({e})") from e
+    try:
+        field_dims = [(str(name), int(dim)) for name, dim in header.get("segment_fields", [])]
+    except (ValueError, TypeError) as e:
+        raise ShardError(f"field 'segment_fields': cannot parse the header's list ({e})") from e
     n_feature_bytes = math.prod(shape) * dtype.itemsize
+    n_field_bytes = sum(shape[1] * dim for _, dim in field_dims) * dtype.itemsize
     n_label_bytes = int(header["num_frames"]) if header.get("has_frame_labels") else 0
-    if len(data) != start + n_feature_bytes + n_label_bytes:
+    if len(data) != start + n_feature_bytes + n_field_bytes + n_label_bytes:
         raise ShardError(
             f"field 'features': record holds {len(data) - start} data bytes, header promises "
-            f"{n_feature_bytes + n_label_bytes} (shape {shape}, {dtype.name})"
+            f"{n_feature_bytes + n_field_bytes + n_label_bytes} (shape {shape}, {dtype.name}, "
+            f"segment fields {field_dims})"
         )
     features = np.frombuffer(data, dtype, math.prod(shape), start).reshape(shape)
+    offset, segment_fields = start + n_feature_bytes, {}
+    for name, dim in field_dims:
+        segment_fields[name] = np.frombuffer(data, dtype, shape[1] * dim, offset).reshape(shape[1], dim)
+        offset += shape[1] * dim * dtype.itemsize
     frame_labels = None
     if header.get("has_frame_labels"):
-        frame_labels = np.frombuffer(data, np.uint8, n_label_bytes, start + n_feature_bytes)
+        frame_labels = np.frombuffer(data, np.uint8, n_label_bytes, offset)
     return VideoRecord(
         id=header["id"],
         features=features,
@@ -206,6 +249,7 @@ def decode_record(data: bytes) -> VideoRecord:
         anomaly_class=header["anomaly_class"],
         num_frames=header["num_frames"],
         frame_labels=frame_labels,
+        segment_fields=segment_fields,
     )
 
 
@@ -252,6 +296,7 @@ class ShardWriter:
                 raise FileExistsError(f"{manifest} exists: {self.out_dir} already holds a shard set (pass overwrite=True)")
             self._remove_old_set(manifest)
         self.feature_dim: int | None = None
+        self.segment_fields: dict[str, int] | None = None  # {name: E}, set by the first record
         self._files: list[dict] = []
         self._entries: list[dict] = []
         self._ids: set[str] = set()
@@ -285,6 +330,8 @@ class ShardWriter:
         where = f"{self.out_dir}: record {len(self._entries)} (id {getattr(record, 'id', None)!r})"
         problems = _record_problems(record) + _feature_problems(record.features, self.feature_dim)
         if not problems:
+            problems += _segment_field_problems(record, self.segment_fields)
+        if not problems:
             with np.errstate(over="ignore"):
                 cast = record.features.astype(self.dtype, copy=False)
             if not np.isfinite(cast).all():
@@ -300,6 +347,7 @@ class ShardWriter:
         for piece in pieces:
             self._writer.write(piece)
         self.feature_dim = int(record.features.shape[2])
+        self.segment_fields = {name: int(np.shape(v)[1]) for name, v in sorted(record.segment_fields.items())}
         self._ids.add(record.id)
         crops, t, _ = record.features.shape
         self._entries.append({
@@ -345,7 +393,8 @@ class ShardWriter:
         if self._writer is not None:
             self._finish_file()
         self._manifest = build_manifest(self._entries, self._files, self.feature_dim, self.dtype,
-                                        feature_extractor=self.feature_extractor, protocol=self.protocol)
+                                        feature_extractor=self.feature_extractor, protocol=self.protocol,
+                                        segment_fields=self.segment_fields)
         atomic.write_text(self.out_dir / MANIFEST, json.dumps(self._manifest, indent=1))
         return self._manifest
 
@@ -362,8 +411,10 @@ class ShardWriter:
 
 
 def build_manifest(entries: list[dict], files: list[dict], feature_dim: int | None, dtype: str, *,
-                   feature_extractor: str = "unknown", protocol: str = "unknown") -> dict:
-    """The manifest dict: format, counts, feature_dim, dtype, provenance, crops, files and record entries."""
+                   feature_extractor: str = "unknown", protocol: str = "unknown",
+                   segment_fields: dict[str, int] | None = None) -> dict:
+    """The manifest dict: format, counts, feature_dim, dtype, provenance, crops, per-segment
+    fields ({name: E}, every record carries them), files and record entries."""
     count = lambda key: dict(sorted(collections.Counter(str(e[key]) for e in entries).items()))
     return {
         "format": FORMAT_NAME,
@@ -374,6 +425,7 @@ def build_manifest(entries: list[dict], files: list[dict], feature_dim: int | No
         "feature_extractor": feature_extractor,
         "protocol": protocol,
         "crops": sorted({e["crops"] for e in entries}),
+        "segment_fields": dict(segment_fields or {}),
         "counts": {
             "stream": count("stream"),
             "label": count("label"),
@@ -502,6 +554,10 @@ class ShardSet:
             summary = ", ".join(f"{d}: D={m['feature_dim']} {m['dtype']}" for d, m in zip(self.set_dirs, self.manifests))
             raise ShardError(f"{self.path}: shard sets disagree on field 'feature_dim'/'dtype' ({summary})")
         self.feature_dim: int | None = dims.pop() if dims else None
+        # Per-segment fields every shard set (with records) carries, {name: E}; `set_fields` per set.
+        self.set_fields = [dict(m.get("segment_fields") or {}) for m in self.manifests]
+        used = [f for f, m in zip(self.set_fields, self.manifests) if m["num_records"]] or [{}]
+        self.segment_fields = {k: v for k, v in used[0].items() if all(f.get(k) == v for f in used)}
         self.provenance = [manifest_provenance(m) for m in self.manifests]  # one per set, as set_dirs
         self.dtype = np.dtype(dtypes.pop() if dtypes else self.manifests[0]["dtype"])
         self.entries: list[dict] = []
@@ -590,7 +646,20 @@ class ShardSet:
         if record.features.shape != (entry["crops"], entry["T"], self.feature_dim) or record.id != entry["id"]:
             raise ShardError(f"{where}: field 'features' has shape {record.features.shape} (id {record.id!r}), "
                              f"manifest says ({entry['crops']}, {entry['T']}, {self.feature_dim})")
+        for name, dim in self.set_fields[entry["set"]].items():
+            value = record.segment_fields.get(name)
+            if value is None or value.shape != (entry["T"], dim):
+                raise ShardError(f"{where}: field {name!r} has shape {None if value is None else value.shape}, "
+                                 f"manifest says ({entry['T']}, {dim})")
         return record
+
+    def require_fields(self, names) -> None:
+        """ShardError naming the first shard set that lacks one of the per-segment fields `names`."""
+        for name in names:
+            for d, fields, m in zip(self.set_dirs, self.set_fields, self.manifests):
+                if m["num_records"] and name not in fields:
+                    raise ShardError(f"{d / MANIFEST}: field 'segment_fields' lacks {name!r} (has {sorted(fields)}); "
+                                     f"the detector reads it: write the shards with it (pavad-gen gvvad captions)")
 
     def __iter__(self):
         for i in range(len(self)):
@@ -697,6 +766,9 @@ def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable
         return [str(e)]
     problems = []
     feature_dim, dtype = manifest["feature_dim"], manifest["dtype"]
+    fields = manifest.get("segment_fields") or {}
+    if not isinstance(fields, dict) or not all(isinstance(v, int) and v > 0 for v in fields.values()):
+        return [f"{set_dir / MANIFEST}: field 'segment_fields' must map names to positive widths, got {fields!r}"]
     listed = {f["name"] for f in manifest["files"]}
     for stray in sorted(set_dir.glob("*.array_record")):
         if stray.name not in listed:
@@ -723,7 +795,7 @@ def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable
         try:
             for ordinal, entry in enumerate(by_file[i]):
                 problems += _validate_record(reader, f"{path}: record {ordinal} (id {entry['id']!r})", entry,
-                                             feature_dim, dtype)
+                                             feature_dim, dtype, fields)
         finally:
             reader.close()
     if manifest.get("num_records") != len(manifest["records"]):
@@ -735,7 +807,7 @@ def _validate_set(set_dir: pathlib.Path, progress: Callable[[Iterable], Iterable
 
 
 def _validate_record(reader: ArrayRecordReader, where: str, entry: dict, feature_dim: int,
-                     dtype: str) -> list[str]:
+                     dtype: str, expected_fields: dict[str, int] | None = None) -> list[str]:
     """Problems of one record: unreadable bytes, checksum, decode, metadata, features."""
     try:
         data = _read_video(reader, entry)
@@ -748,6 +820,8 @@ def _validate_record(reader: ArrayRecordReader, where: str, entry: dict, feature
     except ShardError as e:
         return [f"{where}: {e}"]
     problems = _record_problems(record) + _feature_problems(record.features, feature_dim)
+    if not problems:
+        problems += _segment_field_problems(record, expected_fields)
     if record.features.dtype != np.dtype(dtype):
         problems.append(f"field 'features' has dtype {record.features.dtype}, manifest says {dtype}")
     for key in ("id", "stream", "label", "source", "anomaly_class", "num_frames"):

@@ -185,21 +185,14 @@ def plan_groups(base, members: list[dict], members_per_group: int, device_count:
         structural = member_config(base, {a: json.loads(v) for a, v in key})
         # Slot counts are traced: every group of a structure pads to the structure's largest.
         configs = [member_config(base, members[i]) for i in indices]
-        with structural.model.unlocked():
-            structural.model.a_slots = max(int(c.model.a_slots) for c in configs)
-            structural.model.n_slots = max(int(c.model.n_slots) for c in configs)
+        if "a_slots" in structural.model:  # UR-DMU's memory banks (RTFM and LAP have none)
+            with structural.model.unlocked():
+                structural.model.a_slots = max(int(c.model.a_slots) for c in configs)
+                structural.model.n_slots = max(int(c.model.n_slots) for c in configs)
         for start in range(0, len(indices), chunk):
             part = indices[start:start + chunk]
             groups.append(Group(len(groups), part, size - len(part), structural))
     return groups
-
-
-def group_mesh(group: Group, rows: int):
-    """(members, data) mesh of a group: members over the most devices that divide the group,
-    each member's batch over the most of the remaining devices that divide its rows."""
-    devices = jax.device_count()
-    members = distributed.largest_divisor(group.size, devices)
-    return distributed.make_mesh(members, distributed.largest_divisor(rows, devices // members))
 
 
 def _jsonable(value):
@@ -212,7 +205,7 @@ def train_group(group: Group, members: list[dict], base, workdir: pathlib.Path, 
     configs = [member_config(base, members[i]) for i in group.members]
     configs += [configs[-1]] * group.padding
     export_dirs = [workdir / MEMBERS_DIR / f"{i:03d}" for i in group.members] + [None] * group.padding
-    mesh = group_mesh(group, sum(group.config.data.batch.values()))
+    mesh = distributed.member_mesh(group.size, sum(group.config.data.batch.values()))
     results, status, progress = train.train_members(
         group.config, configs, workdir / "groups" / f"{group.index:03d}", data_dir, export_dirs=export_dirs,
         member_ids=group.members + [None] * group.padding, mesh=mesh,

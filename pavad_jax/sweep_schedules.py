@@ -165,7 +165,7 @@ def run_halving(config, workdir: pathlib.Path, base, members: list[dict], data_d
         start = None
         if rung > 0:
             start = _continue(workdir, rung, begin, done["rungs"][rung - 1], configs_of, structure, rows_per_batch)
-        mesh = train.member_mesh(len(slots), rows_per_batch)
+        mesh = distributed.member_mesh(len(slots), rows_per_batch)
         leg = structure.copy_and_resolve_references()
         leg.train.steps = end  # the loop runs from the rung's start (its progress) to here
         results, status, progress = train.train_members(
@@ -213,7 +213,7 @@ def _continue(workdir, rung, begin, previous, configs_of, structure, rows_per_ba
     prev_slots, following = previous["slots"], previous["next"]
     template_detector = train.padded_template(structure, structure.model.a_slots, structure.model.n_slots)
     template = engine.stack_members([train.init_member(c, template_detector) for c in configs_of(prev_slots)])
-    prev_mesh = train.member_mesh(len(prev_slots), rows_per_batch)
+    prev_mesh = distributed.member_mesh(len(prev_slots), rows_per_batch)
     saved = checkpoint.TrainCheckpoints(workdir / "rungs" / f"{rung - 1:02d}")
     try:
         state, progress = saved.restore(engine.put_state(template, prev_mesh), step=begin)
@@ -317,7 +317,7 @@ def run_pbt(config, workdir: pathlib.Path, base, members: list[dict], data_dir: 
     spec, is_main = config.sweep, jax.process_index() == 0
     steps, metric = int(base.train.steps), SELECT_BY[base.train.select_by]
     structure = sweep.plan_groups(base, members, 0, jax.device_count())[0].config
-    mesh = train.member_mesh(len(members), sum(structure.data.batch.values()))
+    mesh = distributed.member_mesh(len(members), sum(structure.data.batch.values()))
     configs = [sweep.member_config(base, m) for m in members]
     results, status, progress = train.train_members(
         structure, configs, workdir / "groups" / "000", data_dir,

@@ -38,7 +38,8 @@ from pavad_jax.data import pipeline
 from pavad_jax.evaluate import Evaluator
 from pavad_jax.losses import compute_loss, default_loss_weights
 from pavad_jax.metric_writers import MetricsLog
-from pavad_jax.models.detector import build_detector, set_active_slots
+from pavad_jax.models import registry
+from pavad_jax.models.detector import build_detector, set_active_slots  # noqa: F401 (tests build UR-DMU templates)
 
 SUMMARY = "summary.json"
 
@@ -100,13 +101,14 @@ class DetectorData:
         index, count = distributed.data_slice(mesh)
         self.row_permutation = stream_row_permutation(dict(config.data.batch), count)
         self.sampler = self.iterator = None
+        fields = registry.extra_fields(config)  # per-segment fields the detector reads (LAP's captions)
         try:
             if pipeline.use_device_resident(config.data, shards):
                 self.sampler = pipeline.DeviceResidentSampler.from_config(
-                    config.data, sharding=distributed.replicated(mesh), shards=shards)
+                    config.data, sharding=distributed.replicated(mesh), shards=shards, fields=fields)
             else:
                 self.iterator = pipeline.make_train_iterator(config.data, process_index=index, process_count=count,
-                                                             shards=shards)
+                                                             shards=shards, fields=fields)
         except ValueError as e:  # a stream the data cannot fill (source filters, abnormal_clips)
             raise ConfigError(str(e)) from None
 
@@ -122,11 +124,17 @@ class DetectorData:
 # ---------------------------------------------------------------------------------------------
 # Members.
 
-def padded_template(config: ml_collections.ConfigDict, a_slots: int, n_slots: int):
+def has_slots(config: ml_collections.ConfigDict) -> bool:
+    """Whether the detector has memory slots that sweep members may size differently (UR-DMU)."""
+    return registry.model_name(config) == "urdmu"
+
+
+def padded_template(config: ml_collections.ConfigDict, a_slots: int | None = None, n_slots: int | None = None):
     """A detector with the group's padded slot counts: its graphdef and shapes are every member's."""
-    model = config.model.copy_and_resolve_references()
-    model.a_slots, model.n_slots = a_slots, n_slots
-    return build_detector(model, config.loss, seed=0)
+    config = config.copy_and_resolve_references()
+    if has_slots(config):
+        config.model.a_slots, config.model.n_slots = a_slots, n_slots
+    return registry.build(config, seed=0)
 
 
 def _pad_leaf(leaf, shape) -> np.ndarray:
@@ -143,30 +151,47 @@ def init_member(config: ml_collections.ConfigDict, template) -> dict:
     The parameters are drawn exactly as a standalone run of `config` draws them; padded memory
     rows are zero (masked out, they get zero gradient and zero weight decay, so they stay zero).
     """
-    _, params, _ = nnx.split(build_detector(config.model, config.loss, seed=int(config.train.seed)), nnx.Param, ...)
-    set_active_slots(template, int(config.model.a_slots), int(config.model.n_slots))
-    _, template_params, rest = nnx.split(template, nnx.Param, ...)
+    _, params, rest = nnx.split(registry.build(config, seed=int(config.train.seed)), nnx.Param, ...)
+    if has_slots(config):
+        set_active_slots(template, int(config.model.a_slots), int(config.model.n_slots))
+        rest = nnx.split(template, nnx.Param, ...)[2]
+    template_params = nnx.split(template, nnx.Param, ...)[1]
     params = jax.tree.map(lambda p, t: _pad_leaf(p, t.shape), params, template_params)
     return {"params": params, "rest": jax.tree.map(np.asarray, rest),
             "opt_state": engine.make_optimizer(config.optim).init(params), "seed": int(config.train.seed),
             "weights": default_loss_weights(config)}
 
 
-def member_detector(host_params, member: int, config: ml_collections.ConfigDict):
-    """Member `member` of stacked host params as a standalone Detector at its own slot counts."""
-    graphdef, own_params, rest = nnx.split(build_detector(config.model, config.loss, seed=0), nnx.Param, ...)
+def member_detector(host_params, member: int, config: ml_collections.ConfigDict, host_rest=None):
+    """Member `member` of stacked host params (and its model state: BatchNorm statistics, when
+    `host_rest` is given) as a standalone detector at its own slot counts."""
+    graphdef, own_params, rest = nnx.split(registry.build(config, seed=0), nnx.Param, ...)
     params = jax.tree.map(lambda p, own: np.asarray(p)[member][tuple(slice(0, n) for n in own.shape)],
                           host_params, own_params)
+    if host_rest is not None and not has_slots(config):  # UR-DMU's rest is its slot masks: its own config's
+        rest = jax.tree.map(lambda r: np.asarray(r)[member], host_rest)
     return nnx.merge(graphdef, params, rest)
 
 
 def detector_loss_fn(graphdef, config: ml_collections.ConfigDict) -> engine.LossFn:
-    """The engine's loss function for the detector: compute_loss on the merged model."""
+    """The engine's loss function for the detector of config.model.name (registry.loss).
 
-    def loss_fn(params, rest, batch, weights, key):
-        total, terms = compute_loss(nnx.merge(graphdef, params, rest), batch, weights, key, config=config)
-        return total, (terms, rest)
+    RTFM and LAP update their BatchNorm statistics in place: the model is merged with copy=True
+    inside the differentiated function and its new non-trainable state is returned.
+    """
+    if registry.model_name(config) == "urdmu":
+        def loss_fn(params, rest, batch, weights, key):
+            total, terms = compute_loss(nnx.merge(graphdef, params, rest), batch, weights, key, config=config)
+            return total, (terms, rest)
 
+        return loss_fn
+
+    def loss_fn(params, rest, batch, weights, key, step=None):
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        total, terms = registry.loss(model, batch, weights, key, config, step)
+        return total, (terms, nnx.split(model, nnx.Param, ...)[2])
+
+    loss_fn.takes_step = True  # engine.make_update passes the step (GV-VAD's lambda warm-up)
     return loss_fn
 
 
@@ -200,14 +225,6 @@ class MemberResult:
     diverged_terms: list[str] | None
     params_sha256: str
     evals: list[dict]
-
-
-def member_mesh(members: int, rows: int, devices: int | None = None):
-    """(members, data) mesh: members over the most devices that divide them, each member's batch
-    over the most of the remaining devices that divide its rows."""
-    devices = devices or jax.device_count()
-    on_members = distributed.largest_divisor(members, devices)
-    return distributed.make_mesh(on_members, distributed.largest_divisor(rows, devices // on_members))
 
 
 def scheduled_hyperparameters(schedule, step: int) -> dict[str, float]:
@@ -257,14 +274,17 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
     is_main = jax.process_index() == 0
     mesh = mesh or distributed.make_mesh(1, int(config.train.num_devices) or None)
     # Padded to the structure's slot counts too: a successive-halving rung keeps its group's shapes.
-    template = padded_template(config, max(int(c.model.a_slots) for c in [config, *member_configs]),
-                               max(int(c.model.n_slots) for c in [config, *member_configs]))
+    slotted = [config, *member_configs]
+    template = (padded_template(config, max(int(c.model.a_slots) for c in slotted),
+                                max(int(c.model.n_slots) for c in slotted))
+                if has_slots(config) else padded_template(config))
     graphdef = nnx.split(template, nnx.Param, ...)[0]
     host = start[0] if start is not None else engine.stack_members([init_member(c, template) for c in member_configs])
     state = engine.put_state(host, mesh)
     shards = pipeline.open_split(config.data, config.data.train_split)
     data = DetectorData(config, mesh, shards)
-    evaluator = Evaluator(config.data, mesh, graphdef, precision=config.train.eval_precision)
+    evaluator = Evaluator(config.data, mesh, graphdef, precision=config.train.eval_precision,
+                          extra_fields=registry.extra_fields(config))
     checkpoints = checkpoint.TrainCheckpoints(run_dir, int(config.train.keep_checkpoints))
     state, progress = checkpoints.restore(state, data.iterator)
     progress = progress or (start[1] if start is not None else engine.new_progress(len(member_configs)))
@@ -287,7 +307,8 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
 
     def export(state, member: int, which: str) -> None:
         if export_dirs[member] is not None:
-            detector = member_detector(jax.tree.map(distributed.gather, state.params), member, member_configs[member])
+            detector = member_detector(jax.tree.map(distributed.gather, state.params), member, member_configs[member],
+                                       jax.tree.map(distributed.gather, state.rest))
             checkpoint.export_model(export_dirs[member] / which, detector, member_configs[member], features)
 
     log = MetricsLog(run_dir, is_main)
@@ -327,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     data_dir = resolve_data_dir(config)
     copies = int(config.train.get("program_members", 1))
     if copies > 1:  # the program shape of the sweep this run replays
-        mesh = member_mesh(copies, sum(config.data.batch.values()), int(config.train.num_devices) or None)
+        mesh = distributed.member_mesh(copies, sum(config.data.batch.values()), int(config.train.num_devices) or None)
     else:
         mesh = distributed.make_mesh(1, int(config.train.num_devices) or None)
     check_training_config(config, data_dir, data_devices=mesh.shape[distributed.DATA_AXIS])

@@ -24,8 +24,20 @@ def test_batch_layout_matches_the_trainer():
     assert plain.data.batch.pseudo_normal == 0 and not plain.loss.darm.domain_alignment
     with pytest.raises(ValueError, match="even"):
         bench.bench_config("urdmu", 5, 16, 24)
-    with pytest.raises(ValueError, match="urdmu or darm"):
-        bench.bench_config("rtfm", 4, 16, 24)
+    with pytest.raises(ValueError, match="one of"):
+        bench.bench_config("mil", 4, 16, 24)
+    lap = bench.bench_config("lap", 4, 32, 16, crops=3)
+    batch = bench.random_batches(lap, jax.random.key(0), 1)
+    assert batch["features"].shape == (1, 4, 3, 32, 16) and batch["caption_embedding"].shape == (1, 4, 32, 768)
+
+
+@pytest.mark.slow  # the matmul peak and matmul-only programs take minutes on a shared 2-core CPU
+@pytest.mark.parametrize("model", ["rtfm", "lap"])
+def test_rtfm_and_lap_benchmarks_report_step_time_and_flops(model):
+    result = bench.run_benchmark(model, 2, 32, 16, steps=1, crops=2)
+    assert result["model"] == model and result["crops"] == 2 and result["hidden"] is None
+    assert result["train_step_ms"] > 0 and result["flops_per_step"] > 0 and result["achieved_flops_per_s"] > 0
+    assert f"{model} on cpu" in bench.format_report(result)
 
 
 def test_flops_come_from_xla_cost_analysis():

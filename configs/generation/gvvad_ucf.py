@@ -49,4 +49,8 @@ def get_config(arg=None):
     config.features = ml_collections.ConfigDict(dict(
         clip_model="openai/clip-vit-large-patch14", device="cuda", batch_size=8, dtype="float16"))
     config.real = ml_collections.ConfigDict(dict(videos="", video_root="", annotations_dir=""))
+    # LAP's captions: every segment captioned by a VLM, embedded by CLIP-L's text encoder (E = 768).
+    config.captions = ml_collections.ConfigDict(dict(
+        enabled=True, vlm_model="Qwen/Qwen2.5-VL-7B-Instruct", clip_model="openai/clip-vit-large-patch14",
+        max_new_tokens=32, device="cuda", dtype="bfloat16"))
     return config

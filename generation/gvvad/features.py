@@ -21,6 +21,10 @@ shard sets of its own slice (with ``--num-shards`` N > 1 their names end in
   ``pseudo-normal`` domain-alignment stream.
 * ``<dataset>/train/real`` and ``<dataset>/test/real``: the real videos (``source="real"``;
   test records carry frame labels).
+
+With captions enabled (`generation/gvvad/captions.py`, config section ``captions``) every record
+also carries ``caption_embedding`` (T, E): the CLIP text embedding of a VLM caption of each
+segment, cached as ``<id>.captions.npz``; and ``<dataset>/prompt_bank.npy`` holds LAP's prompts.
 """
 from __future__ import annotations
 
@@ -121,7 +125,8 @@ def synthetic_items(decisions_path: str | Path, videos_dir: str | Path | None = 
 
 # --------------------------------------------------------------------------- records
 
-def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int):
+def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int,
+              segment_fields: Mapping[str, np.ndarray] | None = None):
     """The VideoRecord of one video (stream from label; test videos get frame labels)."""
     from pavad_jax.ground_truth import VideoTruth
     from pavad_jax.shards import VideoRecord
@@ -133,11 +138,12 @@ def to_record(item: Mapping[str, Any], features: np.ndarray, num_frames: int):
     return VideoRecord(
         id=item["id"], features=features, label=int(item["label"]),
         source=item.get("source", "real"), stream="abnormal" if item["label"] else "normal",
-        anomaly_class=item["anomaly_class"], num_frames=int(num_frames), frame_labels=labels)
+        anomaly_class=item["anomaly_class"], num_frames=int(num_frames), frame_labels=labels,
+        segment_fields=dict(segment_fields or {}))
 
 
 def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_dir: Path,
-                  settings: FeatureSettings, suffix: str = "") -> dict[str, int]:
+                  settings: FeatureSettings, suffix: str = "", captions: bool = False) -> dict[str, int]:
     """Write shard sets `<split>/<set><suffix>` from cached features; return records per set."""
     from pavad_jax.shards import write_shard_set
 
@@ -150,7 +156,14 @@ def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_d
         def records(members=members):
             for item in members:
                 meta = json.loads(workers.metadata_path(cache_dir, item["id"]).read_text())
-                yield to_record(item, np.load(cache_dir / f"{item['id']}.npy"), meta["num_frames"])
+                features = np.load(cache_dir / f"{item['id']}.npy")
+                fields = {}
+                if captions:
+                    from generation.gvvad.captions import caption_path, load_caption_embeddings
+
+                    fields["caption_embedding"] = load_caption_embeddings(caption_path(cache_dir, item["id"]),
+                                                                          features.shape[1])
+                yield to_record(item, features, meta["num_frames"], fields)
 
         write_shard_set(dataset_dir / split / name, records(), dtype=settings.dtype, overwrite=True,
                         **settings.extract().provenance())
@@ -160,8 +173,9 @@ def write_dataset(items: Sequence[Mapping[str, Any]], cache_dir: Path, dataset_d
 
 def run_features(settings: FeatureSettings, *, dataset_dir: str, cache_dir: str, decisions: str | None = None,
                  videos_dir: str | None = None, real_videos: str | None = None, shard_index: int = 0,
-                 num_shards: int = 1) -> dict | None:
-    """Cache this shard's segment features, then write its shard sets; return records per set."""
+                 num_shards: int = 1, captions=None) -> dict | None:
+    """Cache this shard's segment features (and, with `captions` (CaptionSettings) enabled, the
+    segments' caption embeddings and the prompt bank), then write its shard sets; return records per set."""
     items = []
     if decisions:
         items += synthetic_items(decisions, videos_dir)
@@ -172,11 +186,27 @@ def run_features(settings: FeatureSettings, *, dataset_dir: str, cache_dir: str,
     workers.check_item_ids(items, source="gvvad features")
     cache_dir, dataset_dir = Path(cache_dir), Path(dataset_dir)
     mine = workers.items_for_shard(items, shard_index, num_shards)
-    todo = [item for item in mine if not workers.metadata_path(cache_dir, item["id"]).exists()]
+    captioned = captions is not None and captions.enabled
+    if captioned:
+        from generation.gvvad import captions as caption_module
+
+    def done(item) -> bool:
+        return workers.metadata_path(cache_dir, item["id"]).exists() and (
+            not captioned or caption_module.caption_path(cache_dir, item["id"]).exists())
+
+    todo = [item for item in mine if not done(item)]
     featurize, prepare = clip_segment_featurizer(settings) if todo else (None, None)
+    captioner = None
+    if captioned and (todo or not (dataset_dir / caption_module.PROMPT_BANK_FILE).exists()):
+        captioner = caption_module.Captioner(captions, workers.resolve_device(captions.device))
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+        workers.atomic_save_npy(dataset_dir / caption_module.PROMPT_BANK_FILE, captioner.prompt_bank())
 
     def extract(item):
         features, num_frames = video_segment_features(item["path"], featurize, prepare, settings.batch_size)
+        if captioned:
+            texts, embeddings = captioner.caption_video(item["path"], num_frames, features.shape[1])
+            caption_module.save_captions(caption_module.caption_path(cache_dir, item["id"]), texts, embeddings)
         workers.atomic_save_npy(cache_dir / f"{item['id']}.npy", features)
         workers.atomic_write_json(workers.metadata_path(cache_dir, item["id"]), {
             "id": item["id"], "path": item["path"], "num_frames": num_frames,
@@ -191,7 +221,7 @@ def run_features(settings: FeatureSettings, *, dataset_dir: str, cache_dir: str,
         return None
     # Each worker writes the shard sets of its own slice; readers find them all below <split>/.
     suffix = f"-part-{shard_index}-of-{num_shards}" if num_shards > 1 else ""
-    counts = write_dataset(mine, cache_dir, dataset_dir, settings, suffix=suffix)
+    counts = write_dataset(mine, cache_dir, dataset_dir, settings, suffix=suffix, captions=captioned)
     print(f"gvvad features: wrote {counts} -> {dataset_dir}")
     return counts
 

@@ -8,6 +8,8 @@ runs, in one process, describe -> t2v -> filter -> extract and leaves in the wor
     videos/<id>.mp4, <id>.json  generated videos and their metadata (gvvad-t2v)
     filter/decisions.jsonl      CLIP text-video score of every video, kept or rejected (gvvad-filter)
     features/<id>.npy           CLIP features per 16-frame segment (gvvad-extract)
+    features/<id>.captions.npz  with a `captions` section: each segment's caption and its CLIP text embedding
+    dataset/prompt_bank.npy     with captions: LAP's anomaly event prompts, CLIP text embeddings
     real_videos.jsonl           the real videos of the config, when it lists any
     dataset/train/{gvvad-synthetic,real}, dataset/test/real   feature shard sets
 
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from generation import media, workers
-from generation.gvvad import describe, features, filter as video_filter, t2v
+from generation.gvvad import captions, describe, features, filter as video_filter, t2v
 from generation.step_settings import from_section
 from pavad_jax import ground_truth
 from pavad_jax.config_loader import load_config  # the one config loader and override syntax
@@ -124,6 +126,7 @@ def run_gvvad(config, workdir: str | Path) -> dict | None:
     t2v_settings = t2v.settings_from_section(config.t2v)
     filter_settings = from_section(video_filter.FilterSettings, config.filter, "filter")
     feature_settings = from_section(features.FeatureSettings, config.features, "features")
+    caption_settings = from_section(captions.CaptionSettings, config.get("captions", {}), "captions")
     describe.run_describe(describe_settings, elements=config.elements, out=str(descriptions))
     summary = t2v.run_t2v(descriptions=str(descriptions), out_dir=str(workdir / "videos"), settings=t2v_settings)
     if summary.failed:
@@ -134,7 +137,8 @@ def run_gvvad(config, workdir: str | Path) -> dict | None:
         raise RuntimeError(f"gvvad: some videos could not be scored, see {workdir / 'filter' / 'scores' / 'errors.jsonl'}")
     counts = features.run_features(
         feature_settings, dataset_dir=str(workdir / "dataset"), cache_dir=str(workdir / "features"),
-        decisions=str(workdir / "filter" / "decisions.jsonl"), real_videos=real_videos_file(config.real, workdir))
+        decisions=str(workdir / "filter" / "decisions.jsonl"), real_videos=real_videos_file(config.real, workdir),
+        captions=caption_settings)
     if counts is None:
         raise RuntimeError(f"gvvad: some features failed, see {workdir / 'features' / 'errors.jsonl'}")
     json_counts = json.dumps(counts, sort_keys=True)

@@ -3,7 +3,8 @@
 A stream (normal, abnormal, pseudo-normal) is a list of *units* (`stream_units`):
 - data.sample_unit = "crop" (the reference's loaders): every (video, crop) pair is a unit, so
   an epoch is a shuffled pass over crop sequences (UCF-Crime: 16,100 of them);
-- "video": every video is a unit and each draw takes one of its crops uniformly.
+- "video": every video is a unit and each draw takes one of its crops uniformly;
+- "all_crops": every video is a unit and a row holds all of its crops (RTFM, LAP: (crops, T, D)).
 Position k of a stream (its k-th row overall, step s taking positions [s*n, (s+1)*n) for n
 rows a step) lies in epoch k // usable, at offset k % usable of that epoch's permutation of
 the units; `usable` drops each epoch's remainder (drop_last), unless the stream has fewer units
@@ -29,7 +30,7 @@ import numpy as np
 
 from pavad_jax.random_bits import threefry2x32
 
-SAMPLE_UNITS = ("crop", "video")
+SAMPLE_UNITS = ("crop", "video", "all_crops")
 
 
 def check_sample_unit(unit: str) -> str:
@@ -53,7 +54,9 @@ class StreamUnits:
 def stream_units(crops_per_video: np.ndarray, unit: str) -> StreamUnits:
     """The units of a stream whose videos have `crops_per_video` crops; crops of a video are consecutive."""
     crops = np.asarray(crops_per_video, np.int32)
-    if check_sample_unit(unit) == "video":
+    if check_sample_unit(unit) == "all_crops":
+        return StreamUnits(np.arange(len(crops), dtype=np.int32), np.zeros_like(crops), np.ones_like(crops))
+    if unit == "video":
         return StreamUnits(np.arange(len(crops), dtype=np.int32), np.zeros_like(crops), crops)
     video = np.repeat(np.arange(len(crops), dtype=np.int32), crops)
     first = np.cumsum(crops) - crops  # the first unit of each video

@@ -187,24 +187,49 @@ class _StreamPositions(grain.transforms.Map):
 
 
 class _LoadSample(grain.transforms.Map):
-    """Reads one video's crop and resamples it to T segments, rounded through the table dtype."""
+    """Reads one video's crop (all its crops: `all_crops`) and resamples it, and each per-segment
+    field of `fields`, to T segments, rounded through the table dtype."""
 
-    def __init__(self, shards: ShardSet, segments: int, stream_id: int, dtype: np.dtype):
+    def __init__(self, shards: ShardSet, segments: int, stream_id: int, dtype: np.dtype, all_crops: bool = False,
+                 fields: Sequence[str] = ()):
         self.shards = shards
         self.segments = segments
         self.stream_id = stream_id
         self.dtype = dtype
+        self.all_crops = all_crops
+        self.fields = tuple(fields)
+
+    def _resampled(self, x: np.ndarray) -> np.ndarray:
+        return resample_segments(x, self.segments).astype(self.dtype, copy=False).astype(np.float32, copy=False)
 
     def map(self, element: tuple[int, int]) -> dict[str, np.ndarray]:
         index, crop = element
         record = self.shards[index]
         return {
-            "features": resample_segments(record.features[crop], self.segments).astype(self.dtype, copy=False)
-            .astype(np.float32, copy=False),
+            "features": self._resampled(record.features if self.all_crops else record.features[crop]),
             "label": np.float32(record.label),
             "synthetic": np.float32(record.source == "pseudo"),
             "stream": np.int32(self.stream_id),
+            **{name: self._resampled(record.segment_fields[name]) for name in self.fields},
         }
+
+
+def check_fields(shards: ShardSet, fields: Sequence[str]) -> None:
+    """ValueError naming the shard set that lacks a per-segment field the detector reads."""
+    try:
+        shards.require_fields(fields)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+
+
+def check_all_crops(shards: ShardSet, streams: Sequence[np.ndarray], unit: str) -> None:
+    """data.sample_unit 'all_crops' stacks a video's crops: every training video needs the same count."""
+    if unit != "all_crops":
+        return
+    counts = sorted({shards.entries[i]["crops"] for indices in streams for i in indices})
+    if len(counts) > 1:
+        raise ValueError(f"config.data.sample_unit = 'all_crops' stacks every crop of a video, but the training "
+                         f"videos of {shards.path} have different crop counts {counts}")
 
 
 def host_count(global_count: int, process_count: int, name: str) -> int:
@@ -247,7 +272,8 @@ class _HostSteps(grain.MapDataset):
 
 
 def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | None = None, process_index: int = 0,
-                       process_count: int = 1, shards: ShardSet | None = None) -> grain.IterDataset:
+                       process_count: int = 1, shards: ShardSet | None = None,
+                       fields: Sequence[str] = ()) -> grain.IterDataset:
     """The training pipeline as a grain IterDataset of this host's batches (see make_train_iterator)."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count})")
@@ -257,6 +283,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | No
     for key, count in zip(BATCH_KEYS, counts):
         host_count(count, process_count, key)
     streams = select_streams(shards, data_config)
+    check_all_crops(shards, streams, data_config.sample_unit)
+    check_fields(shards, fields)
     crops = [np.asarray([shards.entries[i]["crops"] for i in indices], np.int32) for indices in streams]
     dtype = table_dtype(data_config)
     datasets, used_counts = [], []
@@ -264,7 +292,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | No
         if plan is None:
             continue
         positions = _StreamPositions(streams[stream_id], *plan)
-        load = _LoadSample(shards, data_config.segments, stream_id, dtype)
+        load = _LoadSample(shards, data_config.segments, stream_id, dtype, data_config.sample_unit == "all_crops",
+                           fields)
         datasets.append(grain.MapDataset.range(sys.maxsize).map(positions).map(load))
         used_counts.append(counts[stream_id])
     steps = _HostSteps(datasets, used_counts, process_index, process_count)
@@ -279,7 +308,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int | No
 
 
 def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int | None = None, process_index: int = 0,
-                        process_count: int = 1, shards: ShardSet | None = None) -> grain.DatasetIterator:
+                        process_count: int = 1, shards: ShardSet | None = None,
+                        fields: Sequence[str] = ()) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of this host's training batches.
 
     Each batch is a dict of numpy arrays with this host's rows of every stream, ordered normal,
@@ -287,10 +317,12 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, seed: int | N
     float32 (1 for source=pseudo), stream (b,) int32; b = global count / process_count per
     stream. Batch i of the global batch is what `DeviceResidentSampler.sample(i)` returns.
     `get_state()` / `set_state()` save and restore the position. Deterministic given `seed`
-    (default data.seed); `shards` reuses an already opened training split.
+    (default data.seed); `shards` reuses an already opened training split. data.sample_unit
+    'all_crops' gives features (b, crops, T, D); each name in `fields` (per-segment fields of the
+    shards, e.g. caption_embedding) adds that field resampled to (b, T, E).
     """
     return iter(make_train_dataset(data_config, seed=seed, process_index=process_index,
-                                   process_count=process_count, shards=shards))
+                                   process_count=process_count, shards=shards, fields=fields))
 
 
 # ----------------------------------------------------------------------------- device-resident path
@@ -306,6 +338,9 @@ class ResampledTable:
     label: tuple[np.ndarray, ...]  # per stream, (videos,) float32
     synthetic: tuple[np.ndarray, ...]  # per stream, (videos,) float32
     record_index: tuple[np.ndarray, ...]  # per stream, (videos,) int64 index into the ShardSet
+    # Per-segment fields resampled to T, one row per video (all streams, in order): {name: (videos, T, E)}
+    fields: dict = dataclasses.field(default_factory=dict)
+    video_row: tuple[np.ndarray, ...] = ()  # per stream, (videos,) int32: the video's row in `fields`
 
 
 def resampled_table_bytes(shards: ShardSet, streams: Sequence[np.ndarray], segments: int,
@@ -316,10 +351,15 @@ def resampled_table_bytes(shards: ShardSet, streams: Sequence[np.ndarray], segme
 
 
 def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segments: int,
-                          dtype: np.dtype = np.dtype(np.float32)) -> ResampledTable:
-    """Read every selected video once and resample all of its crops to `segments`, stored as `dtype`."""
+                          dtype: np.dtype = np.dtype(np.float32), fields: Sequence[str] = ()) -> ResampledTable:
+    """Read every selected video once and resample all of its crops (and its per-segment `fields`)
+    to `segments`, stored as `dtype`."""
+    check_fields(shards, fields)
     n_rows = sum(shards.entries[i]["crops"] for indices in streams for i in indices)
     table = np.empty((n_rows, segments, shards.feature_dim), dtype)
+    n_videos = sum(len(indices) for indices in streams)
+    field_tables = {name: np.empty((n_videos, segments, shards.segment_fields[name]), dtype) for name in fields}
+    video = 0
     first_rows, crops, labels, synthetic = [], [], [], []
     row = 0
     with tqdm(total=sum(len(s) for s in streams), desc="resampling the training set", unit="video",
@@ -330,6 +370,9 @@ def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segme
                 record = shards[int(i)]
                 c = record.features.shape[0]
                 table[row:row + c] = resample_segments(record.features, segments).astype(dtype)
+                for name, field_table in field_tables.items():
+                    field_table[video] = resample_segments(record.segment_fields[name], segments).astype(dtype)
+                video += 1
                 first.append(row)
                 n_crops.append(c)
                 label.append(record.label)
@@ -340,8 +383,10 @@ def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segme
             crops.append(np.asarray(n_crops, np.int32))
             labels.append(np.asarray(label, np.float32))
             synthetic.append(np.asarray(synth, np.float32))
+    starts = np.cumsum([0] + [len(s) for s in streams])
+    video_rows = tuple(np.arange(a, b, dtype=np.int32) for a, b in zip(starts[:-1], starts[1:]))
     return ResampledTable(table, tuple(first_rows), tuple(crops), tuple(labels), tuple(synthetic),
-                          tuple(np.asarray(s, np.int64) for s in streams))
+                          tuple(np.asarray(s, np.int64) for s in streams), field_tables, video_rows)
 
 
 def _device_budget_bytes(data_config: ml_collections.ConfigDict) -> int:
@@ -398,6 +443,9 @@ class DeviceResidentSampler:
     synthetic: tuple[jax.Array, ...]
     orders: tuple[order.StreamOrder, ...] = dataclasses.field(metadata=dict(static=True))
     stream_ids: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+    fields: dict = dataclasses.field(default_factory=dict)  # {name: (videos, T, E)} per-segment fields
+    unit_video: tuple[jax.Array, ...] = ()  # per used stream, each unit's row in `fields`
+    all_crops: int = dataclasses.field(default=0, metadata=dict(static=True))  # crops per row ('all_crops'), or 0
 
     @classmethod
     def from_table(cls, host: ResampledTable, counts: Sequence[int], *, sharding: jax.sharding.Sharding | None = None,
@@ -405,7 +453,7 @@ class DeviceResidentSampler:
         """Move a host table to the device(s) (`sharding`, e.g. replicated over the mesh, or the default
         device), ordered by `sample_unit` and the data seed `seed` (data.sample_unit, data.seed)."""
         put = lambda x: jax.device_put(x, sharding)
-        rows, spans, labels, synthetic, orders, stream_ids = [], [], [], [], [], []
+        rows, spans, labels, synthetic, orders, stream_ids, videos = [], [], [], [], [], [], []
         for stream_id, plan in enumerate(_stream_orders(host.crops, counts, sample_unit, seed)):
             if plan is None:
                 continue
@@ -416,16 +464,28 @@ class DeviceResidentSampler:
             synthetic.append(host.synthetic[stream_id][units.video])
             orders.append(stream_order)
             stream_ids.append(stream_id)
+            if host.video_row:
+                videos.append(host.video_row[stream_id][units.video])
+        all_crops = 0
+        if sample_unit == "all_crops":
+            counts_seen = sorted({int(c) for stream_crops in host.crops for c in stream_crops})
+            if len(counts_seen) > 1:
+                raise ValueError(f"config.data.sample_unit = 'all_crops' stacks every crop of a video, but the "
+                                 f"training videos have different crop counts {counts_seen}")
+            all_crops = counts_seen[0]
         return cls(put(host.table), tuple(map(put, rows)), tuple(map(put, spans)), tuple(map(put, labels)),
-                   tuple(map(put, synthetic)), tuple(orders), tuple(stream_ids))
+                   tuple(map(put, synthetic)), tuple(orders), tuple(stream_ids),
+                   {name: put(t) for name, t in host.fields.items()}, tuple(map(put, videos)) if host.fields else (),
+                   all_crops)
 
     @classmethod
     def from_config(cls, data_config: ml_collections.ConfigDict, *, sharding: jax.sharding.Sharding | None = None,
-                    shards: ShardSet | None = None) -> "DeviceResidentSampler":
-        """Read and resample the training split of `data_config` and put it on the device(s)."""
+                    shards: ShardSet | None = None, fields: Sequence[str] = ()) -> "DeviceResidentSampler":
+        """Read and resample the training split of `data_config` (and the per-segment `fields`)
+        and put it on the device(s)."""
         shards = shards if shards is not None else open_split(data_config, data_config.train_split)
         host = build_resampled_table(shards, select_streams(shards, data_config), data_config.segments,
-                                     table_dtype(data_config))
+                                     table_dtype(data_config), fields)
         return cls.from_table(host, stream_counts(data_config), sharding=sharding,
                               sample_unit=data_config.sample_unit, seed=int(data_config.seed))
 
@@ -436,7 +496,7 @@ class DeviceResidentSampler:
 
     def sample(self, step: jax.Array | int) -> dict[str, jax.Array]:
         """The global training batch of step `step` (a traced int32 under jit); the same on every call."""
-        rows, labels, synthetic, streams = [], [], [], []
+        rows, labels, synthetic, streams, videos = [], [], [], [], []
         for i, (stream_id, stream_order) in enumerate(zip(self.stream_ids, self.orders)):
             positions, units = stream_order.step_units(step)
             crop = stream_order.crop_offsets(positions, self.unit_span[i][units], jnp)
@@ -444,11 +504,18 @@ class DeviceResidentSampler:
             labels.append(self.label[i][units])
             synthetic.append(self.synthetic[i][units])
             streams.append(jnp.full((stream_order.count,), stream_id, jnp.int32))
+            if self.fields:
+                videos.append(self.unit_video[i][units])
+        rows = jnp.concatenate(rows)
+        if self.all_crops:  # every crop of each video: (B, crops, T, D)
+            rows = rows[:, None] + jnp.arange(self.all_crops, dtype=rows.dtype)
         return {
-            "features": jnp.take(self.table, jnp.concatenate(rows), axis=0).astype(jnp.float32),
+            "features": jnp.take(self.table, rows, axis=0).astype(jnp.float32),
             "label": jnp.concatenate(labels),
             "synthetic": jnp.concatenate(synthetic),
             "stream": jnp.concatenate(streams),
+            **{name: jnp.take(t, jnp.concatenate(videos), axis=0).astype(jnp.float32)
+               for name, t in self.fields.items()},
         }
 
 
@@ -562,7 +629,8 @@ class EvalBatches:
     """
 
     def __init__(self, shards: ShardSet, plan: list[list[EvalRow | None]], lengths: np.ndarray, crops: int,
-                 process_index: int, process_count: int):
+                 process_index: int, process_count: int, fields: Sequence[str] = ()):
+        self.fields = tuple(fields)  # per-segment fields packed like the features: (b, L, E)
         self.shards = shards
         self.plan = plan
         self.lengths = lengths
@@ -598,11 +666,16 @@ class EvalBatches:
             "segment_ids": np.zeros((len(mine), length), np.int32),
             "video": np.full((len(mine), slots), -1, np.int32),
             "start": np.zeros((len(mine), slots), np.int32),
+            **{name: np.zeros((len(mine), length, self.shards.segment_fields[name]), self.shards.dtype)
+               for name in self.fields},
         }
         for i, row in enumerate(mine):
             for slot, (video, start) in enumerate(zip(row.videos, row.starts) if row is not None else ()):
                 t = int(self.lengths[video])
-                batch["features"][i, :, start:start + t] = self.shards[video].features
+                record = self.shards[video]
+                batch["features"][i, :, start:start + t] = record.features
+                for name in self.fields:
+                    batch[name][i, start:start + t] = record.segment_fields[name]
                 batch["segment_ids"][i, start:start + t] = slot + 1
                 batch["video"][i, slot], batch["start"][i, slot] = video, start
         return batch
@@ -620,8 +693,8 @@ class EvalBatches:
 
 
 def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | None = None, process_index: int = 0,
-                      process_count: int = 1, batch_multiple: int = 1, shards: ShardSet | None = None
-                      ) -> tuple[EvalBatches, EvalSet]:
+                      process_count: int = 1, batch_multiple: int = 1, shards: ShardSet | None = None,
+                      fields: Sequence[str] = ()) -> tuple[EvalBatches, EvalSet]:
     """This host's evaluation batches of full-length test videos, and the test set's metadata.
 
     Videos are packed into rows of bucket lengths (see `pack_eval_rows`); rows of one length are
@@ -629,7 +702,8 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
     the device count to shard rows over the mesh) and of `process_count`. Every host gets the
     same batches, each with its b = B / process_count rows, so
     ``jax.make_array_from_process_local_data`` builds the global batch. Features are read when
-    the batches are iterated (`EvalBatches`); here only the metadata and frame labels.
+    the batches are iterated (`EvalBatches`); here only the metadata and frame labels. Each name
+    in `fields` (per-segment fields of the shards) is packed into the batches like the features.
     """
     split = data_config.test_split if split is None else split
     if not 0 <= process_index < process_count:
@@ -641,6 +715,7 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
     if not 0 < data_config.eval_max_padding <= 1:
         raise ValueError(f"config.data.eval_max_padding must be in (0, 1], got {data_config.eval_max_padding}")
     shards = shards if shards is not None else open_split(data_config, split)
+    check_fields(shards, fields)
     crop_counts = sorted({e["crops"] for e in shards.entries})
     if len(crop_counts) != 1:
         raise ValueError(f"{shards.path}: test videos must share one crop count, found crops={crop_counts}")
@@ -655,7 +730,7 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
         labels=np.asarray([e["label"] for e in shards.entries], np.int64),
         anomaly_classes=[e["anomaly_class"] for e in shards.entries], frame_labels=frame_labels,
         crops=crops, feature_dim=dim)
-    return EvalBatches(shards, plan, lengths, crops, process_index, process_count), eval_set
+    return EvalBatches(shards, plan, lengths, crops, process_index, process_count, fields), eval_set
 
 
 def device_memory_bytes() -> int | None:

@@ -25,6 +25,7 @@ from flax import nnx
 from pavad_jax.losses import bce, triplet_margin
 from pavad_jax.models.defaults_lap import lap_config
 from pavad_jax.models.rtfm import (MultiScaleTemporalNetwork, ScoreHead, apply_dropout, apply_ssls, check_halves,
+                                   chunked_scores,
                                    draw_keep_masks, learnable_gv_lambda, magnitude_selection, resolve_weights,
                                    rtfm_terms, ssls_setup, weighted_mean)
 from pavad_jax.models.urdmu import crop_mean, flatten_crops
@@ -112,16 +113,16 @@ class LAP(nnx.Module):
         return caption_embedding
 
     def _fuse(self, x: jax.Array, text: jax.Array, crops: int, train: bool, masks: dict[str, jax.Array] | None,
-              mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+              segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(visual rows (B*crops, T, D), captions (B, T, E)) -> fused (B*crops, T, D+E), and before dropout.
 
         The caption branch runs once per video and is repeated over the crops: the code tiles
         the captions over the crops first, which gives the same values (its BatchNorm counts
         every tiled row: `replicas`); dropout still draws a mask per crop row.
         """
-        visual = self.mtn(x, train, None if mask is None else jnp.repeat(mask, crops, axis=0))
+        visual = self.mtn(x, train, None if segment_ids is None else jnp.repeat(segment_ids, crops, axis=0))
         if self.text_mtn is not None:
-            text = self.text_mtn(text, train, mask, replicas=crops)
+            text = self.text_mtn(text, train, segment_ids, replicas=crops)
         text = jnp.repeat(text, crops, axis=0)
         clean = jnp.concatenate([visual, text], axis=-1)
         if self.text_mtn is not None:
@@ -129,14 +130,22 @@ class LAP(nnx.Module):
         return jnp.concatenate([apply_dropout(visual, masks, "features", self.dropout_rate), text], axis=-1), clean
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *,
-               caption_embedding: jax.Array | None = None) -> jax.Array:
-        """Test mode: (B, T, D) or (B, crops, T, D) and captions (B, T, E), optional (B, T) mask
-        -> (B, T) scores averaged over crops (0 at padded positions)."""
-        x, crops = flatten_crops(features)
-        text = self._text(caption_embedding, x, crops)
-        fused, _ = self._fuse(x, text, crops, False, None, mask)
-        s = crop_mean(self.head(fused, None, self.dropout_rate), crops)
-        return s if mask is None else jnp.where(mask, s, 0.0)
+               caption_embedding: jax.Array | None = None, segment_ids: jax.Array | None = None,
+               crop_chunk: int | None = None, query_block: int | None = None) -> jax.Array:
+        """Test mode: (B, T, D) or (B, crops, T, D) and captions (B, T, E) -> (B, T) scores averaged
+        over crops; padding by a (B, T) `mask` or packed `segment_ids` (0 at padded positions), as
+        RTFM.scores (`crop_chunk`; `query_block` unused). The caption branch runs once per chunk."""
+        if caption_embedding is None:
+            self._text(None, features.reshape(-1, *features.shape[-2:]), 1)  # the error naming the field
+        text = caption_embedding.astype(jnp.float32)
+
+        def score_rows(x, seg, text):
+            crops = x.shape[0] // text.shape[0]
+            fused, _ = self._fuse(x, self._text(text, x, crops), crops, False, None,
+                                  None if seg is None else seg[::crops])
+            return self.head(fused, None, self.dropout_rate)
+
+        return chunked_scores(score_rows, features, text, mask, segment_ids, crop_chunk)
 
     def train_forward(self, features: jax.Array, caption_embedding: jax.Array, key: jax.Array | None = None,
                       masks: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:

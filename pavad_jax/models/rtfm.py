@@ -45,12 +45,20 @@ class TemporalConv(nnx.Module):
         self.kernel = nnx.Param(xavier_uniform(rngs.params(), (taps, in_channels, out_channels)))
         self.bias = nnx.Param(jnp.zeros((out_channels,))) if use_bias else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+        """(N, T, C_in) -> (N, T, C_out). With (N, T) int `segment_ids` (videos packed in a row), a
+        tap reads only steps of its own video: the zero padding of each video on its own."""
         kernel = self.kernel[...]
         taps, t = kernel.shape[0], x.shape[1]
         pad = self.dilation * (taps // 2)
         padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0))) if pad else x
-        y = sum(padded[:, i * self.dilation:i * self.dilation + t] @ kernel[i] for i in range(taps))
+        if segment_ids is not None and pad:
+            ids = jnp.pad(segment_ids, ((0, 0), (pad, pad)), constant_values=-1)
+            same = lambda i: (ids[:, i * self.dilation:i * self.dilation + t] == segment_ids)[..., None]
+            y = sum(jnp.where(same(i), padded[:, i * self.dilation:i * self.dilation + t], 0.0) @ kernel[i]
+                    for i in range(taps))
+        else:
+            y = sum(padded[:, i * self.dilation:i * self.dilation + t] @ kernel[i] for i in range(taps))
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -94,14 +102,17 @@ class NonLocalBlock(nnx.Module):
         self.w = TemporalConv(inter, channels, 1, rngs=rngs)
         self.w_norm = BatchNorm(channels, scale_init=0.0)  # zero-initialised: the block starts as identity
 
-    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None, replicas: int = 1) -> jax.Array:
-        """(N, T, C) -> (N, T, C); padded steps (mask False) are no keys and do not count in T."""
+    def __call__(self, x: jax.Array, train: bool, segment_ids: jax.Array | None = None, replicas: int = 1
+                 ) -> jax.Array:
+        """(N, T, C) -> (N, T, C); with `segment_ids`, a step's keys are its own video's steps and
+        T is that video's length (padding, id 0, is no video's key)."""
         affinity = jnp.einsum("nqc,nkc->nqk", self.theta(x), self.phi(x))
-        if mask is None:
+        if segment_ids is None:
             affinity = affinity / x.shape[1]
         else:
-            lengths = jnp.maximum(mask.sum(-1), 1).astype(affinity.dtype)
-            affinity = jnp.where(mask[:, None, :], affinity, 0.0) / lengths[:, None, None]
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            lengths = jnp.maximum(same.sum(-1), 1).astype(affinity.dtype)
+            affinity = jnp.where(same, affinity, 0.0) / lengths[..., None]
         return self.w_norm(self.w(affinity @ self.g(x)), train, replicas) + x
 
 
@@ -125,18 +136,17 @@ class MultiScaleTemporalNetwork(nnx.Module):
         self.conv_5 = TemporalConv(dim, dim, 3, use_bias=False, rngs=rngs)
         self.bn_5 = BatchNorm(dim)
 
-    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None, replicas: int = 1) -> jax.Array:
-        """(N, T, D) -> (N, T, D). With a (N, T) mask of valid (left-aligned) steps, every conv sees
-        zeros beyond a video's end, as the reference's zero padding of the unpadded video."""
-        def zero_padded(h):
-            return h if mask is None else jnp.where(mask[..., None], h, 0.0)
-
-        x = zero_padded(x)
-        pyramid = [bn(jax.nn.relu(conv(x)), train, replicas)
+    def __call__(self, x: jax.Array, train: bool, segment_ids: jax.Array | None = None, replicas: int = 1
+                 ) -> jax.Array:
+        """(N, T, D) -> (N, T, D). With (N, T) int `segment_ids` (0 = padding, k > 0 = the row's k-th
+        video, as the evaluator packs rows; a bool mask as ints is one video per row), every conv
+        and the non-local block see each video alone, zero-padded: as the reference on the video."""
+        seg = segment_ids
+        pyramid = [bn(jax.nn.relu(conv(x, seg)), train, replicas)
                    for conv, bn in ((self.conv_1, self.bn_1), (self.conv_2, self.bn_2), (self.conv_3, self.bn_3))]
-        context = self.non_local(jax.nn.relu(self.conv_4(x)), train, mask, replicas)
-        fused = zero_padded(jnp.concatenate([*pyramid, context], axis=-1))
-        return self.bn_5(jax.nn.relu(self.conv_5(fused)), train, replicas) + x
+        context = self.non_local(jax.nn.relu(self.conv_4(x)), train, seg, replicas)
+        fused = jnp.concatenate([*pyramid, context], axis=-1)
+        return self.bn_5(jax.nn.relu(self.conv_5(fused, seg)), train, replicas) + x
 
 
 class ScoreHead(nnx.Module):
@@ -219,15 +229,17 @@ class RTFM(nnx.Module):
                                      "fc2": (rows, t, h2), "select_normal": (videos // 2, t),
                                      "select_abnormal": (videos // 2, t)}, self.dropout_rate)
 
-    def scores(self, features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """Test mode: (B, T, D) or (B, crops, T, D), optional (B, T) mask -> (B, T), crops averaged.
+    def scores(self, features: jax.Array, mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
+               crop_chunk: int | None = None, query_block: int | None = None) -> jax.Array:
+        """Test mode: (B, T, D) or (B, crops, T, D) -> (B, T), crops averaged.
 
-        Scores at padded positions (mask False) are 0.
+        Padding: a (B, T) bool `mask` (one left-aligned video per row) or int `segment_ids` (videos
+        packed in a row, 0 = padding; each scores as on its own); scores at padded positions are 0.
+        `crop_chunk` (a divisor of crops) scores that many crops at a time; `query_block` is
+        accepted for the evaluator's interface (RTFM has no attention to block).
         """
-        x, crops = flatten_crops(features)
-        flat_mask = None if mask is None else jnp.repeat(mask, crops, axis=0)
-        s = crop_mean(self.head(self.mtn(x, False, flat_mask), None, self.dropout_rate), crops)
-        return s if mask is None else jnp.where(mask, s, 0.0)
+        return chunked_scores(lambda x, seg, _: self.head(self.mtn(x, False, seg), None, self.dropout_rate),
+                              features, None, mask, segment_ids, crop_chunk)
 
     def train_forward(self, features: jax.Array, key: jax.Array | None = None,
                       masks: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
@@ -248,6 +260,32 @@ class RTFM(nnx.Module):
         scores = crop_mean(self.head(h, masks, self.dropout_rate), crops)
         out = magnitude_selection(h, scores, crops, self.topk, masks, self.dropout_rate)
         return {**out, "scores": scores, "pooled": pooled}
+
+
+def chunked_scores(score_rows, features: jax.Array, extra: jax.Array | None, mask: jax.Array | None,
+                   segment_ids: jax.Array | None, crop_chunk: int | None) -> jax.Array:
+    """Test-mode scores (B, T) averaged over crops, `crop_chunk` crops at a time (lax.map over chunks).
+
+    score_rows(x (B*chunk, T, D), segment_ids (B*chunk, T) or None, extra) -> (B*chunk, T) scores;
+    `extra` is passed through (LAP's captions, (B, T, E)). Features may be float16: cast here.
+    """
+    if mask is not None:
+        segment_ids = mask.astype(jnp.int32)
+    if features.ndim not in (3, 4):
+        raise ValueError(f"features must be (B, T, D) or (B, crops, T, D), got shape {features.shape}")
+    x = (features if features.ndim == 4 else features[:, None]).astype(jnp.float32)
+    b, crops, t, d = x.shape
+    chunk = crops if crop_chunk is None else int(crop_chunk)
+    if crops % chunk:
+        raise ValueError(f"crop_chunk={chunk} does not divide the {crops} crops")
+    seg = None if segment_ids is None else jnp.repeat(segment_ids, chunk, axis=0)
+
+    def one_chunk(xc):  # (B, chunk, T, D) -> (B, T) summed over the chunk's crops
+        return score_rows(xc.reshape(b * chunk, t, d), seg, extra).reshape(b, chunk, t).sum(1)
+
+    chunks = x.reshape(b, crops // chunk, chunk, t, d).swapaxes(0, 1)
+    s = (one_chunk(chunks[0]) if crops == chunk else jax.lax.map(one_chunk, chunks).sum(0)) / crops
+    return s if segment_ids is None else jnp.where(segment_ids > 0, s, 0.0)
 
 
 def check_halves(videos: int) -> None:
