@@ -30,18 +30,18 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from pavad_jax import atomic, checkpoint, distributed, engine
+from pavad_jax import atomic, checkpoint, distributed, engine, metric_writers, plots
 from pavad_jax.config_base import SELECT_BY
 from pavad_jax.config_checks import check_training_config, features_provenance
 from pavad_jax.config_loader import ConfigError, load_config, split_config_args
 from pavad_jax.data import pipeline
 from pavad_jax.evaluate import Evaluator
 from pavad_jax.losses import compute_loss, default_loss_weights
-from pavad_jax.metric_writers import MetricsLog
 from pavad_jax.models import registry
 from pavad_jax.models.detector import build_detector, set_active_slots  # noqa: F401 (tests build UR-DMU templates)
 
 SUMMARY = "summary.json"
+LOSS_TERMS_PNG = "loss_terms.png"  # every logged training term against step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
                                        jax.tree.map(distributed.gather, state.rest))
             checkpoint.export_model(export_dirs[member] / which, detector, member_configs[member], features)
 
-    log = MetricsLog(run_dir, is_main)
+    log = metric_writers.MetricsLog(run_dir, is_main)
     loop = engine.Loop(step_fn=compiled_step(graphdef, config, data, mesh), data=data, schedule=schedule,
                        checkpoints=checkpoints, log=log, evaluate=lambda s: evaluator(s.params, s.rest),
                        on_best=lambda state, member, _: export(state, member, "best"), select_by=SELECT_BY[config.train.select_by], member_ids=member_ids,
@@ -382,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     }
     if is_main:
         atomic.write_json(workdir / SUMMARY, summary, indent=2)
+        plots.plot_loss_terms(workdir / metric_writers.JSONL, workdir / LOSS_TERMS_PNG)  # curves, not JSON lines
         chosen = "" if config.train.select_by == "auc" else (
             f"{SELECT_BY[config.train.select_by]} {best.get(SELECT_BY[config.train.select_by], float('nan')):.4f}, ")
         print(f"best checkpoint: {chosen}AUC {summary['auc']:.4f} at step {summary['best_step']} "

@@ -11,6 +11,8 @@ import pytest
 
 from pavad_jax import bench
 
+QUICK_PEAK = bench.matmul_peak  # the real one: test_matmul_peak_grows_until_a_call_is_long_enough times it
+
 
 def test_batch_layout_matches_the_trainer():
     config = bench.bench_config("darm", 6, 16, 24, hidden=8, slots=4)
@@ -33,7 +35,8 @@ def test_batch_layout_matches_the_trainer():
 
 @pytest.mark.slow  # the matmul peak and matmul-only programs take minutes on a shared 2-core CPU
 @pytest.mark.parametrize("model", ["rtfm", "lap"])
-def test_rtfm_and_lap_benchmarks_report_step_time_and_flops(model):
+def test_rtfm_and_lap_benchmarks_report_step_time_and_flops(model, monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda: QUICK_PEAK(calls=1, min_seconds=0.0))  # timed below
     result = bench.run_benchmark(model, 2, 32, 16, steps=1, crops=2)
     assert result["model"] == model and result["crops"] == 2 and result["hidden"] is None
     assert result["train_step_ms"] > 0 and result["flops_per_step"] > 0 and result["achieved_flops_per_s"] > 0
@@ -69,9 +72,9 @@ def test_step_matmuls_finds_every_dot_with_its_repeat_count():
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_reports_every_figure(tmp_path):
-    result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members="1,16", hidden=8, slots=4,
-                                 steps_per_dispatch=2)
+def test_tiny_benchmark_reports_every_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda: QUICK_PEAK(calls=1, min_seconds=0.0))
+    result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members=2, hidden=8, slots=4, steps_per_dispatch=2)
     assert result["rows"] == 6 and result["steps_per_dispatch"] == 2
     for name in ("compile_s", "train_step_ms", "train_segments_per_s", "infer_segments_per_s", "flops_per_step",
                  "achieved_flops_per_s", "matmul_peak_flops_per_s", "fraction_of_peak"):
@@ -80,14 +83,17 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert result["data_devices"] == 6 and result["matmul_only_ms"] is None
     assert result["train_segments_per_s"] == pytest.approx(6 * 32 / (result["train_step_ms"] / 1e3))
     assert result["fraction_of_peak"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_peak_flops_per_s"])
-    # 1 member on one device, 16 on all 8 (2 per device): two points for the per-member memory line.
-    assert [(row["members"], row["devices"]) for row in result["sweep"]] == [(1, 1), (16, 8)]
+    # 1 member on one device, 2 on two: one member per device both times, so no per-member line
+    # (the single-device CLI test below gets one).
+    assert [(row["members"], row["devices"]) for row in result["sweep"]] == [(1, 1), (2, 2)]
     assert all(row["member_steps_per_s"] > 0 and row["memory_gb"] > 0 for row in result["sweep"])
     assert result["step_memory_gb"] > result["batch_gb"] > 0
-    assert result["member_memory"]["members_fit_per_device"] > 0
-    assert result["member_memory"]["memory_per_member_gb"] > 0
+    assert "note" in result["member_memory"]
     text = bench.format_report(result)
-    assert "fraction_of_peak" in text and "16 members" in text and "matmuls only          n/a" in text
+    assert "fraction_of_peak" in text and "2 members" in text and "matmuls only          n/a" in text
+    assert "memory per member     n/a" in text
+    skipped = bench.bench_sweep(bench.bench_config("urdmu", 2, 8, 8, hidden=8, slots=4), "1", steps=1, device_memory=1)
+    assert "not run" in bench.format_report({**result, "sweep": skipped})
     json.dumps(result)  # JSON-able as --json writes it
 
 
@@ -104,7 +110,7 @@ def test_single_device_cli_reports_the_matmul_only_ceiling(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--model", "urdmu", "--batch-size", "4",
                           "--segments", "16", "--feature-dim", "16", "--hidden", "8", "--slots", "4", "--steps", "2",
-                          "--json", str(out)], capture_output=True, text=True, env=env)
+                          "--members", "2", "--json", str(out)], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert result["data_devices"] == 1
@@ -114,6 +120,9 @@ def test_single_device_cli_reports_the_matmul_only_ceiling(tmp_path):
     assert result["matmul_only_fraction_of_peak"] == pytest.approx(
         result["matmul_flops_per_step"] / (result["matmul_only_ms"] / 1e3) / result["matmul_peak_flops_per_s"])
     assert "matmuls only" in run.stdout and "% of peak" in run.stdout
+    # 1 and 2 members on the one device: a line through the two memory estimates.
+    assert result["member_memory"]["memory_per_member_gb"] > 0 and result["member_memory"]["members_fit_per_device"] > 0
+    assert "members fit in" in run.stdout
 
 
 def test_members_that_fit_from_the_sweep_estimates():
@@ -138,5 +147,3 @@ def test_member_counts_and_a_sweep_over_the_memory_is_not_run():
     rows = bench.bench_sweep(config, "1,2", steps=1, device_memory=1)  # 1 byte: nothing fits
     assert [row["members"] for row in rows] == [1, 2]
     assert all("over" in row["skipped"] and row["memory_gb"] > 0 for row in rows)
-    assert "not run" in bench.format_report({**bench.run_benchmark("urdmu", 2, 8, 8, steps=1, hidden=8, slots=4),
-                                             "sweep": rows})

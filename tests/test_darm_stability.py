@@ -17,7 +17,7 @@ import pytest
 from pavad_jax import plots, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DIAGNOSTICS = {"usage_min", "usage_entropy", "usage_weight_max", "da_accuracy"}  # logged, not loss terms
+DIAGNOSTICS = {"usage_min", "usage_entropy", "usage_weight_max", "da_accuracy", "grad_norm"}  # logged, not loss terms
 
 
 def runlocal_config():
