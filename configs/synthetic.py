@@ -14,7 +14,7 @@ Variants (comma-separated): runlocal (the small benchmark and a narrow model: se
 CPU), and one of the Table 5 ablations urdmu | da | upd | darm (default). Expected results
 (2-core CPU) are in the README's table.
 """
-from pavad_jax.config_base import ABLATIONS, apply_ablation, base_config, narrow_model, parse_variants
+from pavad_jax.config_base import ABLATIONS, apply_ablation, apply_runlocal, base_config, parse_variants
 
 
 def get_config(arg=None):
@@ -43,16 +43,7 @@ def get_config(arg=None):
     config.train.checkpoint_every = 100
     config.train.log_every = 10
     if "runlocal" in words:
-        config.data.synthetic = "small"
-        config.data.segments = 32
-        config.data.batch.normal = 4
-        config.data.batch.abnormal = 4
+        apply_runlocal(config, "small")
         config.data.batch.pseudo_normal = 4
-        config.data.eval_buckets = (64, 128)
-        narrow_model(config, feature_dim=64, hidden=64, slots=16)
-        config.optim.learning_rate = 1e-3
-        config.train.steps = 60
-        config.train.eval_every = 20
-        config.train.checkpoint_every = 20
     apply_ablation(config, words)
     return config

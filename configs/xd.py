@@ -24,7 +24,7 @@ its name is the same fixed linspace binning as UCF-Crime's (no randomness).
 Variants (comma-separated): runlocal (the embedded `xd_small` synthetic set, built on first
 use: D = 64, 5 crops, real abnormal training videos; a narrow model, 60 steps), first_commit.
 """
-from pavad_jax.config_base import base_config, default_loss_config, narrow_model, parse_variants
+from pavad_jax.config_base import apply_runlocal, base_config, default_loss_config, parse_variants
 
 
 def get_config(arg=None):
@@ -49,14 +49,5 @@ def get_config(arg=None):
     if "first_commit" in words:
         config.model.quirks.anchor_at_abnormal_index = True
     if "runlocal" in words:
-        config.data.synthetic = "xd_small"
-        config.data.segments = 32
-        config.data.batch.normal = 4
-        config.data.batch.abnormal = 4
-        config.data.eval_buckets = (64, 128)
-        narrow_model(config, feature_dim=64, hidden=64, slots=16)
-        config.optim.learning_rate = 1e-3
-        config.train.steps = 60
-        config.train.eval_every = 20
-        config.train.checkpoint_every = 20
+        apply_runlocal(config, "xd_small")
     return config

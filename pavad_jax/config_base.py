@@ -246,6 +246,21 @@ def narrow_model(config: ml_collections.ConfigDict, *, feature_dim: int, hidden:
     config.loss.darm.discriminator_hidden = (hidden // 2,)
 
 
+def apply_runlocal(config: ml_collections.ConfigDict, synthetic: str) -> None:
+    """The `runlocal` variant of a UR-DMU config: the embedded `synthetic` set, 4 + 4 short
+    sequences per step, a narrow model, 60 steps; seconds on a CPU."""
+    config.data.synthetic = synthetic
+    config.data.segments = 32
+    config.data.batch.normal = 4
+    config.data.batch.abnormal = 4
+    config.data.eval_buckets = (64, 128)
+    narrow_model(config, feature_dim=64, hidden=64, slots=16)
+    config.optim.learning_rate = 1e-3
+    config.train.steps = 60
+    config.train.eval_every = 20
+    config.train.checkpoint_every = 20
+
+
 def apply_ablation(config: ml_collections.ConfigDict, words: set[str]) -> None:
     """Sets the DARM weights of the one Table 5 ablation named in `words` (if any)."""
     chosen = words & set(ABLATIONS)
