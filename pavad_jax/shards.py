@@ -205,8 +205,8 @@ def encode_record(record: VideoRecord, dtype: str = "float16") -> bytes:
     return b"".join(parts)
 
 
-def decode_record(data: bytes) -> VideoRecord:
-    """Inverse of `encode_record`; raises ShardError (without file context) on malformed bytes."""
+def _decode_header(data: bytes) -> tuple[dict, int]:
+    """(JSON header, offset of the feature bytes) of a serialised record's first bytes."""
     if len(data) < _PREFIX.size:
         raise ShardError(f"field 'header': record is {len(data)} bytes, too short")
     magic, header_len = _PREFIX.unpack_from(data)
@@ -215,6 +215,17 @@ def decode_record(data: bytes) -> VideoRecord:
     start = _PREFIX.size + header_len
     try:
         header = json.loads(data[_PREFIX.size : start])
+    except ValueError as e:
+        raise ShardError(f"field 'header': cannot parse ({e})") from e
+    if not isinstance(header, dict):
+        raise ShardError(f"field 'header': cannot parse (not a JSON object)")
+    return header, start
+
+
+def decode_record(data: bytes) -> VideoRecord:
+    """Inverse of `encode_record`; raises ShardError (without file context) on malformed bytes."""
+    header, start = _decode_header(data)
+    try:
         shape = tuple(int(n) for n in header["shape"])
         dtype = np.dtype(header["dtype"]).newbyteorder("<")
     except (ValueError, KeyError, TypeError) as e:
@@ -652,6 +663,26 @@ class ShardSet:
                 raise ShardError(f"{where}: field {name!r} has shape {None if value is None else value.shape}, "
                                  f"manifest says ({entry['T']}, {dim})")
         return record
+
+    def frame_labels(self, i: int) -> np.ndarray | None:
+        """Record i's stored frame labels (None where it has none), read without its features:
+        the piece holding the header and the last pieces, which hold the labels (the record's
+        last num_frames bytes). The full record's lengths are checked when it is read."""
+        entry, where = self.entries[i], self._where(i)
+        reader, first, pieces = self._reader(entry["file"]), entry["position"], entry.get("pieces", 1)
+        try:
+            head = reader.read([first])[0]
+            header, _ = _decode_header(head)
+            if not header.get("has_frame_labels"):
+                return None
+            frames = int(header["num_frames"])
+            last = min(pieces, frames // PIECE_BYTES + 2)  # pieces that can hold the last `frames` bytes
+            tail = head if pieces == 1 else b"".join(reader.read(first + pieces - last, first + pieces))
+        except (RuntimeError, ShardError, KeyError, ValueError, TypeError) as e:
+            raise ShardError(f"{where}: field 'frame_labels' unreadable ({e})") from e
+        if len(tail) < frames:
+            raise ShardError(f"{where}: field 'frame_labels': {frames} labels promised, the record ends first")
+        return np.frombuffer(tail, np.uint8, frames, len(tail) - frames)
 
     def require_fields(self, names) -> None:
         """ShardError naming the first shard set that lacks one of the per-segment fields `names`."""

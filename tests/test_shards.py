@@ -285,6 +285,22 @@ def test_concurrent_reads_from_threads_agree(shard_dir):
         np.testing.assert_array_equal(features, want[i])
 
 
+def test_frame_labels_are_read_without_the_features(tmp_path, monkeypatch):
+    """ShardSet.frame_labels reads the header's piece and the last ones, wherever the labels start."""
+    monkeypatch.setattr(shards, "PIECE_BYTES", 1000)  # 16 * T label bytes then span several pieces
+    records = [make_record(i, t=t, frame_labels=i != 1) for i, t in enumerate([300, 7, 61, 2])]
+    shards.write_shard_set(tmp_path, records, dtype="float32")
+    data = ShardSet(tmp_path)
+    assert data.entries[0]["pieces"] > 300 * 16 // 1000
+    for i, want in enumerate(records):
+        got = data.frame_labels(i)
+        if want.frame_labels is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, want.frame_labels)
+            np.testing.assert_array_equal(got, data[i].frame_labels)
+
+
 def test_large_records_span_several_pieces(tmp_path):
     """Videos above PIECE_BYTES are stored as consecutive ArrayRecord records and read back whole."""
     rng = np.random.default_rng(0)

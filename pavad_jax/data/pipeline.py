@@ -594,14 +594,17 @@ def bucket_batch_size(bucket: int, data_config: ml_collections.ConfigDict, multi
     return math.ceil(size / multiple) * multiple
 
 
-def _eval_frame_labels(record, shards: ShardSet, index: int) -> np.ndarray:
-    """Frame labels aligned to T*16: the stored ones, or zeros for a normal video without them."""
-    length = record.features.shape[1] * SEGMENT_FRAMES
-    if record.frame_labels is not None:
-        return align_labels(record.frame_labels, length)
-    if record.label == 0:
+def _eval_frame_labels(shards: ShardSet, index: int) -> np.ndarray:
+    """Frame labels aligned to T*16: the stored ones, or zeros for a normal video without them
+    (read without the features: evaluation reads those batch by batch)."""
+    entry = shards.entries[index]
+    length = entry["T"] * SEGMENT_FRAMES
+    stored = shards.frame_labels(index)
+    if stored is not None:
+        return align_labels(stored, length)
+    if entry["label"] == 0:
         return np.zeros(length, np.uint8)
-    raise ValueError(f"{shards.path}: record {index} (id {record.id!r}): field 'frame_labels' is absent "
+    raise ValueError(f"{shards.path}: record {index} (id {entry['id']!r}): field 'frame_labels' is absent "
                      "on an abnormal test video; evaluation needs its frame-level ground truth")
 
 
@@ -722,7 +725,7 @@ def make_eval_batches(data_config: ml_collections.ConfigDict, *, split: str | No
     crops, dim = crop_counts[0], shards.feature_dim
     lengths = np.asarray([e["T"] for e in shards.entries], np.int64)
     plan = _plan_eval_batches(lengths, data_config, math.lcm(batch_multiple, process_count))
-    frame_labels = [_eval_frame_labels(shards[i], shards, i)
+    frame_labels = [_eval_frame_labels(shards, i)
                     for i in tqdm(range(len(shards)), desc=f"reading {split} labels", unit="video",
                                   disable=process_index != 0)]
     eval_set = EvalSet(
