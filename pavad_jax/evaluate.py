@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -32,9 +34,9 @@ from pavad_jax.data import pipeline
 from pavad_jax.data.pipeline import GIB
 
 PRECISIONS = {"highest": "highest", "default": None}
-# Queries per attention step of the evaluation forward (the step also spans a few rows; see
-# urdmu.global_attention): past ~512 larger steps gain nothing and hold more logits.
-EVAL_QUERY_BLOCK = 512
+# Queries and keys per attention tile of the evaluation forward (urdmu.global_attention): 512 x
+# 512 float32 logits (1 MiB) stay in a core's cache; smaller tiles make the matmuls less efficient.
+EVAL_ATTENTION_BLOCK = 512
 
 
 def program_bytes(compiled) -> int | None:
@@ -65,7 +67,7 @@ class Scorer:
         def score(params, rest, features, segment_ids, extras, crop_chunk):
             with jax.default_matmul_precision(PRECISIONS[precision]):
                 return jax.vmap(lambda p, r: nnx.merge(graphdef, p, r).scores(
-                    features, segment_ids=segment_ids, crop_chunk=crop_chunk, query_block=EVAL_QUERY_BLOCK,
+                    features, segment_ids=segment_ids, crop_chunk=crop_chunk, attention_block=EVAL_ATTENTION_BLOCK,
                     **extras))(params, rest)
 
         self._jit = jax.jit(score, static_argnames="crop_chunk")
@@ -75,7 +77,7 @@ class Scorer:
     def _program(self, params, rest, features, segment_ids, extras, budget: int | None):
         key = (features.shape, features.dtype, segment_ids.shape, budget,
                tuple((k, v.shape, v.dtype) for k, v in sorted(extras.items())))
-        if key not in self._programs:
+        if key not in self._programs:  # (compile_ahead's threads have distinct keys)
             crops = features.shape[1] if features.ndim == 4 else 1
             for chunk in sorted((c for c in range(1, crops + 1) if crops % c == 0), reverse=True):
                 compiled = self._jit.lower(params, rest, features, segment_ids, extras, chunk).compile()
@@ -87,6 +89,13 @@ class Scorer:
                                 "budget of %.2f GiB (data.eval_memory_gb)", features.shape, need / GIB, budget / GIB)
             self._programs[key], self.chunks[key] = compiled, chunk
         return self._programs[key]
+
+    def compile_ahead(self, params, rest, batches: list[tuple], memory_budget: int | None = None) -> None:
+        """Compile the programs of every (features, segment_ids, extras) batch spec
+        (jax.ShapeDtypeStruct leaves) before scoring, os.cpu_count() at a time: XLA compiles a
+        program mostly on one core, so on an idle host this overlaps the compilations."""
+        with ThreadPoolExecutor(max(1, min(len(batches), os.cpu_count() or 1))) as pool:
+            list(pool.map(lambda spec: self._program(params, rest, *spec, memory_budget), batches))
 
     def __call__(self, params, rest, features, segment_ids, memory_budget: int | None = None, extras=None):
         """`extras`: the detector's per-segment fields beyond features, {name: (B, L, E)} packed alike."""
@@ -157,6 +166,7 @@ class Evaluator:
         members = jax.tree.leaves(params)[0].shape[0]
         scores = [[None] * len(self.evalset) for _ in range(members)]
         start_time = time.perf_counter()
+        self.scorer.compile_ahead(params, rest, self._batch_specs(rows), self.memory_budget)
         with tqdm(total=self.batches.segments, desc="scoring test videos", unit="segment", unit_scale=True,
                   leave=False, disable=not self.progress or jax.process_index() != 0) as bar:
             for batch in self.batches:
@@ -174,6 +184,14 @@ class Evaluator:
         self.figures = {"eval_seconds": seconds, "segments_per_s": self.batches.segments / seconds, **peak_memory(),
                         "crop_chunks": {str(shape[2]): chunk for (shape, *_), chunk in self.scorer.chunks.items()}}
         return scores
+
+    def _batch_specs(self, rows) -> list[tuple]:
+        """(features, segment_ids, extras) shapes of the distinct batch shapes, as global arrays."""
+        b = self.batches
+        spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+        return [(spec((n, b.crops, length, b.shards.feature_dim), b.shards.dtype), spec((n, length), np.int32),
+                 {k: spec((n, length, b.shards.segment_fields[k]), b.shards.dtype) for k in self.extra_fields})
+                for n, length in dict.fromkeys(b.shapes())]
 
     def results(self, scores: list[list[np.ndarray]]) -> list[dict | None]:
         """The protocol's metrics of each member's scores, with the scoring's figures; None where a

@@ -209,8 +209,11 @@ def test_blocked_attention_and_banded_local_branch_equal_the_dense_ones():
     q, k, v = (jnp.asarray(rng.normal(size=(3, 300, 2, 8)), jnp.float32) for _ in range(3))
     ids = jnp.asarray(np.repeat([[1] * 140 + [2] * 100 + [0] * 60], 3, axis=0), jnp.int32)
     dense = global_attention(q, k, v, ids)
-    for block in (64, 100, 512):  # 300 = 4 blocks of 64 with a remainder; one block of 512
-        np.testing.assert_allclose(global_attention(q, k, v, ids, query_block=block), dense, atol=1e-6)
+    valid = np.asarray(ids > 0)
+    for block in (64, 100, 512):  # 300 steps = 5 tiles of 64, 3 of 104 or one of 304 (with padding)
+        tiled = np.asarray(global_attention(q, k, v, ids, block=block))
+        np.testing.assert_allclose(tiled[valid], np.asarray(dense)[valid], atol=1e-6)
+        assert np.all(tiled[~valid] == 0)  # padding queries attend to nothing
     # The local branch beyond 2 * LOCAL_BLOCK: banded, against each video's own dense matrix.
     t = jnp.asarray(rng.normal(size=(3, 300, 8)), jnp.float32)
     for column_norm in (True, False):
@@ -232,7 +235,7 @@ def test_packed_videos_and_crop_chunks_give_each_video_its_own_scores():
     for slot, (t, x) in enumerate(zip(lengths, videos)):
         row[0, :, start:start + t], ids[0, start:start + t] = x[0], slot + 1
         start += t
-    packed = jax.jit(lambda x, i: detector.urdmu.scores(x, segment_ids=i, crop_chunk=2, query_block=64))(row, ids)
+    packed = jax.jit(lambda x, i: detector.urdmu.scores(x, segment_ids=i, crop_chunk=2, attention_block=64))(row, ids)
     packed = np.asarray(packed)[0]
     start = 0
     for t, x in zip(lengths, videos):

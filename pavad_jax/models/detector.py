@@ -57,7 +57,7 @@ class Detector(nnx.Module):
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, **memory_bounds) -> jax.Array:
         """Test mode: (B, T, D) or (B, crops, T, D), an optional (B, T) mask or packed `segment_ids`
-        -> (B, T), crops averaged (URDMU.scores: `crop_chunk`, `query_block`)."""
+        -> (B, T), crops averaged (URDMU.scores: `crop_chunk`, `attention_block`)."""
         return self.urdmu.scores(features, mask, **memory_bounds)
 
 

@@ -131,10 +131,10 @@ class LAP(nnx.Module):
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *,
                caption_embedding: jax.Array | None = None, segment_ids: jax.Array | None = None,
-               crop_chunk: int | None = None, query_block: int | None = None) -> jax.Array:
+               crop_chunk: int | None = None, attention_block: int | None = None) -> jax.Array:
         """Test mode: (B, T, D) or (B, crops, T, D) and captions (B, T, E) -> (B, T) scores averaged
         over crops; padding by a (B, T) `mask` or packed `segment_ids` (0 at padded positions), as
-        RTFM.scores (`crop_chunk`; `query_block` unused). The caption branch runs once per chunk."""
+        RTFM.scores (`crop_chunk`; `attention_block` unused). The caption branch runs once per chunk."""
         if caption_embedding is None:
             self._text(None, features.reshape(-1, *features.shape[-2:]), 1)  # the error naming the field
         text = caption_embedding.astype(jnp.float32)

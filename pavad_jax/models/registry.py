@@ -7,7 +7,7 @@
 
 Every command that builds, trains, scores or loads a detector goes through `build`, `loss` and
 `extra_fields`, so a new detector is added here and nowhere else. Each module has
-`scores(features, segment_ids=..., crop_chunk=..., query_block=..., **extra_fields)`.
+`scores(features, segment_ids=..., crop_chunk=..., attention_block=..., **extra_fields)`.
 """
 from __future__ import annotations
 

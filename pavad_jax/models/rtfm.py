@@ -230,12 +230,12 @@ class RTFM(nnx.Module):
                                      "select_abnormal": (videos // 2, t)}, self.dropout_rate)
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
-               crop_chunk: int | None = None, query_block: int | None = None) -> jax.Array:
+               crop_chunk: int | None = None, attention_block: int | None = None) -> jax.Array:
         """Test mode: (B, T, D) or (B, crops, T, D) -> (B, T), crops averaged.
 
         Padding: a (B, T) bool `mask` (one left-aligned video per row) or int `segment_ids` (videos
         packed in a row, 0 = padding; each scores as on its own); scores at padded positions are 0.
-        `crop_chunk` (a divisor of crops) scores that many crops at a time; `query_block` is
+        `crop_chunk` (a divisor of crops) scores that many crops at a time; `attention_block` is
         accepted for the evaluator's interface (RTFM has no attention to block).
         """
         return chunked_scores(lambda x, seg, _: self.head(self.mtn(x, False, seg), None, self.dropout_rate),

@@ -167,52 +167,70 @@ def local_attention(t: jax.Array, segment_ids: jax.Array | None, column_norm: bo
     return out.reshape(b, blocks * block, -1)[:, :length]
 
 
-# Logits per step of the blocked attention (8 MiB of float32): a step's logits stay in the CPU's
-# cache instead of streaming (rows, heads, T, T) through memory, ~1.5-2x faster at T >= 512.
-ATTENTION_STEP_ELEMENTS = 2**21
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, max(1, limit)) + 1) if n % d == 0)
+def _blocks(length: int, block: int) -> tuple[int, int]:
+    """(count, size) of balanced blocks of at most `block` covering `length` (sizes multiples of 8,
+    so the last block is not mostly padding)."""
+    count = -(-length // block)
+    return count, -(-length // count // 8) * 8
 
 
 def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
-                     query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
+                     block: int | None = None, dtype=jnp.float32) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v on (B, T, heads, d); keys of other videos and padding are masked.
 
-    query_block=None computes it as one batched product (training). With `query_block`, it runs
-    in steps of at most that many queries of a few rows (lax.map), about ATTENTION_STEP_ELEMENTS
-    logits per step: memory linear in T, and a step's logits stay in cache.
+    block=None computes it as one batched product (training). With `block` (test mode), one
+    (row, head) pair at a time, in tiles of at most block queries x block keys with a running
+    softmax (max, sum and output rescaled as each key tile arrives): memory linear in T, a tile's
+    logits stay in cache, and every product is a plain 2-D matmul, which XLA:CPU runs ~1.4x faster
+    than the same work batched over rows and heads (T = 6,784: ~1.3x faster than whole key rows).
     """
     b, length, heads, dim = q.shape
-    qt, kt, vt = (u.transpose(0, 2, 1, 3) for u in (q, k, v))  # (B, heads, T, d)
     ids = jnp.ones((b, length), jnp.int32) if segment_ids is None else segment_ids
-
-    def attend(q_step, k_rows, v_rows, ids_q, ids_k):  # (G, heads, Q, d), (G, heads, T, d), (G, Q), (G, T)
-        logits = einsum("ghqd,ghkd->ghqk", q_step, k_rows, dtype) * dim**-0.5
+    if block is None:
+        qt, kt, vt = (u.transpose(0, 2, 1, 3) for u in (q, k, v))  # (B, heads, T, d)
+        logits = einsum("bhqd,bhkd->bhqk", qt, kt, dtype) * dim**-0.5
         if segment_ids is not None:
-            logits = jnp.where(same_video(ids_q, ids_k)[:, None], logits, jnp.finfo(logits.dtype).min)
-        return matmul(jax.nn.softmax(logits, axis=-1), v_rows, dtype)
+            logits = jnp.where(same_video(ids, ids)[:, None], logits, jnp.finfo(logits.dtype).min)
+        return matmul(jax.nn.softmax(logits, axis=-1), vt, dtype).transpose(0, 2, 1, 3)
+    tiles, tile = _blocks(length, block)
+    padded = tiles * tile
 
-    if query_block is None:
-        return attend(qt, kt, vt, ids, ids).transpose(0, 2, 1, 3)
-    blocks = -(-length // query_block)
-    block = -(-length // blocks // 8) * 8  # balanced blocks (multiples of 8): the last one is not mostly padding
-    rows = _largest_divisor_at_most(b, ATTENTION_STEP_ELEMENTS // (heads * block * length))
-    groups = b // rows
-    extra = blocks * block - length
-    q_steps = jnp.pad(qt, ((0, 0), (0, 0), (0, extra), (0, 0))).reshape(groups, rows, heads, blocks, block, dim)
-    q_steps = q_steps.transpose(0, 3, 1, 2, 4, 5)  # (groups, blocks, rows, heads, Q, d)
-    id_steps = jnp.pad(ids, ((0, 0), (0, extra))).reshape(groups, rows, blocks, block).transpose(0, 2, 1, 3)
-    grouped = lambda u: u.reshape(groups, rows, *u.shape[1:])
+    def tiled(u):  # (B, T, ...) -> (B * heads, tiles, tile, ...): the (row, head) pairs' tiles
+        if u.ndim == 4:
+            u = u.transpose(0, 2, 1, 3).reshape(b * heads, length, dim)
+        else:
+            u = jnp.repeat(u, heads, axis=0)
+        return jnp.pad(u, ((0, 0), (0, padded - length)) + ((0, 0),) * (u.ndim - 2)).reshape(
+            b * heads, tiles, tile, *u.shape[2:])
 
-    def group(args):
-        q_g, ids_q_g, k_g, v_g, ids_k_g = args
-        return jax.lax.map(lambda step: attend(step[0], k_g, v_g, step[1], ids_k_g), (q_g, ids_q_g))
+    def pair(args):  # one (row, head): every query tile against every key tile
+        q_tiles, ids_q_tiles, k_tiles, v_tiles, ids_k_tiles = args
 
-    out = jax.lax.map(group, (q_steps, id_steps, grouped(kt), grouped(vt), grouped(ids)))
-    out = out.transpose(0, 2, 1, 4, 3, 5).reshape(b, blocks * block, heads, dim)  # from (G, n, rows, heads, Q, d)
-    return out[:, :length]
+        def query_tile(query):
+            q_tile, ids_q = query
+
+            def key_tile(carry, keys):
+                top, total, out = carry  # running max, sum of exp(logit - max) and output, per query
+                k_tile, v_tile, ids_k = keys
+                logits = matmul(q_tile, k_tile.T, dtype) * dim**-0.5  # (tile, tile)
+                same = (ids_q[:, None] == ids_k[None, :]) & (ids_k[None, :] > 0)
+                logits = jnp.where(same, logits, -jnp.inf)
+                new_top = jnp.maximum(top, logits.max(-1))
+                shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)  # no key of its video yet
+                weights = jnp.exp(logits - shift[:, None])
+                rescale = jnp.exp(top - shift)
+                return (new_top, total * rescale + weights.sum(-1),
+                        out * rescale[:, None] + matmul(weights, v_tile, dtype)), None
+
+            start = (jnp.full((tile,), -jnp.inf), jnp.zeros((tile,)), jnp.zeros((tile, dim)))
+            (_, total, out), _ = jax.lax.scan(key_tile, start, (k_tiles, v_tiles, ids_k_tiles))
+            return out / jnp.where(total > 0, total, 1.0)[:, None]  # padding queries: 0
+
+        return jax.lax.map(query_tile, (q_tiles, ids_q_tiles))
+
+    ids_tiles = tiled(ids)
+    out = jax.lax.map(pair, (tiled(q), ids_tiles, tiled(k), tiled(v), ids_tiles))  # (B * heads, tiles, tile, d)
+    return out.reshape(b, heads, padded, dim)[:, :, :length].transpose(0, 2, 1, 3)
 
 
 def topk_mean(values: jax.Array, k: jax.Array | int, valid: jax.Array | None = None,
@@ -272,7 +290,7 @@ class GlobalLocalAttention(nnx.Module):
         self.to_out = torch_linear(2 * dim, dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None, key: jax.Array | None,
-                 query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
+                 attention_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """(B, T, d) -> (B, T, d); a position attends only to its own video (segment ids, 0 = padding).
 
         The reference computes to_out([global_h | A t_h for each head h]) with t = x W_t. The local
@@ -288,7 +306,7 @@ class GlobalLocalAttention(nnx.Module):
                          dtype)
         y = matmul(x, jnp.concatenate([w_qkv[:, :3 * width], w_local], axis=1), dtype)
         q, k, v = (u.reshape(b, t, self.heads, self.head_dim) for u in jnp.split(y[..., :3 * width], 3, axis=-1))
-        global_out = global_attention(q, k, v, segment_ids, query_block, dtype).reshape(b, t, width)
+        global_out = global_attention(q, k, v, segment_ids, attention_block, dtype).reshape(b, t, width)
         out = matmul(global_out, w_out[:, 0].reshape(width, -1), dtype) + self.to_out.bias[...]
         out = out + local_attention(y[..., 3 * width:], segment_ids, self.column_norm, dtype)
         return dropout(out, self.dropout_rate, key)
@@ -318,10 +336,10 @@ class TransformerLayer(nnx.Module):
         self.ff = FeedForward(dim, mlp_dim, dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array | None, key: jax.Array | None,
-                 query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
+                 attention_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """(B, T, d) -> (B, T, d); segment ids describe videos and padding, key drives dropout (None: off)."""
         k_attn, k_ff = split_key(key, 2)
-        x = self.attn(self.attn_norm(x), segment_ids, k_attn, query_block, dtype) + x
+        x = self.attn(self.attn_norm(x), segment_ids, k_attn, attention_block, dtype) + x
         return self.ff(self.ff_norm(x), k_ff, dtype) + x
 
 
@@ -417,13 +435,13 @@ class URDMU(nnx.Module):
         self.cls_head = ClassifierHead(2 * self.hidden, int(cfg.cls_hidden), rngs=rngs)
 
     def encode(self, x: jax.Array, segment_ids: jax.Array | None = None, key: jax.Array | None = None,
-               query_block: int | None = None, dtype=None) -> tuple[jax.Array, jax.Array]:
+               attention_block: int | None = None, dtype=None) -> tuple[jax.Array, jax.Array]:
         """x (B, T, D) -> (after the temporal conv, after the self-attention), each (B, T, d) float32.
 
         `segment_ids` (B, T) int: which video of its row each position belongs to (1, 2, ...;
         0 = padding). Every video is encoded as if alone: the conv sees zeros beyond its ends
-        (the reference's zero padding) and attention stays inside it. `query_block` computes
-        attention in blocks of that many queries (see `global_attention`). `dtype`: the matmuls'
+        (the reference's zero padding) and attention stays inside it. `attention_block` computes
+        attention in tiles of that many queries and keys (see `global_attention`). `dtype`: the matmuls'
         compute dtype (default model.compute_dtype).
         """
         dtype = self.compute_dtype if dtype is None else dtype
@@ -432,7 +450,7 @@ class URDMU(nnx.Module):
         embedded = self.embedding(x, segment_ids, dtype)
         h = embedded
         for layer, layer_key in zip(self.layers, split_key(key, len(self.layers))):
-            h = layer(h, segment_ids, layer_key, query_block, dtype)
+            h = layer(h, segment_ids, layer_key, attention_block, dtype)
         return embedded, h
 
     def classify(self, h: jax.Array, memory_feature: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -455,13 +473,13 @@ class URDMU(nnx.Module):
         return jax.nn.sigmoid(dense(self.cls_head.fc2, jax.nn.relu(pre), dtype))[..., 0]
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
-               crop_chunk: int | None = None, query_block: int | None = None, dtype=jnp.float32) -> jax.Array:
+               crop_chunk: int | None = None, attention_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """Test mode: (B, T, D) or (B, crops, T, D) -> (B, T) scores averaged over crops.
 
         Padding: a (B, T) bool `mask` (one left-aligned video per row), or int `segment_ids`
         (several videos packed in a row, see `encode`); scores at padded positions are 0. Memory
-        bounds: `crop_chunk` (a divisor of crops) scores that many crops at a time, `query_block`
-        computes attention in query blocks. Features may be float16: they are cast here. Matmuls
+        bounds: `crop_chunk` (a divisor of crops) scores that many crops at a time, `attention_block`
+        computes attention in tiles of that many queries and keys. Features may be float16: they are cast here. Matmuls
         run in float32 unless `dtype` asks for another compute dtype.
         """
         if mask is not None:
@@ -477,7 +495,7 @@ class URDMU(nnx.Module):
         def crop_sum(x_chunk):  # (B, chunk, T, D) -> (B, T): the sum of the chunk's crop scores
             ids = None if segment_ids is None else jnp.repeat(segment_ids, chunk, axis=0)
             _, h = self.encode(x_chunk.reshape(b * chunk, length, dim).astype(jnp.float32), ids,
-                               query_block=query_block, dtype=dtype)
+                               attention_block=attention_block, dtype=dtype)
             return self.segment_scores(h, dtype).reshape(b, chunk, length).sum(1)
 
         if chunk == crops:
