@@ -37,7 +37,8 @@ from pavad_jax import distributed
 from pavad_jax.config_checks import check_schedule
 from pavad_jax.metric_writers import MetricsLog, member_key
 
-# loss_fn(params, rest, batch, weights, key) -> (loss, (terms, new_rest)); terms are scalars.
+# loss_fn(params, rest, batch, weights, key, step) -> (loss, (terms, new_rest)); terms are scalars;
+# step (the update's index, traced) serves schedules inside a loss, such as GV-VAD's lambda warm-up.
 LossFn = Callable[..., tuple[jax.Array, tuple[dict, Any]]]
 
 
@@ -137,9 +138,8 @@ def make_update(loss_fn: LossFn, tx: optax.GradientTransformation):
 
     def update(params, rest, opt_state, seed, weights, diverged_at, step, batch):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), 0)
-        extra = {"step": step} if getattr(loss_fn, "takes_step", False) else {}  # e.g. GV-VAD's lambda warm-up
         (loss, (terms, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, weights,
-                                                                                      key, **extra)
+                                                                                      key, step)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(terms)
         updates, new_opt_state = tx.update(grads, opt_state, params)

@@ -180,18 +180,17 @@ def detector_loss_fn(graphdef, config: ml_collections.ConfigDict) -> engine.Loss
     inside the differentiated function and its new non-trainable state is returned.
     """
     if registry.model_name(config) == "urdmu":
-        def loss_fn(params, rest, batch, weights, key):
+        def loss_fn(params, rest, batch, weights, key, step):  # UR-DMU's loss has no schedule
             total, terms = compute_loss(nnx.merge(graphdef, params, rest), batch, weights, key, config=config)
             return total, (terms, rest)
 
         return loss_fn
 
-    def loss_fn(params, rest, batch, weights, key, step=None):
+    def loss_fn(params, rest, batch, weights, key, step):
         model = nnx.merge(graphdef, params, rest, copy=True)
         total, terms = registry.loss(model, batch, weights, key, config, step)
         return total, (terms, nnx.split(model, nnx.Param, ...)[2])
 
-    loss_fn.takes_step = True  # engine.make_update passes the step (GV-VAD's lambda warm-up)
     return loss_fn
 
 

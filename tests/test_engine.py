@@ -123,7 +123,7 @@ def test_the_guard_keeps_the_state_of_a_non_finite_step():
     tx = engine.make_optimizer(ml_collections.ConfigDict(dict(learning_rate=0.1, weight_decay=0.0, b1=0.9,
                                                               b2=0.999, eps=1e-8)))
 
-    def loss_fn(params, rest, batch, weights, key):
+    def loss_fn(params, rest, batch, weights, key, step):
         loss = jnp.sum((params["w"] - batch) ** 2)
         return loss, ({"fit": loss}, rest)
 

@@ -72,7 +72,7 @@ def test_pseudo_probability_picks_inputs():
     fractions = {}
     for p in (0.0, 0.5):
         loss_fn = train.ae_loss_fn(graphdef, p, train.frames_to_input)
-        _, (terms, _) = jax.jit(loss_fn)(params, rest, {"normal": x, "pseudo": x}, {}, jax.random.key(0))
+        _, (terms, _) = jax.jit(loss_fn)(params, rest, {"normal": x, "pseudo": x}, {}, jax.random.key(0), 0)
         fractions[p] = float(terms["pseudo_fraction"])
     assert fractions[0.0] == 0.0
     assert 0.42 < fractions[0.5] < 0.58  # 400 draws: 4 standard deviations

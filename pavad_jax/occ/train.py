@@ -58,7 +58,7 @@ def build_discriminator(config: ml_collections.ConfigDict, feature_dim: int, see
 def ae_loss_fn(graphdef, p_pseudo: float, to_input: Callable) -> engine.LossFn:
     """The A^s / A^t loss: with probability p_pseudo a clip's input is its pseudo-anomaly; the target stays normal."""
 
-    def loss_fn(params, rest, batch, weights, key):
+    def loss_fn(params, rest, batch, weights, key, step):
         target, pseudo = to_input(batch["normal"]), to_input(batch["pseudo"])
         use_pseudo = jax.random.bernoulli(key, p_pseudo, (target.shape[0],))
         inputs = jnp.where(use_pseudo[:, None, None, None, None], pseudo, target)
@@ -74,7 +74,7 @@ def ae_loss_fn(graphdef, p_pseudo: float, to_input: Callable) -> engine.LossFn:
 def disc_loss_fn(graphdef) -> engine.LossFn:
     """The D loss: binary cross-entropy, normal frames 0 and spatial pseudo-anomalies 1."""
 
-    def loss_fn(params, rest, batch, weights, key):
+    def loss_fn(params, rest, batch, weights, key, step):
         logits = nnx.merge(graphdef, params, rest, copy=True)(batch["features"])
         loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
         return loss, ({"accuracy": jnp.mean((logits > 0) == (batch["labels"] > 0.5))}, rest)
