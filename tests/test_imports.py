@@ -63,7 +63,38 @@ print(len({files!r}))
     assert int(done.stdout.split()[-1]) == len(files) >= 15
 
 
-@pytest.mark.slow
+def _installed_closure(requirements: list[str]) -> set[str]:
+    """Names of the installed distributions `requirements` pull in, transitively (markers evaluated, no extras)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    names, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in names or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        names.add(name)
+        todo += [Requirement(r) for r in importlib.metadata.distribution(name).requires or ()]
+    return names
+
+
+def test_the_jax_side_requirements_pull_no_tensorflow_in_this_environment():
+    """Small form of the test below: setup.py's JAX_SIDE closed over the installed packages' metadata
+    instead of a fresh pip resolution."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (jax_side,) = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                   and [t.id for t in node.targets] == ["JAX_SIDE"]]
+    names = _installed_closure(jax_side)
+    assert {"jax", "flax", "orbax-checkpoint", "tensorboard"} <= names
+    assert not {n for n in names if n.startswith(("tensorflow", "tf-", "clu", "torch"))}, sorted(names)
+
+
+@pytest.mark.slow  # small form: test_the_jax_side_requirements_pull_no_tensorflow_in_this_environment
 def test_the_jax_side_install_pulls_no_tensorflow(tmp_path):
     """What `pip install -c constraints.txt -e .` would install in a fresh venv (pip's dry-run report)."""
     report = tmp_path / "report.json"

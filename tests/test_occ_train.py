@@ -40,14 +40,15 @@ def _clips(start, stop):
     return clips, pseudo
 
 
-@pytest.mark.slow
-def test_autoencoder_learns_to_reconstruct_normal_and_not_pseudo_anomalies(tmp_path):
-    clips, pseudo = _clips(0, 48)
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_autoencoder_learns_to_reconstruct_normal_and_not_pseudo_anomalies(tmp_path, size):
+    stop, epochs = {"small": (32, 8), "full": (48, 10)}[size]  # training frames, epochs
+    clips, pseudo = _clips(0, stop)
     model = models.ConvAutoencoder3D(3, (8, 16, 16), "resize", rngs=nnx.Rngs(0))
     tx = optax.adam(3e-3)
     summary = train.fit("spatial", model, tx, lambda g: train.ae_loss_fn(g, 0.4, train.frames_to_input),
-                        {"normal": clips, "pseudo": pseudo}, epochs=10, batch_size=8, seed=0, workdir=tmp_path,
-                        checkpoint_every=10)
+                        {"normal": clips, "pseudo": pseudo}, epochs=epochs, batch_size=8, seed=0, workdir=tmp_path,
+                        checkpoint_every=epochs)
     assert summary["compilations"] == 1  # one trace for the whole run
     assert summary["final_loss"] < 0.2 * summary["first_epoch_loss"]
 

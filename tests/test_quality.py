@@ -127,24 +127,25 @@ def write_set(folder: pathlib.Path, sample: str, starts) -> None:
         write_mp4(folder / f"clip{k}.mp4", frames[start:start + 18])
 
 
-@pytest.mark.slow
-def test_fvd_kvd_pipeline_on_two_tiny_clip_sets(tmp_path):
-    write_set(tmp_path / "a", "carphone_pristine.mp4", [0, 30, 60])
-    write_set(tmp_path / "b", "bikes.mp4", [0, 60, 120])
-    settings = quality.QualitySettings(frame_features="clip", clip_model="tiny", frames_per_video=4,
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_fvd_kvd_pipeline_on_two_tiny_clip_sets(tmp_path, size):
+    videos, frames = {"small": (2, 2), "full": (3, 4)}[size]  # videos per set, frames per video
+    write_set(tmp_path / "a", "carphone_pristine.mp4", [0, 30, 60][:videos])
+    write_set(tmp_path / "b", "bikes.mp4", [0, 60, 120][:videos])
+    settings = quality.QualitySettings(frame_features="clip", clip_model="tiny", frames_per_video=frames,
                                        kid_subsets=5, batch_size=8, device="cpu")
     same = quality.run_quality(generated=[str(tmp_path / "a")], real=[str(tmp_path / "a")],
                                out=str(tmp_path / "same.json"), settings=settings)
     other = quality.run_quality(generated=[str(tmp_path / "a")], real=[str(tmp_path / "b")],
                                 out=str(tmp_path / "other.json"), settings=settings)
-    assert same["clips"] == {"generated": 3, "real": 3, "dim": 400}  # one 16-frame clip per video, I3D logits
-    assert same["frames"] == {"generated": 12, "real": 12, "dim": 16}  # 4 frames per video, tiny CLIP
+    assert same["clips"] == {"generated": videos, "real": videos, "dim": 400}  # one 16-frame clip per video, I3D logits
+    assert same["frames"] == {"generated": videos * frames, "real": videos * frames, "dim": 16}  # tiny CLIP
     assert abs(same["fvd"]) < 1e-2 and abs(same["fid"]) < 1e-3
     assert other["fvd"] > 100 * max(abs(same["fvd"]), 1e-3)
     assert other["kvd"] > 0 and other["fid"] > 0 and other["kid"] > 0
     assert json.loads((tmp_path / "other.json").read_text())["fvd"] == pytest.approx(other["fvd"])
-    # Features are cached per video: each of the 6 videos was computed once.
-    assert len(list((tmp_path / "quality_cache" / settings.cache_key()).glob("*.npz"))) == 6
+    # Features are cached per video: each video of the two sets was computed once.
+    assert len(list((tmp_path / "quality_cache" / settings.cache_key()).glob("*.npz"))) == 2 * videos
 
 
 def test_cli_help_explains_the_flags(capsys):
