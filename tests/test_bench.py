@@ -33,8 +33,9 @@ def test_batch_layout_matches_the_trainer():
     assert batch["features"].shape == (1, 4, 3, 32, 16) and batch["caption_embedding"].shape == (1, 4, 32, 768)
 
 
-@pytest.mark.slow  # the matmul peak and matmul-only programs take minutes on a shared 2-core CPU
-@pytest.mark.parametrize("model", ["rtfm", "lap"])
+# The run is the same code for both models past bench_config; LAP's config and batches (crops,
+# caption embeddings) are checked by default in test_batch_layout_matches_the_trainer.
+@pytest.mark.parametrize("model", ["rtfm", pytest.param("lap", marks=pytest.mark.slow)])
 def test_rtfm_and_lap_benchmarks_report_step_time_and_flops(model, monkeypatch):
     monkeypatch.setattr(bench, "matmul_peak", lambda: QUICK_PEAK(calls=1, min_seconds=0.0))  # timed below
     result = bench.run_benchmark(model, 2, 32, 16, steps=1, crops=2)
@@ -71,7 +72,7 @@ def test_step_matmuls_finds_every_dot_with_its_repeat_count():
     assert timed["matmul_flops_per_step"] == pytest.approx(5 * 2 * 5 * 4 * 4, rel=0.01)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # small form: test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceiling
 def test_tiny_benchmark_reports_every_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "matmul_peak", lambda: QUICK_PEAK(calls=1, min_seconds=0.0))
     result = bench.run_benchmark("darm", 4, 32, 16, steps=2, members=2, hidden=8, slots=4, steps_per_dispatch=2)
@@ -104,7 +105,39 @@ def test_cli_help_and_bad_flags():
     assert bad.returncode == 2 and "even" in bad.stderr
 
 
-@pytest.mark.slow
+def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceiling(tmp_path):
+    """The small form of the two slow tests around it, in one CLI run on one CPU device: DARM
+    (B = 2, 3 rows, 2 steps a dispatch) timed once, with the matmul-only figures, and a sweep
+    of 1 and 3 members on the device: a line through the memory. The multi-device branch
+    (matmul-only n/a) runs in the full form only."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--model", "darm", "--batch-size", "2",
+                          "--segments", "16", "--feature-dim", "16", "--hidden", "8", "--slots", "4", "--steps", "1",
+                          "--steps-per-dispatch", "2", "--members", "1,3", "--json", str(out)],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["rows"] == 3 and result["steps_per_dispatch"] == 2 and result["data_devices"] == 1
+    for name in ("compile_s", "train_step_ms", "train_segments_per_s", "infer_segments_per_s", "flops_per_step",
+                 "achieved_flops_per_s", "matmul_peak_flops_per_s", "fraction_of_peak"):
+        assert result[name] > 0, name
+    assert result["train_segments_per_s"] == pytest.approx(3 * 16 / (result["train_step_ms"] / 1e3))
+    assert result["fraction_of_peak"] == pytest.approx(result["achieved_flops_per_s"] / result["matmul_peak_flops_per_s"])
+    assert result["matmul_count"] >= 30  # forward, input- and weight-gradient dots of every linear layer
+    assert 0 < result["matmul_flops_per_step"] <= result["flops_per_step"]
+    assert result["matmul_only_fraction_of_peak"] == pytest.approx(
+        result["matmul_flops_per_step"] / (result["matmul_only_ms"] / 1e3) / result["matmul_peak_flops_per_s"])
+    assert [(row["members"], row["devices"]) for row in result["sweep"]] == [(1, 1), (3, 1)]
+    assert all(row["member_steps_per_s"] > 0 and row["memory_gb"] > 0 for row in result["sweep"])
+    assert result["step_memory_gb"] > result["batch_gb"] > 0
+    fit = result["member_memory"]
+    assert fit["memory_per_member_gb"] > 0 and fit["members_fit_per_device"] > 0
+    text = run.stdout
+    assert "fraction_of_peak" in text and "3 members" in text and "% of peak" in text and "members fit in" in text
+
+
+@pytest.mark.slow  # small form: test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceiling
 def test_single_device_cli_reports_the_matmul_only_ceiling(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
     out = tmp_path / "bench.json"

@@ -88,8 +88,9 @@ def test_member_config_is_a_standalone_config(easy_data):
 
 # ------------------------------------------------------------------------------ the vmapped program
 
-@pytest.mark.slow
-def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data):
+# The compile dominates; the small form takes one training step through the padded program, the full form three.
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
+def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data, steps):
     base = tiny_config(easy_data)
     base.loss.weights.lambda2 = 1.0  # L_upd acts on the abnormal memory directly
     base.data.device_resident = True
@@ -115,7 +116,7 @@ def test_padded_slots_get_exactly_zero_gradient_and_stay_unchanged(easy_data):
 
     step = train.compiled_step(graphdef, group.config, data, mesh)
     before = jax.tree.map(np.asarray, engine.member_tree(state.params, slice(None)))
-    for _ in range(3):
+    for _ in range(steps):
         state, terms = step(state, None, data.sampler)
     after = engine.member_tree(state.params, slice(None))
     a_after = after["urdmu"]["a_memory"]["memory_block"][...]
@@ -132,30 +133,42 @@ def _standalone_losses(config, workdir) -> list[float]:
     return losses, summary
 
 
-@pytest.mark.slow
-def test_a_member_trains_exactly_as_a_standalone_pavad_train(easy_data, tmp_path):
-    members = [{"lambda1": 0.5, "learning_rate": 3e-3, "seed": 5, "a_slots": 5},
-               {"lambda2": 0.3, "weight_decay": 1e-3, "tau": 0.2, "seed": 6, "n_slots": 8, "a_slots": 8},
-               {"lambda_da": 0.4, "lambda_dist": 0.1, "beta": 2.0, "seed": 7, "a_slots": 6, "n_slots": 4}]
-    config = sweep_config(easy_data, {"kind": "list", "members": members}, steps=4)
+# Every traced axis differs from the base in a compared member, and compared members are padded
+# in each bank. Small: 2 members, one compared (padded in both banks), 2 steps; full: 3 members, two compared, 4 steps.
+EQUIVALENCE = {
+    "small": ([{"lambda1": 0.5, "learning_rate": 3e-3, "lambda2": 0.3, "weight_decay": 1e-3, "tau": 0.2,
+                "lambda_da": 0.4, "lambda_dist": 0.1, "beta": 2.0, "seed": 5, "a_slots": 5, "n_slots": 4},
+               {"seed": 6, "n_slots": 8, "a_slots": 8}], (0,), 2),
+    "full": ([{"lambda1": 0.5, "learning_rate": 3e-3, "seed": 5, "a_slots": 5},
+              {"lambda2": 0.3, "weight_decay": 1e-3, "tau": 0.2, "seed": 6, "n_slots": 8, "a_slots": 8},
+              {"lambda_da": 0.4, "lambda_dist": 0.1, "beta": 2.0, "seed": 7, "a_slots": 6, "n_slots": 4}], (0, 2), 4),
+}
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_a_member_trains_exactly_as_a_standalone_pavad_train(easy_data, tmp_path, size):
+    members, compared, steps = EQUIVALENCE[size]
+    config = sweep_config(easy_data, {"kind": "list", "members": members}, steps=steps)
     rows = sweep.run_sweep(config, tmp_path / "sweep")
     log = [json.loads(line) for line in (tmp_path / "sweep" / "groups" / "000" / "metrics.jsonl").read_text().splitlines()]
-    for m in (0, 2):  # one padded in each bank
+    for m in compared:
         standalone = sweep.member_config(sweep.base_of(config), members[m])
         expected, summary = _standalone_losses(standalone, tmp_path / f"standalone{m}")
         key = f"member/{m}/train/total"
         got = [r[key] for r in sorted(log, key=lambda r: r["step"]) if key in r]
         np.testing.assert_allclose(got, expected, rtol=1e-4)
         assert abs(rows[m]["best_auc"] - summary["auc"]) < 1e-3
-    assert len({r["params_sha256"] for r in rows}) == 3
+    assert len({r["params_sha256"] for r in rows}) == len(members)
 
 
-@pytest.mark.slow
-def test_resume_after_preemption_matches_an_uninterrupted_sweep(easy_data, tmp_path, monkeypatch):
-    members = {"kind": "grid", "axes": {"lambda1": [0.0, 1.0], "seed": [1, 2]}, "members_per_group": 2}
-    config = sweep_config(easy_data, members, steps=4)
-    config.train.checkpoint_every = 2
-    config.train.eval_every = 2
+# Small: two groups of one member, 2 steps, a checkpoint every step; full: two groups of two, 4 steps.
+@pytest.mark.parametrize("size", ["small", pytest.param("full", marks=pytest.mark.slow)])
+def test_resume_after_preemption_matches_an_uninterrupted_sweep(easy_data, tmp_path, monkeypatch, size):
+    seeds, per_group, steps = ([1], 1, 2) if size == "small" else ([1, 2], 2, 4)
+    members = {"kind": "grid", "axes": {"lambda1": [0.0, 1.0], "seed": seeds}, "members_per_group": per_group}
+    config = sweep_config(easy_data, members, steps=steps)
+    config.train.checkpoint_every = steps // 2
+    config.train.eval_every = steps // 2
     whole = sweep.run_sweep(config, tmp_path / "whole")
 
     def stop_after_first_checkpoint(self):
@@ -165,7 +178,7 @@ def test_resume_after_preemption_matches_an_uninterrupted_sweep(easy_data, tmp_p
     monkeypatch.setattr(engine.Preemption, "requested", stop_after_first_checkpoint)
     assert sweep.run_sweep(config, tmp_path / "cut") == []
     progress = json.loads((tmp_path / "cut" / sweep.PROGRESS_JSON).read_text())
-    assert list(progress["groups"]) == ["0"]  # group 0 finished, group 1 stopped at step 2
+    assert list(progress["groups"]) == ["0"]  # group 0 finished, group 1 stopped half-way
     monkeypatch.undo()
 
     ran = []
@@ -176,29 +189,34 @@ def test_resume_after_preemption_matches_an_uninterrupted_sweep(easy_data, tmp_p
     assert [r["params_sha256"] for r in resumed] == [r["params_sha256"] for r in whole]
     assert [r["best_auc"] for r in resumed] == [r["best_auc"] for r in whole]
 
-    changed = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.0, 2.0]}}, steps=4)
+    changed = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.0, 2.0]}}, steps=steps)
     with pytest.raises(ConfigError, match="different sweep"):
         sweep.run_sweep(changed, tmp_path / "cut")
 
 
-@pytest.mark.slow
-def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path):
+# Small: one seed (4 members); full: the runlocal 2 seeds (8 members), which also gives the
+# per-seed plot (a plot per axis with more than one value).
+@pytest.mark.parametrize("seeds", [[0], pytest.param([0, 1], marks=pytest.mark.slow)])
+def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path, seeds):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "pavad_jax.sweep", "--config", "configs/sweeps/synthetic_lambda.py:runlocal",
                "--workdir", str(run), f"--config.data.synthetic_root={tmp_path / 'cache'}",
+               f"--config.sweep.axes.seed={seeds}",
                "--config.train.steps=20", "--config.train.eval_every=20", "--config.train.checkpoint_every=20"]
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "8 members; best AUC" in done.stdout
+    n = 4 * len(seeds)
+    assert f"{n} members; best AUC" in done.stdout
     with open(run / sweep.RESULTS_CSV) as f:
         table = list(csv.DictReader(f))
-    assert [int(r["member"]) for r in table] == list(range(8))
+    assert [int(r["member"]) for r in table] == list(range(n))
     assert {(float(r["lambda1"]), float(r["lambda2"])) for r in table} == {(a, b) for a in (0, 1) for b in (0, 0.1)}
     assert all(0.5 < float(r["best_auc"]) <= 1.0 for r in table)
     results = json.loads((run / sweep.RESULTS_JSON).read_text())
     assert results["best"]["best_auc"] == max(float(r["best_auc"]) for r in table)
-    for name in ("auc_vs_lambda1.png", "auc_vs_lambda2.png", "auc_vs_seed.png", "auc_heatmap_lambda1_lambda2.png"):
+    plots = ["auc_vs_lambda1.png", "auc_vs_lambda2.png", "auc_heatmap_lambda1_lambda2.png"]
+    for name in plots + (["auc_vs_seed.png"] if len(seeds) > 1 else []):
         assert (run / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -239,10 +257,13 @@ def test_abnormal_clips_keeps_a_fixed_subset_of_the_abnormal_stream(easy_data):
     np.testing.assert_array_equal(np.asarray(grain.next()["features"])[0], np.asarray(sampled["features"]))
 
 
-@pytest.mark.slow
-def test_structural_axes_run_as_their_own_groups(easy_data, tmp_path):
+# Two structures are two programs at any size: the small form evaluates in one bucket (one
+# scoring program per group) instead of two; the test videos are at most 50 segments long.
+@pytest.mark.parametrize("eval_buckets", [(64,), pytest.param((16, 64), marks=pytest.mark.slow)])
+def test_structural_axes_run_as_their_own_groups(easy_data, tmp_path, eval_buckets):
     config = sweep_config(easy_data, {"kind": "list", "members": [
         {"gv_learnable": True, "abnormal_clips": 3}, {"gv_learnable": False, "gv_lambda": 0.25}]}, steps=2)
+    config.data.eval_buckets = eval_buckets
     config.loss.gv.mode = "sample"
     config.data.device_resident = True
     rows = sweep.run_sweep(config, tmp_path)

@@ -60,22 +60,24 @@ def test_schedules_refuse_structural_axes_and_the_grain_path(easy_data):
 
 # ------------------------------------------------------------------------------ successive halving
 
-@pytest.mark.slow  # two programs (4 and 2 members); the refill test below is its fast form
-def test_successive_halving_keeps_the_top_half_at_each_rung_and_counts_member_steps(easy_data, tmp_path):
-    config = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.0, 1.0], "seed": [0, 1]},
+# Small: 2 members halved to 1 (programs of 2 and 1 members); full: 4 members halved to 2.
+@pytest.mark.parametrize("seeds", [[0], pytest.param([0, 1], marks=pytest.mark.slow)])
+def test_successive_halving_keeps_the_top_half_at_each_rung_and_counts_member_steps(easy_data, tmp_path, seeds):
+    config = sweep_config(easy_data, {"kind": "grid", "axes": {"lambda1": [0.0, 1.0], "seed": seeds},
                                       "schedule": "successive_halving", "rungs": [2], "eta": 2})
+    n = 2 * len(seeds)
     rows = sweep.run_sweep(config, tmp_path)
     progress = json.loads((tmp_path / sweep.PROGRESS_JSON).read_text())
     rungs = progress["rungs"]
-    assert [len(r["slots"]) for r in rungs] == [4, 2]
-    assert [r["member_steps"] for r in rungs] == [8, 4]  # 4 members x 2 steps, then 2 x 2
+    assert [len(r["slots"]) for r in rungs] == [n, n // 2]
+    assert [r["member_steps"] for r in rungs] == [2 * n, n]  # n members x 2 steps, then n/2 x 2
     results = json.loads((tmp_path / sweep.RESULTS_JSON).read_text())
-    assert results["member_steps"] == 12 and results["grid_member_steps"] == 16
+    assert results["member_steps"] == 3 * n and results["grid_member_steps"] == 4 * n
     by_member = {r["member"]: r for r in rows}
-    assert sorted(by_member) == list(range(4))
-    at_rung = {m: next(e["auc"] for e in by_member[m]["evals"] if e["step"] == 2) for m in range(4)}
-    stopped = set(range(4)) - set(rungs[0]["kept"])
-    assert len(stopped) == 2 and max(at_rung[m] for m in stopped) <= min(at_rung[m] for m in rungs[0]["kept"])
+    assert sorted(by_member) == list(range(n))
+    at_rung = {m: next(e["auc"] for e in by_member[m]["evals"] if e["step"] == 2) for m in range(n)}
+    stopped = set(range(n)) - set(rungs[0]["kept"])
+    assert len(stopped) == n // 2 and max(at_rung[m] for m in stopped) <= min(at_rung[m] for m in rungs[0]["kept"])
     assert all(by_member[m]["stopped_at"] == 2 and by_member[m]["evals"][-1]["step"] == 2 for m in stopped)
     for m in rungs[0]["kept"]:  # a survivor's evaluations go on from its rung-0 state to the end
         assert by_member[m]["stopped_at"] is None and [e["step"] for e in by_member[m]["evals"]] == [1, 2, 3, 4]
@@ -105,17 +107,22 @@ def test_refill_replaces_stopped_slots_with_fresh_draws(easy_data, tmp_path):
     assert all(r["stopped_at"] == 2 for r in rows if r["member"] in stopped)
 
 
-@pytest.mark.slow
-def test_runlocal_successive_halving_matches_the_grid_winner_with_far_fewer_member_steps(tmp_path):
+# Small: the runlocal grid as it is (8 members, 2 seeds), one rung at 20 of 40 steps (programs
+# of 8 and 4 members); full: 16 members (4 seeds), rungs at 10, 20 and 30.
+@pytest.mark.parametrize("seeds, rungs", [([0, 1], [20]),
+                                          pytest.param([0, 1, 2, 3], [10, 20, 30], marks=pytest.mark.slow)])
+def test_runlocal_successive_halving_matches_the_grid_winner_with_far_fewer_member_steps(tmp_path, seeds, rungs):
     config = load_config_file(REPO / "configs" / "sweeps" / "synthetic_lambda.py", "runlocal")
     config.data.synthetic_root = str(tmp_path / "cache")
-    config.sweep.axes.seed = [0, 1, 2, 3]  # 16 members
+    config.sweep.axes.seed = seeds
     config.train.eval_every = 10
     grid = sweep.run_sweep(config, tmp_path / "grid")
-    config.sweep.schedule, config.sweep.rungs, config.sweep.eta = "successive_halving", [10, 20, 30], 2
+    config.sweep.schedule, config.sweep.rungs, config.sweep.eta = "successive_halving", rungs, 2
     halving = sweep.run_sweep(config, tmp_path / "halving")
     used = json.loads((tmp_path / "halving" / sweep.RESULTS_JSON).read_text())
-    assert used["member_steps"] == 16 * 10 + 8 * 10 + 4 * 10 + 2 * 10 and used["grid_member_steps"] == 16 * 40
+    n, ends = 4 * len(seeds), [0, *rungs, 40]  # each rung halves the n members of the grid
+    assert used["member_steps"] == sum((ends[i + 1] - ends[i]) * n // 2**i for i in range(len(rungs) + 1))
+    assert used["grid_member_steps"] == n * 40
     grid_winner = max(grid, key=lambda r: r["best_auc"])
     winner = max((r for r in halving if r["stopped_at"] is None), key=lambda r: r["best_auc"])
     cell = [r["best_auc"] for r in grid if all(r[a] == grid_winner[a] for a in ("lambda1", "lambda2"))]
@@ -200,17 +207,20 @@ def test_pbt_winner_replays_with_pavad_train_to_the_same_params(easy_data, tmp_p
     assert all(not k.startswith("member/") for r in replayed for k in r)  # logged as one run
 
 
-@pytest.mark.slow  # a pavad-train run; the PBT replay test trains a schedule too
-def test_hyper_schedule_sets_the_traced_values_from_its_steps(easy_data, tmp_path):
-    config = tiny_config(easy_data, steps=4)
-    config.train.checkpoint_every = 2
-    config.train.hyper_schedule = ({"step": 0, "lambda1": 0.3}, {"step": 2, "lambda1": 0.7, "learning_rate": 1e-3})
+# Small: 2 steps, the schedule changes at step 1; full: 4 steps, changing at step 2.
+@pytest.mark.parametrize("steps", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_hyper_schedule_sets_the_traced_values_from_its_steps(easy_data, tmp_path, steps):
+    half = steps // 2
+    config = tiny_config(easy_data, steps=steps)
+    config.train.checkpoint_every = half
+    config.train.hyper_schedule = ({"step": 0, "lambda1": 0.3}, {"step": half, "lambda1": 0.7, "learning_rate": 1e-3})
     train.train_and_evaluate(config, tmp_path)
     saved = train.checkpoint.TrainCheckpoints(tmp_path)
     abstract = {"weights": {"lambda1": jax.ShapeDtypeStruct((1,), np.float32)}}
-    at = {step: float(np.asarray(saved.restore_fields(step, abstract)["weights"]["lambda1"])[0]) for step in (2, 4)}
+    at = {step: float(np.asarray(saved.restore_fields(step, abstract)["weights"]["lambda1"])[0])
+          for step in (half, steps)}
     saved.close()
-    assert at == {2: np.float32(0.7), 4: np.float32(0.7)}  # set at step 2, before the checkpoint
+    assert at == {half: np.float32(0.7), steps: np.float32(0.7)}  # set at the change's step, before its checkpoint
 
 
 def test_hyper_schedule_merges_entries_up_to_a_step_and_is_checked(easy_data):
