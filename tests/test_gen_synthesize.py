@@ -118,7 +118,6 @@ def _command(workdir: Path) -> list[str]:
             "--device", "cpu", "--dtype", "float32", "--max-sequence-length", "16"]
 
 
-@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_finishes_every_item_once(tmp_path):
     """Acceptance: kill -9 in the middle of synthesize, rerun: all done once, no partial files."""
     plan = _plan(tmp_path, 5)

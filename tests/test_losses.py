@@ -284,7 +284,6 @@ def test_padded_slots_get_exactly_zero_gradient():
         assert np.abs(block[:active]).max() > 0, bank
 
 
-@pytest.mark.slow
 def test_jitted_training_step_with_darm_traces_once():
     config = experiment_config()
     model = build_detector(small_model_config(), config.loss, seed=0)

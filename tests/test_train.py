@@ -240,8 +240,7 @@ def _summaries(procs) -> list[dict]:
     return [json.loads(out.split("SUMMARY", 1)[1]) for out, _ in outputs]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("resident", [True, False])
+@pytest.mark.parametrize("resident", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_two_processes_with_two_devices_equal_one_process_with_four(data_dir, tmp_path, resident):
     # Both runs at once: most of each is interpreter start-up and compilation, one core each.
     one = _start_processes(data_dir, tmp_path / "one", 1, 4, resident)
@@ -250,7 +249,6 @@ def test_two_processes_with_two_devices_equal_one_process_with_four(data_dir, tm
     np.testing.assert_allclose(read_losses(tmp_path / "two"), read_losses(tmp_path / "one"), rtol=1e-5)
 
 
-@pytest.mark.slow
 def test_sigterm_to_one_process_saves_the_same_step_on_every_process_and_resumes(data_dir, tmp_path):
     """Schedulers send SIGTERM before the time limit; it may reach one process of a multi-host run."""
     run = dict(processes=2, devices_each=2, resident=False, steps=60, checkpoint_every=5, eval_every=30)
@@ -273,7 +271,6 @@ def test_sigterm_to_one_process_saves_the_same_step_on_every_process_and_resumes
     assert resumed[0]["params_sha256"] == resumed[1]["params_sha256"] == whole[0]["params_sha256"]
 
 
-@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_uninterrupted_parameters(data_dir, tmp_path):
     """The acceptance check: kill -9 at a random moment, rerun the same command."""
     args = ["--config", str(REPO / "tests" / "tiny_train_config.py") + f":{data_dir}",
