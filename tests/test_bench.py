@@ -106,7 +106,7 @@ def test_cli_help_and_bad_flags():
 
 
 def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceiling(tmp_path):
-    """The small form of the two slow tests around it, in one CLI run on one CPU device: DARM
+    """The small form of test_tiny_benchmark_reports_every_figure, in one CLI run on one CPU device: DARM
     (B = 2, 3 rows, 2 steps a dispatch) timed once, with the matmul-only figures, and a sweep
     of 1 and 3 members on the device: a line through the memory. The multi-device branch
     (matmul-only n/a) runs in the full form only."""
@@ -135,27 +135,7 @@ def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceilin
     assert fit["memory_per_member_gb"] > 0 and fit["members_fit_per_device"] > 0
     text = run.stdout
     assert "fraction_of_peak" in text and "3 members" in text and "% of peak" in text and "members fit in" in text
-
-
-@pytest.mark.slow  # small form: test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceiling
-def test_single_device_cli_reports_the_matmul_only_ceiling(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
-    out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--model", "urdmu", "--batch-size", "4",
-                          "--segments", "16", "--feature-dim", "16", "--hidden", "8", "--slots", "4", "--steps", "2",
-                          "--members", "2", "--json", str(out)], capture_output=True, text=True, env=env)
-    assert run.returncode == 0, run.stderr
-    result = json.loads(out.read_text())
-    assert result["data_devices"] == 1
-    # The matmuls are part of the step: every linear layer runs forward, input- and weight-gradient dots.
-    assert result["matmul_count"] >= 30
-    assert 0 < result["matmul_flops_per_step"] <= result["flops_per_step"]
-    assert result["matmul_only_fraction_of_peak"] == pytest.approx(
-        result["matmul_flops_per_step"] / (result["matmul_only_ms"] / 1e3) / result["matmul_peak_flops_per_s"])
-    assert "matmuls only" in run.stdout and "% of peak" in run.stdout
-    # 1 and 2 members on the one device: a line through the two memory estimates.
-    assert result["member_memory"]["memory_per_member_gb"] > 0 and result["member_memory"]["members_fit_per_device"] > 0
-    assert "members fit in" in run.stdout
+    assert "matmuls only" in text
 
 
 def test_members_that_fit_from_the_sweep_estimates():
