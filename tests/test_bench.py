@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from pavad_jax import bench
 
 QUICK_PEAK = bench.matmul_peak  # the real one: test_matmul_peak_grows_until_a_call_is_long_enough times it
@@ -110,7 +111,7 @@ def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceilin
     (B = 2, 3 rows, 2 steps a dispatch) timed once, with the matmul-only figures, and a sweep
     of 1 and 3 members on the device: a line through the memory. The multi-device branch
     (matmul-only n/a) runs in the full form only."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+    env = dict(os.environ, XLA_FLAGS=xla_flags(None))  # one CPU device
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--model", "darm", "--batch-size", "2",
                           "--segments", "16", "--feature-dim", "16", "--hidden", "8", "--slots", "4", "--steps", "1",

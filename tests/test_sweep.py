@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import xla_flags
 from pavad_jax import distributed, engine, sweep, train
 from pavad_jax.config_loader import ConfigError, load_config_file
 from pavad_jax.losses import compute_loss
@@ -203,7 +204,7 @@ def test_runlocal_sweep_cli_writes_results_and_plots(tmp_path, seeds):
                "--workdir", str(run), f"--config.data.synthetic_root={tmp_path / 'cache'}",
                f"--config.sweep.axes.seed={seeds}",
                "--config.train.steps=20", "--config.train.eval_every=20", "--config.train.checkpoint_every=20"]
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = os.environ | {"XLA_FLAGS": xla_flags(2)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     n = 4 * len(seeds)

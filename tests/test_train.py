@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 from sklearn.metrics import roc_auc_score
 
 from pavad_jax import config_checks, distributed, engine, evaluate, train
+from conftest import xla_flags
 from train_fixtures import tiny_config, write_easy_dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -136,11 +139,14 @@ def test_evaluation_equals_sklearn_on_concatenated_frames(data_dir):
     result = evaluator.results([scores])[0]
 
     # Direct: one video at a time, unpadded, through the model; frames = segments repeated 16x.
+    # (Jitted: op by op, every op of every video length is a compilation of its own.)
+    direct = jax.jit(lambda state, features: nnx.merge(*state).scores(features))
+    state = nnx.split(detector)
     shards = train.pipeline.open_split(config.data, "test")
     direct_scores, labels = [], []
     for i in range(len(shards)):
         record = shards[i]
-        s = np.asarray(detector.scores(record.features[None].astype(np.float32)))[0]
+        s = np.asarray(direct(state, record.features[None].astype(np.float32)))[0]
         np.testing.assert_allclose(scores[i], s, atol=1e-5)
         direct_scores.append(np.repeat(s, 16))
         labels.append(record.frame_labels)
@@ -223,7 +229,7 @@ def _free_port() -> int:
 def _start_processes(data_dir, workdir, processes, devices_each, resident, steps=4, checkpoint_every=4,
                      eval_every=4):
     coordinator = f"127.0.0.1:{_free_port()}"
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices_each))
     return [subprocess.Popen(
         [sys.executable, "-c", _WORKER.format(tests=str(REPO / "tests"), coordinator=coordinator,
                                               processes=processes, index=i, data=str(data_dir),
@@ -275,7 +281,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_parameters(data_dir, tmp_pat
     """The acceptance check: kill -9 at a random moment, rerun the same command."""
     args = ["--config", str(REPO / "tests" / "tiny_train_config.py") + f":{data_dir}",
             "--config.train.steps=40", "--config.train.checkpoint_every=5", "--config.train.eval_every=10"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     cmd = [sys.executable, "-m", "pavad_jax.train", *args]
     subprocess.run(cmd + ["--workdir", str(tmp_path / "whole")], env=env, check=True, capture_output=True)
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
