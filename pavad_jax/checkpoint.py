@@ -27,7 +27,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from orbax.checkpoint._src.metadata import array_metadata_store  # (orbax-checkpoint is pinned)
+# (orbax-checkpoint is pinned: these two are not in its public API)
+from orbax.checkpoint._src.metadata import array_metadata_store
+from orbax.checkpoint._src.serialization.type_handler_registry import GLOBAL_TYPE_HANDLER_REGISTRY
 
 from pavad_jax import atomic
 from pavad_jax.config_base import default_loss_config, model_defaults, model_name
@@ -38,9 +40,10 @@ from pavad_jax.models.detector import Detector
 # eager op that XLA compiles once per shape and process: ~90 compilations (2-5 s) at the first save
 # of the tiny config on 8 CPU devices, for a model of a few MiB whose writing takes milliseconds.
 # Each array is saved by its first replica instead (Orbax's default on GPUs).
-ocp.type_handlers.register_type_handler(
+GLOBAL_TYPE_HANDLER_REGISTRY.add(  # (override=True through register_type_handler logs a warning)
     jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False,
-                                              array_metadata_store=array_metadata_store.Store()), override=True)
+                                              array_metadata_store=array_metadata_store.Store()),
+    override=True, ignore_warnings=True)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

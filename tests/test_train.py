@@ -257,7 +257,9 @@ def test_two_processes_with_two_devices_equal_one_process_with_four(data_dir, tm
 
 def test_sigterm_to_one_process_saves_the_same_step_on_every_process_and_resumes(data_dir, tmp_path):
     """Schedulers send SIGTERM before the time limit; it may reach one process of a multi-host run."""
-    run = dict(processes=2, devices_each=2, resident=False, steps=60, checkpoint_every=5, eval_every=30)
+    # The signal goes out when the first checkpoint (step 5) is being written: 15 steps and 3 saves
+    # are left, ~3 s on an idle machine; the signal stops the run within ~1.5 s.
+    run = dict(processes=2, devices_each=2, resident=False, steps=20, checkpoint_every=5, eval_every=10)
     whole = _summaries(_start_processes(data_dir, tmp_path / "whole", **run))
 
     workdir = tmp_path / "cut"
@@ -280,7 +282,7 @@ def test_sigterm_to_one_process_saves_the_same_step_on_every_process_and_resumes
 def test_sigkill_then_rerun_gives_the_uninterrupted_parameters(data_dir, tmp_path):
     """The acceptance check: kill -9 at a random moment, rerun the same command."""
     args = ["--config", str(REPO / "tests" / "tiny_train_config.py") + f":{data_dir}",
-            "--config.train.steps=40", "--config.train.checkpoint_every=5", "--config.train.eval_every=10"]
+            "--config.train.steps=20", "--config.train.checkpoint_every=5", "--config.train.eval_every=10"]
     env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     cmd = [sys.executable, "-m", "pavad_jax.train", *args]
     subprocess.run(cmd + ["--workdir", str(tmp_path / "whole")], env=env, check=True, capture_output=True)
@@ -292,7 +294,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_parameters(data_dir, tmp_pat
     deadline = time.time() + 300
     while not list((killed / "checkpoints").glob("[0-9]*")) and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(np.random.default_rng().uniform(0.0, 2.0))  # a random moment after the first checkpoint
+    # A random moment after the first checkpoint (the run ends ~5 s after it on an idle machine).
+    time.sleep(np.random.default_rng().uniform(0.0, 2.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists(), "the run finished before the kill: lengthen it"
