@@ -162,10 +162,11 @@ def init_member(config: ml_collections.ConfigDict, template) -> dict:
             "weights": default_loss_weights(config)}
 
 
-def member_detector(host_params, member: int, config: ml_collections.ConfigDict, host_rest=None):
+def member_detector(host_params, member: int, config: ml_collections.ConfigDict, host_rest=None, template=None):
     """Member `member` of stacked host params (and its model state: BatchNorm statistics, when
-    `host_rest` is given) as a standalone detector at its own slot counts."""
-    graphdef, own_params, rest = nnx.split(registry.build(config, seed=0), nnx.Param, ...)
+    `host_rest` is given) as a standalone detector at its own slot counts. `template`: the
+    (graphdef, params, rest) split of a detector built from `config` (default: built here)."""
+    graphdef, own_params, rest = template or nnx.split(registry.build(config, seed=0), nnx.Param, ...)
     params = jax.tree.map(lambda p, own: np.asarray(p)[member][tuple(slice(0, n) for n in own.shape)],
                           host_params, own_params)
     if host_rest is not None and not has_slots(config):  # UR-DMU's rest is its slot masks: its own config's
@@ -304,10 +305,17 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
 
     features = features_provenance(pipeline.split_path(config.data, config.data.train_split))
 
+    templates: dict[int, tuple] = {}  # per member, built once: an export at every new best stays cheap
+
+    def template(member: int) -> tuple:
+        if member not in templates:
+            templates[member] = nnx.split(registry.build(member_configs[member], seed=0), nnx.Param, ...)
+        return templates[member]
+
     def export(state, member: int, which: str) -> None:
         if export_dirs[member] is not None:
             detector = member_detector(jax.tree.map(distributed.gather, state.params), member, member_configs[member],
-                                       jax.tree.map(distributed.gather, state.rest))
+                                       jax.tree.map(distributed.gather, state.rest), template(member))
             checkpoint.export_model(export_dirs[member] / which, detector, member_configs[member], features)
 
     log = metric_writers.MetricsLog(run_dir, is_main)
@@ -327,7 +335,7 @@ def train_members(structure: ml_collections.ConfigDict, member_configs: list[ml_
     host_params = jax.tree.map(distributed.gather, state.params)
     results = []
     for m, entry in enumerate(progress["members"]):
-        params = nnx.split(member_detector(host_params, m, member_configs[m]), nnx.Param, ...)[1]
+        params = nnx.split(member_detector(host_params, m, member_configs[m], template=template(m)), nnx.Param, ...)[1]
         results.append(MemberResult(entry["best_step"], entry["best"], entry["final"], entry["diverged_at"],
                                     entry["diverged_terms"], engine.params_sha256(params), entry["evals"]))
     return results, status, progress
