@@ -320,10 +320,13 @@ class FeedForward(nnx.Module):
         self.net0 = torch_linear(dim, mlp_dim, rngs=rngs)
         self.net3 = torch_linear(mlp_dim, dim, rngs=rngs)
 
+    def hidden(self, x: jax.Array, key: jax.Array | None, dtype=jnp.float32) -> jax.Array:
+        """The activations net3 projects: dropout(GELU(net0(x)))."""
+        return dropout(jax.nn.gelu(dense(self.net0, x, dtype), approximate=False), self.dropout_rate, key)
+
     def __call__(self, x: jax.Array, key: jax.Array | None, dtype=jnp.float32) -> jax.Array:
         k1, k2 = split_key(key, 2)
-        x = dropout(jax.nn.gelu(dense(self.net0, x, dtype), approximate=False), self.dropout_rate, k1)
-        return dropout(dense(self.net3, x, dtype), self.dropout_rate, k2)
+        return dropout(dense(self.net3, self.hidden(x, k1, dtype), dtype), self.dropout_rate, k2)
 
 
 class TransformerLayer(nnx.Module):
@@ -339,8 +342,13 @@ class TransformerLayer(nnx.Module):
                  attention_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """(B, T, d) -> (B, T, d); segment ids describe videos and padding, key drives dropout (None: off)."""
         k_attn, k_ff = split_key(key, 2)
-        x = self.attn(self.attn_norm(x), segment_ids, k_attn, attention_block, dtype) + x
+        x = self.attend(x, segment_ids, k_attn, attention_block, dtype)
         return self.ff(self.ff_norm(x), k_ff, dtype) + x
+
+    def attend(self, x: jax.Array, segment_ids: jax.Array | None, key: jax.Array | None,
+               attention_block: int | None = None, dtype=jnp.float32) -> jax.Array:
+        """The residual stream after the attention half: attn(LN(x)) + x."""
+        return self.attn(self.attn_norm(x), segment_ids, key, attention_block, dtype) + x
 
 
 class MemoryUnit(nnx.Module):
@@ -358,8 +366,11 @@ class MemoryUnit(nnx.Module):
 
     def attention(self, x: jax.Array, dtype=jnp.float32) -> jax.Array:
         """x (B, T, d) -> (B, T, K) sigmoid attention over the slots, 0 on padded slots."""
-        att = jax.nn.sigmoid(einsum("btd,kd->btk", x, self.memory_block[...], dtype) / math.sqrt(self.dim))
-        return jnp.where(self.slot_mask[...], att, 0.0)
+        return self.attention_from_logits(einsum("btd,kd->btk", x, self.memory_block[...], dtype) / math.sqrt(self.dim))
+
+    def attention_from_logits(self, logits: jax.Array) -> jax.Array:
+        """(B, T, K) logits x M^T / sqrt(d) -> the sigmoid attention, 0 on padded slots."""
+        return jnp.where(self.slot_mask[...], jax.nn.sigmoid(logits), 0.0)
 
     def score(self, att: jax.Array) -> jax.Array:
         """(B, T, K) attention -> (B, T): the mean of the top K//16 + 1 active slots."""
@@ -445,31 +456,44 @@ class URDMU(nnx.Module):
         compute dtype (default model.compute_dtype).
         """
         dtype = self.compute_dtype if dtype is None else dtype
-        if segment_ids is not None:
-            x = jnp.where((segment_ids > 0)[..., None], x, 0.0)
-        embedded = self.embedding(x, segment_ids, dtype)
+        embedded = self._embed(x, segment_ids, dtype)
         h = embedded
         for layer, layer_key in zip(self.layers, split_key(key, len(self.layers))):
             h = layer(h, segment_ids, layer_key, attention_block, dtype)
         return embedded, h
 
+    def _embed(self, x: jax.Array, segment_ids: jax.Array | None, dtype) -> jax.Array:
+        if segment_ids is not None:
+            x = jnp.where((segment_ids > 0)[..., None], x, 0.0)
+        return self.embedding(x, segment_ids, dtype)
+
     def classify(self, h: jax.Array, memory_feature: jax.Array, dtype=jnp.float32) -> jax.Array:
         """Segment scores (B, T) from the embeddings and their memory feature."""
         return self.cls_head(jnp.concatenate([h, memory_feature], axis=-1), dtype)
 
-    def segment_scores(self, h: jax.Array, dtype=jnp.float32) -> jax.Array:
-        """Test-mode scores (B, T) of encoded h: cls_head([h, mu(A readout) + mu(N readout)]).
+    def segment_scores(self, residual: jax.Array, hidden: jax.Array, dtype=jnp.float32) -> jax.Array:
+        """Test-mode scores (B, T): cls_head([h, mu(A readout) + mu(N readout)]) of the encoding
+        h = residual + net3(hidden), given as the last layer's residual stream after attention
+        and its feed-forward activations (`TransformerLayer.attend`, `FeedForward.hidden`).
 
-        The readouts, encoder_mu and the head's first layer are linear in the memory attention,
-        so they are folded into one (K, cls_hidden) matrix per bank: the same function with ~10 %
-        fewer FLOPs of the whole test forward (the difference is float32 rounding).
+        Everything after GELU reads h through linear maps: the head's first layer on h and the
+        memory logits h M^T / sqrt(d) (R below, d x (cls_hidden + K_a + K_n)). So h R is computed
+        as residual R + hidden (W3 R) + b3 R without h itself (~2 % fewer FLOPs of the test
+        forward), and the readouts, encoder_mu and the head's memory half are linear in the memory
+        attention: one (K, cls_hidden) matrix per bank (~10 % fewer). The differences are float32 rounding.
         """
-        fc1 = self.cls_head.fc1
+        fc1, net3 = self.cls_head.fc1, self.layers[-1].ff.net3
         w_h, w_mem = jnp.split(fc1.kernel[...], 2, axis=0)
-        pre = matmul(h, w_h, dtype) + fc1.bias[...] + 2.0 * (self.encoder_mu.bias[...] @ w_mem)
-        for bank in (self.a_memory, self.n_memory):
+        banks = (self.a_memory, self.n_memory)
+        reads = jnp.concatenate([w_h] + [bank.memory_block[...].T / math.sqrt(bank.dim) for bank in banks], axis=1)
+        projected = (matmul(residual, reads, dtype) + matmul(hidden, net3.kernel[...] @ reads, dtype)
+                     + net3.bias[...] @ reads)
+        pre_h, *logits = jnp.split(projected, np.cumsum([w_h.shape[1]] + [bank.memory_block.shape[0] for bank in banks])[:-1],
+                                   axis=-1)
+        pre = pre_h + fc1.bias[...] + 2.0 * (self.encoder_mu.bias[...] @ w_mem)
+        for bank, logit in zip(banks, logits):
             projection = (bank.memory_block[...] @ self.encoder_mu.kernel[...]) @ w_mem  # (K, cls_hidden)
-            pre = pre + matmul(bank.attention(h, dtype), projection, dtype)
+            pre = pre + matmul(bank.attention_from_logits(logit), projection, dtype)
         return jax.nn.sigmoid(dense(self.cls_head.fc2, jax.nn.relu(pre), dtype))[..., 0]
 
     def scores(self, features: jax.Array, mask: jax.Array | None = None, *, segment_ids: jax.Array | None = None,
@@ -494,9 +518,13 @@ class URDMU(nnx.Module):
 
         def crop_sum(x_chunk):  # (B, chunk, T, D) -> (B, T): the sum of the chunk's crop scores
             ids = None if segment_ids is None else jnp.repeat(segment_ids, chunk, axis=0)
-            _, h = self.encode(x_chunk.reshape(b * chunk, length, dim).astype(jnp.float32), ids,
-                               attention_block=attention_block, dtype=dtype)
-            return self.segment_scores(h, dtype).reshape(b, chunk, length).sum(1)
+            h = self._embed(x_chunk.reshape(b * chunk, length, dim).astype(jnp.float32), ids, dtype)
+            *layers, last = self.layers  # `encode` without the last projection (see segment_scores)
+            for layer in layers:
+                h = layer(h, ids, None, attention_block, dtype)
+            residual = last.attend(h, ids, None, attention_block, dtype)
+            hidden = last.ff.hidden(last.ff_norm(residual), None, dtype)
+            return self.segment_scores(residual, hidden, dtype).reshape(b, chunk, length).sum(1)
 
         if chunk == crops:
             total = crop_sum(x)
