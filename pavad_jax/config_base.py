@@ -80,10 +80,13 @@ def default_data_config() -> ml_collections.ConfigDict:
     # by at most eval_max_padding of its length (one compiled program per distinct row length).
     c.eval_buckets = (128, 512, 1024)
     c.eval_max_padding = 0.125
-    # Memory (GiB) the scorer may use per device for one batch (XLA's estimate of the compiled
-    # program); 0 = 10 % of the host memory on CPU, half of the device memory on accelerators.
+    # Memory (GiB) the scorer may use per device (XLA's estimates of the compiled programs in
+    # flight); 0 = 10 % of the host memory on CPU, half of the device memory on accelerators.
     # Crops are scored a few at a time when all of them do not fit.
     c.eval_memory_gb = 0.0
+    # Evaluation batches scored at once, each on its own thread (0 = 2 on a one-device CPU mesh,
+    # else 1; always 1 across several processes). Each gets eval_memory_gb / eval_concurrency.
+    c.eval_concurrency = 0
     # grain worker processes for the training pipeline; 0 reads in this process (threads).
     # Worker processes need a `if __name__ == "__main__":` guard in the launching script.
     c.worker_count = 0

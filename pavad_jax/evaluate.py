@@ -21,8 +21,10 @@ import logging
 import os
 import pathlib
 import resource
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -36,12 +38,15 @@ from pavad_jax.data.pipeline import GIB
 PRECISIONS = {"highest": "highest", "default": None}
 
 
-def eval_attention_block(length: int) -> int:
+def eval_attention_block(length: int) -> int | None:
     """Queries and keys per attention tile of the evaluation forward (urdmu.global_attention) on
-    rows of `length` segments. Measured on a 2-core AVX2 EPYC, whole UR-DMU scoring of 10 crops:
-    up to 1,024 segments, tiles of 512 (a 1,024 row as one 1,024 x 1,024 tile of logits, 4 MiB,
-    scored 30 % slower than as four of 512); beyond, tiles of up to 1,024 (a 6,784 row as 7 x 7
-    tiles of 976 scored 13 % faster than as 14 x 14 of 488; 1,152-2,304 rows 3-9 % faster)."""
+    rows of `length` segments; None: one batched product over rows and heads. Measured on 2-core
+    CPUs, whole UR-DMU scoring of 10 crops: rows of up to 512 segments scored 9-10 % faster as one
+    batched product than as 512-tiles (Xeon, AVX-512); 1,024 rows as four 512-tiles (one 1,024 x
+    1,024 tile of logits, 4 MiB, scored 30 % slower, EPYC AVX2); beyond, tiles of up to 1,024 (a
+    6,784 row as 7 x 7 tiles of 976 scored 13 % faster than as 14 x 14 of 488, EPYC)."""
+    if length <= 512:
+        return None
     return 512 if length <= 1024 else 1024
 
 
@@ -63,7 +68,8 @@ class Scorer:
     the crop count) whose compiled program XLA estimates within the budget (arguments +
     temporaries + output, per device) is compiled once and reused; with no chunk fitting, one
     crop at a time (and a warning). `precision` is a key of PRECISIONS: "highest" = full
-    float32 matmuls on GPU/TPU too, so scores equal the reference's on every backend.
+    float32 matmuls on GPU/TPU too, so scores equal the reference's on every backend. Safe to
+    call from several threads: each program is compiled once, by the first thread that needs it.
     """
 
     def __init__(self, graphdef, precision: str = "highest"):
@@ -78,31 +84,48 @@ class Scorer:
                     **extras))(params, rest)
 
         self._jit = jax.jit(score, static_argnames="crop_chunk")
-        self._programs: dict = {}
+        self._lock = threading.Lock()
+        self._programs: dict = {}  # key -> Future of the compiled program
         self.chunks: dict = {}  # (features shape, budget) -> crop chunk chosen: what the figures report
 
     def _program(self, params, rest, features, segment_ids, extras, budget: int | None):
         key = (features.shape, features.dtype, segment_ids.shape, budget,
                tuple((k, v.shape, v.dtype) for k, v in sorted(extras.items())))
-        if key not in self._programs:  # (compile_ahead's threads have distinct keys)
-            crops = features.shape[1] if features.ndim == 4 else 1
-            for chunk in sorted((c for c in range(1, crops + 1) if crops % c == 0), reverse=True):
-                compiled = self._jit.lower(params, rest, features, segment_ids, extras, chunk).compile()
-                need = program_bytes(compiled)
-                if budget is None or need is None or need <= budget or chunk == 1:
-                    break
-            if budget is not None and need is not None and need > budget:
-                logging.warning("scoring a batch of shape %s needs ~%.2f GiB even one crop at a time, over the "
-                                "budget of %.2f GiB (data.eval_memory_gb)", features.shape, need / GIB, budget / GIB)
-            self._programs[key], self.chunks[key] = compiled, chunk
-        return self._programs[key]
+        with self._lock:
+            future, owner = self._programs.get(key), False
+            if future is None:
+                future, owner = self._programs.setdefault(key, Future()), True
+        if owner:
+            try:
+                future.set_result(self._compile(key, params, rest, features, segment_ids, extras, budget))
+            except BaseException as e:
+                future.set_exception(e)
+        return future.result()
 
-    def compile_ahead(self, params, rest, batches: list[tuple], memory_budget: int | None = None) -> None:
-        """Compile the programs of every (features, segment_ids, extras) batch spec
-        (jax.ShapeDtypeStruct leaves) before scoring, os.cpu_count() at a time: XLA compiles a
-        program mostly on one core, so on an idle host this overlaps the compilations."""
-        with ThreadPoolExecutor(max(1, min(len(batches), os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda spec: self._program(params, rest, *spec, memory_budget), batches))
+    def _compile(self, key, params, rest, features, segment_ids, extras, budget: int | None):
+        crops = features.shape[1] if features.ndim == 4 else 1
+        for chunk in sorted((c for c in range(1, crops + 1) if crops % c == 0), reverse=True):
+            compiled = self._jit.lower(params, rest, features, segment_ids, extras, chunk).compile()
+            need = program_bytes(compiled)
+            if budget is None or need is None or need <= budget or chunk == 1:
+                break
+        if budget is not None and need is not None and need > budget:
+            logging.warning("scoring a batch of shape %s needs ~%.2f GiB even one crop at a time, over the "
+                            "budget of %.2f GiB (data.eval_memory_gb)", features.shape, need / GIB, budget / GIB)
+        self.chunks[key] = chunk
+        return compiled
+
+    def compile_ahead(self, params, rest, batches: list[tuple], memory_budget: int | None = None,
+                      threads: int = 1) -> ThreadPoolExecutor:
+        """Start compiling the programs of every (features, segment_ids, extras) batch spec
+        (jax.ShapeDtypeStruct leaves), in the order given, on `threads` background threads, and
+        return at once: scoring starts as soon as its batch's program is ready while the later
+        ones compile (XLA compiles a program mostly on one core). Shut the returned pool down
+        (or use it as a context manager) when done."""
+        pool = ThreadPoolExecutor(max(1, min(len(batches), threads)), thread_name_prefix="compile")
+        for spec in batches:
+            pool.submit(self._program, params, rest, *spec, memory_budget)
+        return pool
 
     def __call__(self, params, rest, features, segment_ids, memory_budget: int | None = None, extras=None):
         """`extras`: the detector's per-segment fields beyond features, {name: (B, L, E)} packed alike."""
@@ -159,31 +182,53 @@ class Evaluator:
         self.batches, self.evalset = pipeline.make_eval_batches(
             data_config, split=split, process_index=index, process_count=count,
             batch_multiple=mesh.shape[distributed.DATA_AXIS], shards=shards, fields=self.extra_fields)
-        self.memory_budget = pipeline.eval_memory_budget(data_config)
+        self.concurrency = pipeline.eval_concurrency(data_config, mesh)
+        # The budget is per program; `concurrency` programs run at once.
+        self.memory_budget = pipeline.eval_memory_budget(data_config) // self.concurrency
         self.scorer = Scorer(graphdef, precision)
         self.progress = progress
         self.figures: dict = {}  # of the last scoring: eval_seconds, segments_per_s, peak memory, crop chunks
 
     def scores(self, params, rest) -> list[list[np.ndarray]]:
-        """Per member, per video (test-set order) segment scores (T,); params/rest stacked (M, ...)."""
+        """Per member, per video (test-set order) segment scores (T,); params/rest stacked (M, ...).
+
+        Batches are scored `concurrency` at a time (data.eval_concurrency), each on its own
+        thread; programs compile on background threads while the first batches are scored."""
         rows = distributed.batch_sharded(self.mesh)
         params, rest = (t if _on_mesh(t, self.mesh) else
                         distributed.put_global(jax.device_get(t), distributed.member_sharded(self.mesh))
                         for t in (params, rest))
         members = jax.tree.leaves(params)[0].shape[0]
         scores = [[None] * len(self.evalset) for _ in range(members)]
+
+        def score_batch(batch):
+            features, segment_ids = (distributed.put_process_local(batch[k], rows) for k in ("features", "segment_ids"))
+            extras = {k: distributed.put_process_local(batch[k], rows) for k in self.extra_fields}
+            out = distributed.gather(self.scorer(params, rest, features, segment_ids, self.memory_budget, extras))
+            return out, *(distributed.gather(distributed.put_process_local(batch[k], rows)) for k in ("video", "start"))
+
+        def place(done):
+            out, video, start = done.result()
+            for m in range(members):
+                placed = place_scores(out[m], video, start, self.evalset.lengths, scores[m])
+            bar.update(placed)
+
         start_time = time.perf_counter()
-        self.scorer.compile_ahead(params, rest, self._batch_specs(rows), self.memory_budget)
-        with tqdm(total=self.batches.segments, desc="scoring test videos", unit="segment", unit_scale=True,
-                  leave=False, disable=not self.progress or jax.process_index() != 0) as bar:
-            for batch in self.batches:
-                features, segment_ids = (distributed.put_process_local(batch[k], rows) for k in ("features", "segment_ids"))
-                extras = {k: distributed.put_process_local(batch[k], rows) for k in self.extra_fields}
-                out = distributed.gather(self.scorer(params, rest, features, segment_ids, self.memory_budget, extras))
-                video, start = (distributed.gather(distributed.put_process_local(batch[k], rows)) for k in ("video", "start"))
-                for m in range(members):
-                    placed = place_scores(out[m], video, start, self.evalset.lengths, scores[m])
-                bar.update(placed)
+        compiling = self.scorer.compile_ahead(params, rest, self._batch_specs(rows), self.memory_budget,
+                                              threads=(os.cpu_count() or 1) - self.concurrency)
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="score") as pool, tqdm(
+                    total=self.batches.segments, desc="scoring test videos", unit="segment", unit_scale=True,
+                    leave=False, disable=not self.progress or jax.process_index() != 0) as bar:
+                in_flight = deque()
+                for batch in self.batches:
+                    if len(in_flight) == self.concurrency:
+                        place(in_flight.popleft())
+                    in_flight.append(pool.submit(score_batch, batch))
+                while in_flight:
+                    place(in_flight.popleft())
+        finally:
+            compiling.shutdown(cancel_futures=True)
         seconds = time.perf_counter() - start_time
         missing = [self.evalset.ids[i] for i, s in enumerate(scores[0]) if s is None]
         if missing:

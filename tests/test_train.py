@@ -131,10 +131,13 @@ def test_train_step_compiles_once(data_dir):
 
 def test_evaluation_equals_sklearn_on_concatenated_frames(data_dir):
     config = tiny_config(data_dir)
+    config.data.eval_concurrency = 2  # batches scored 2 at a time, on threads
+    config.data.eval_batch_size, config.data.eval_buckets = 1, (16,)  # rows of their own: several batches
     mesh = distributed.make_mesh(1, 2)
     detector = train.build_detector(config.model, config.loss, seed=3)
     graphdef, params, rest = evaluate.stacked_model(detector)
     evaluator = evaluate.Evaluator(config.data, mesh, graphdef)
+    assert evaluator.concurrency == 2 and len(evaluator.batches) > 2
     scores = evaluator.scores(params, rest)[0]
     result = evaluator.results([scores])[0]
 

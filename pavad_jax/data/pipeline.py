@@ -757,6 +757,22 @@ def eval_memory_budget(data_config: ml_collections.ConfigDict) -> int:
     return total // 2 if total else 8 * GIB
 
 
+def eval_concurrency(data_config: ml_collections.ConfigDict, mesh) -> int:
+    """Evaluation batches scored at once, each on its own thread: data.eval_concurrency, or (0)
+    2 on a one-device CPU mesh and 1 elsewhere. XLA:CPU leaves cores idle between and inside the
+    small ops of one program; a second program in flight fills them (2-core Xeon, UR-DMU on 10
+    crops: 6-17 % faster per batch). Several processes always score one batch at a time: their
+    batches end in collectives that every process must enter in the same order."""
+    asked = int(data_config.get("eval_concurrency", 0))
+    if asked < 0:
+        raise ValueError(f"config.data.eval_concurrency must be >= 0 (0 = automatic), got {asked}")
+    if jax.process_count() > 1:
+        return 1
+    if asked:
+        return asked
+    return 2 if mesh.devices.size == 1 and jax.local_devices()[0].platform == "cpu" else 1
+
+
 # ----------------------------------------------------------------------------- command line
 
 

@@ -212,7 +212,7 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
             def key_tile(carry, keys):
                 top, total, out = carry  # running max, sum of exp(logit - max) and output, per query
                 k_tile, v_tile, ids_k = keys
-                logits = matmul(q_tile, k_tile.T, dtype) * dim**-0.5  # (tile, tile)
+                logits = matmul(q_tile, k_tile, dtype) * dim**-0.5  # (tile, tile)
                 same = (ids_q[:, None] == ids_k[None, :]) & (ids_k[None, :] > 0)
                 logits = jnp.where(same, logits, -jnp.inf)
                 new_top = jnp.maximum(top, logits.max(-1))
@@ -229,7 +229,8 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
         return jax.lax.map(query_tile, (q_tiles, ids_q_tiles))
 
     ids_tiles = tiled(ids)
-    out = jax.lax.map(pair, (tiled(q), ids_tiles, tiled(k), tiled(v), ids_tiles))  # (B * heads, tiles, tile, d)
+    k_tiles = tiled(k).swapaxes(-1, -2)  # (.., d, tile): transposed once, not at every query tile
+    out = jax.lax.map(pair, (tiled(q), ids_tiles, k_tiles, tiled(v), ids_tiles))  # (B * heads, tiles, tile, d)
     return out.reshape(b, heads, padded, dim)[:, :, :length].transpose(0, 2, 1, 3)
 
 
