@@ -179,7 +179,7 @@ def make_step(update, steps_per_dispatch: int, *, mesh=None, row_permutation=Non
             return state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state,
                                  diverged_at=diverged_at), terms
 
-        return jax.lax.scan(body, state, batches, length=steps_per_dispatch)
+        return jax.lax.scan(body, state, batches, length=steps_per_dispatch, unroll=steps_per_dispatch == 1)
 
     return step
 
