@@ -33,6 +33,10 @@ the domain-alignment term, so it feeds 1.5 B rows. Reported (docs/sweeps.md expl
   torch (--torch-baseline)  the PyTorch re-implementation's step (benchmarks/torch_step.py, run in a
                          subprocess before and after the JAX timing: pavad_jax never imports torch) and
                          the ratio torch_step_ms / train_step_ms
+  input (--data DIR)     training batches/s of the grain pipeline and of the device-resident sampler
+                         on that dataset's train/ split at this batch shape, beside the step's steps/s:
+                         whether the input or the step bounds training (e.g. on pavad-data synthetic
+                         --size ucf, UCF-Crime's shapes)
 
 The same code runs on CPU, GPU and TPU: only jax's own device choice differs.
 """
@@ -299,6 +303,46 @@ def bench_train(config, steps: int) -> dict:
             "graphdef": step["graphdef"], "params": step["state"].params, "rest": step["state"].rest}
 
 
+def input_data(config, data_dir: str, *, verify: bool = True) -> tuple:
+    """(data config, training ShardSet) of `data_dir` at the benchmark's batch shape; ValueError
+    naming the folder when it has no training split or its features are not the model's width."""
+    data = config.data.copy_and_resolve_references()
+    data.dir = str(data_dir)
+    try:
+        shards = pipeline.open_split(data, data.train_split, verify=verify)
+    except FileNotFoundError as e:
+        raise ValueError(f"--data {data_dir}: {e}") from None
+    if shards.feature_dim != config.model.feature_dim:
+        raise ValueError(f"--data {data_dir}: its training features are {shards.feature_dim}-d, the benchmark's "
+                         f"model reads {config.model.feature_dim}-d (--feature-dim)")
+    return data, shards
+
+
+def bench_input(config, data_dir: str, steps: int, table_dtype: str = "float32") -> dict:
+    """Training batches per second of both input paths on a dataset, at the benchmark's batch shape:
+    the grain pipeline (reads and resamples on host threads, as pavad-train streams) and the
+    device-resident sampler (the resampled table on the device, one jitted gather per step) when
+    its table fits data.device_budget_gb."""
+    data, shards = input_data(config, data_dir)
+    data.table_dtype = table_dtype
+    iterator = pipeline.make_train_iterator(data, shards=shards)
+    result = {"input_data": str(data_dir), "input_videos": len(shards),
+              "input_grain_batches_per_s": 1.0 / pipeline.time_per_call(lambda: next(iterator), steps)}
+    data.device_resident = "auto"
+    if pipeline.use_device_resident(data, shards):
+        sampler = pipeline.DeviceResidentSampler.from_config(data, shards=shards)
+        sample = jax.jit(lambda s, step: s.sample(step))
+        step_numbers = iter(range(steps + 1))
+        result["input_resident_batches_per_s"] = 1.0 / pipeline.time_per_call(
+            lambda: sample(sampler, next(step_numbers)), steps)
+        result["input_resident_table_gb"] = sampler.nbytes / 2**30
+    else:
+        result["input_resident_batches_per_s"] = None
+        result["input_resident_table_gb"] = pipeline.resampled_table_bytes(
+            shards, pipeline.select_streams(shards, data), data.segments, pipeline.table_dtype(data)) / 2**30
+    return result
+
+
 def bench_infer(graphdef, params, rest, config, steps: int) -> float:
     """Segments per second of test-mode scoring of B videos (normal + abnormal rows) of T segments,
     with the evaluator's scorer (full float32 precision); params/rest with a member axis of 1."""
@@ -355,10 +399,12 @@ def bench_sweep(config, members_spec: str | int, steps: int, device_memory: int 
 def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, steps: int, *,
                   members: str | int = 0, hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1,
                   torch_baseline_steps: int = 0, device_memory_gb: float | None = None,
-                  compute_dtype: str = "float32", crops: int = 1) -> dict:
+                  compute_dtype: str = "float32", crops: int = 1, data_dir: str | None = None,
+                  table_dtype: str = "float32") -> dict:
     """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step).
 
-    members: "M" (1, 2, 4, ..., M) or "1,8,64" (those counts); 0 = no sweep.
+    members: "M" (1, 2, 4, ..., M) or "1,8,64" (those counts); 0 = no sweep. data_dir: also time
+    the training input paths on that dataset (bench_input, the device table stored as `table_dtype`).
     """
     config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
                           steps_per_dispatch=steps_per_dispatch, crops=crops)
@@ -385,6 +431,8 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     graphdef, params, rest = (train_result.pop(k) for k in ("graphdef", "params", "rest"))
     result |= train_result
     result["infer_segments_per_s"] = bench_infer(graphdef, params, rest, config, steps)
+    if data_dir:
+        result |= bench_input(config, data_dir, steps, table_dtype)
     peak = matmul_peak()
     result["matmul_n"], result["matmul_peak_flops_per_s"] = peak["n"], peak["flops_per_s"]
     achieved = result["achieved_flops_per_s"]
@@ -429,6 +477,8 @@ def format_report(result: dict) -> str:
                      f"matmuls ({g(result['matmul_flops_per_step'], 1e9)} GFLOP), "
                      f"{g(result['matmul_only_fraction_of_peak'], 0.01, '{:.1f}')} % of peak")
     lines.append(f"  step_memory_gb        {g(result['step_memory_gb'], 1, '{:.3f}')} (XLA's estimate, per device)")
+    if "input_grain_batches_per_s" in result:
+        lines += input_lines(result)
     for row in result.get("sweep", []):
         head = f"  sweep {row['members']:>3d} members on {row['devices']} device(s): "
         if "skipped" in row:
@@ -449,6 +499,23 @@ def format_report(result: dict) -> str:
                      f"before / after: {' / '.join(f'{v:.1f}' for v in t['step_ms_before_after'])} ms): "
                      f"JAX is {result['torch_over_jax']:.2f}x faster")
     return "\n".join(lines)
+
+
+def input_lines(result: dict) -> list[str]:
+    """The input paths' batches/s beside the step's, and which of them bounds a training step."""
+    steps_per_s = 1e3 / result["train_step_ms"]
+    lines = [f"  input, {result['input_data']} ({result['input_videos']} training videos):",
+             f"    train steps/s       {steps_per_s:.2f}"]
+    paths = {"grain": result["input_grain_batches_per_s"], "device-resident": result["input_resident_batches_per_s"]}
+    for name, rate in paths.items():
+        if rate is None:
+            lines.append(f"    {name:<19s} n/a: its table ({result['input_resident_table_gb']:.2f} GiB) is over "
+                         "data.device_budget_gb (--table-dtype bfloat16 halves it)")
+            continue
+        verdict = "the step is the bottleneck" if rate >= steps_per_s else "the input is the bottleneck"
+        table = f", table {result['input_resident_table_gb']:.2f} GiB" if name == "device-resident" else ""
+        lines.append(f"    {name:<19s} {rate:.2f} batches/s{table}: {verdict}")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -480,6 +547,11 @@ def main(argv=None) -> None:
                              "subprocess before and after the JAX step; needs torch and a source checkout)")
     parser.add_argument("--device-memory-gb", type=float, default=None,
                         help="with --members: memory per device to fit members into (default: the device's own)")
+    parser.add_argument("--data", default=None,
+                        help="a dataset folder (e.g. pavad-data synthetic --size ucf): also time both training "
+                             "input paths on its train/ split at this batch shape, beside the step")
+    parser.add_argument("--table-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="with --data: data.table_dtype, the storage of the device-resident table")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     for name, default in zip(("batch_size", "segments", "feature_dim", "crops"), PAPER_SHAPES[args.model]):
@@ -496,7 +568,9 @@ def main(argv=None) -> None:
         except ValueError:
             parser.error(f"--members must be a count or a comma-separated list of counts, got {args.members!r}")
     try:
-        bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
+        config = bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
+        if args.data:
+            input_data(config, args.data, verify=False)
     except ValueError as e:
         parser.error(str(e))
     if args.torch_baseline and (args.model, args.hidden, args.slots) != ("urdmu", 512, 60):
@@ -507,7 +581,7 @@ def main(argv=None) -> None:
                            steps_per_dispatch=args.steps_per_dispatch,
                            torch_baseline_steps=args.steps if args.torch_baseline else 0,
                            device_memory_gb=args.device_memory_gb, compute_dtype=args.compute_dtype,
-                           crops=args.crops)
+                           crops=args.crops, data_dir=args.data, table_dtype=args.table_dtype)
     print(format_report(result))
     if args.json:
         atomic.write_json(args.json, result, indent=2)

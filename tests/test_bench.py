@@ -11,6 +11,7 @@ import pytest
 
 from conftest import xla_flags
 from pavad_jax import bench
+from train_fixtures import write_easy_dataset
 
 QUICK_PEAK = bench.matmul_peak  # the real one: test_matmul_peak_grows_until_a_call_is_long_enough times it
 
@@ -108,14 +109,15 @@ def test_cli_help_and_bad_flags():
 
 def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceiling(tmp_path):
     """The small form of test_tiny_benchmark_reports_every_figure, in one CLI run on one CPU device: DARM
-    (B = 2, 3 rows, 2 steps a dispatch) timed once, with the matmul-only figures, and a sweep
-    of 1 and 3 members on the device: a line through the memory. The multi-device branch
-    (matmul-only n/a) runs in the full form only."""
+    (B = 2, 3 rows, 2 steps a dispatch) timed once, with the matmul-only figures, a sweep
+    of 1 and 3 members on the device (a line through the memory) and both input paths on a
+    dataset. The multi-device branch (matmul-only n/a) runs in the full form only."""
     env = dict(os.environ, XLA_FLAGS=xla_flags(None))  # one CPU device
     out = tmp_path / "bench.json"
+    data = write_easy_dataset(tmp_path / "data")  # 16-d features, as --feature-dim
     run = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--model", "darm", "--batch-size", "2",
                           "--segments", "16", "--feature-dim", "16", "--hidden", "8", "--slots", "4", "--steps", "1",
-                          "--steps-per-dispatch", "2", "--members", "1,3", "--json", str(out)],
+                          "--steps-per-dispatch", "2", "--members", "1,3", "--data", str(data), "--json", str(out)],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
@@ -134,9 +136,25 @@ def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceilin
     assert result["step_memory_gb"] > result["batch_gb"] > 0
     fit = result["member_memory"]
     assert fit["memory_per_member_gb"] > 0 and fit["members_fit_per_device"] > 0
+    assert result["input_grain_batches_per_s"] > 0 and result["input_resident_batches_per_s"] > 0
+    assert result["input_videos"] > 0 and result["input_resident_table_gb"] > 0
     text = run.stdout
     assert "fraction_of_peak" in text and "3 members" in text and "% of peak" in text and "members fit in" in text
-    assert "matmuls only" in text
+    assert "matmuls only" in text and "train steps/s" in text and "grain" in text and "bottleneck" in text
+    wrong = subprocess.run([sys.executable, "-m", "pavad_jax.bench", "--feature-dim", "32", "--hidden", "8",
+                            "--slots", "4", "--segments", "16", "--batch-size", "2", "--steps", "1", "--data",
+                            str(data)], capture_output=True, text=True, env=env)
+    assert wrong.returncode == 2 and "16-d" in wrong.stderr and "--feature-dim" in wrong.stderr
+
+
+def test_input_lines_name_the_bottleneck_and_a_table_over_the_budget():
+    result = {"train_step_ms": 100.0, "input_data": "/d", "input_videos": 7, "input_grain_batches_per_s": 4.0,
+              "input_resident_batches_per_s": None, "input_resident_table_gb": 13.2}
+    text = "\n".join(bench.input_lines(result))
+    assert "train steps/s       10.00" in text and "grain               4.00 batches/s: the input is the bottleneck" in text
+    assert "device-resident     n/a: its table (13.20 GiB) is over data.device_budget_gb (--table-dtype bfloat16" in text
+    result |= {"input_grain_batches_per_s": 40.0, "input_resident_batches_per_s": 900.0}
+    assert "40.00 batches/s: the step is the bottleneck" in "\n".join(bench.input_lines(result))
 
 
 def test_members_that_fit_from_the_sweep_estimates():

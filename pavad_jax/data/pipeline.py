@@ -776,7 +776,7 @@ def eval_concurrency(data_config: ml_collections.ConfigDict, mesh) -> int:
 # ----------------------------------------------------------------------------- command line
 
 
-def _time_per_step(next_batch, steps: int) -> float:
+def time_per_call(next_batch, steps: int) -> float:
     """Mean wall seconds of `steps` calls after one warm-up call."""
     jax.block_until_ready(next_batch())
     start = time.perf_counter()
@@ -810,13 +810,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     shards = open_split(config, config.train_split)
     print(f"{shards}; streams {[len(s) for s in select_streams(shards, config)]} videos")
     iterator = make_train_iterator(config, shards=shards)
-    print(f"grain: {_time_per_step(lambda: next(iterator), args.steps) * 1e3:.1f} ms/step")
+    print(f"grain: {time_per_call(lambda: next(iterator), args.steps) * 1e3:.1f} ms/step")
     print(f"device-resident under data.device_resident='auto': {use_device_resident(config, shards)}")
     sampler = DeviceResidentSampler.from_config(config, shards=shards)
     sample = jax.jit(lambda s, step: s.sample(step))
     steps = iter(range(args.steps + 1))
     print(f"device table {sampler.nbytes / 2**20:.1f} MiB on {jax.devices()[0].platform}, "
-          f"sample: {_time_per_step(lambda: sample(sampler, next(steps)), args.steps) * 1e3:.2f} ms/step")
+          f"sample: {time_per_call(lambda: sample(sampler, next(steps)), args.steps) * 1e3:.2f} ms/step")
     batches, eval_set = make_eval_batches(config, batch_multiple=jax.device_count())
     shapes = sorted(set(batches.shapes()), key=lambda s: s[1])
     padded = sum(rows * length for rows, length in batches.shapes())
