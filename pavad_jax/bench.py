@@ -303,11 +303,12 @@ def bench_train(config, steps: int) -> dict:
             "graphdef": step["graphdef"], "params": step["state"].params, "rest": step["state"].rest}
 
 
-def input_data(config, data_dir: str, *, verify: bool = True) -> tuple:
-    """(data config, training ShardSet) of `data_dir` at the benchmark's batch shape; ValueError
-    naming the folder when it has no training split or its features are not the model's width."""
+def input_data(config, data_dir: str, *, abnormal_source: str = "pseudo", verify: bool = True) -> tuple:
+    """(data config, training ShardSet) of `data_dir` at the benchmark's batch shape, abnormal rows
+    from `abnormal_source` videos; ValueError naming the folder when it has no training split, its
+    features are not the model's width or a stream of the batch has no videos."""
     data = config.data.copy_and_resolve_references()
-    data.dir = str(data_dir)
+    data.dir, data.abnormal_source = str(data_dir), abnormal_source
     try:
         shards = pipeline.open_split(data, data.train_split, verify=verify)
     except FileNotFoundError as e:
@@ -315,20 +316,23 @@ def input_data(config, data_dir: str, *, verify: bool = True) -> tuple:
     if shards.feature_dim != config.model.feature_dim:
         raise ValueError(f"--data {data_dir}: its training features are {shards.feature_dim}-d, the benchmark's "
                          f"model reads {config.model.feature_dim}-d (--feature-dim)")
+    pipeline.select_streams(shards, data)  # every stream of the batch has videos (or a ValueError naming them)
     return data, shards
 
 
-def bench_input(config, data_dir: str, steps: int, table_dtype: str = "float32") -> dict:
+def bench_input(config, data_dir: str, steps: int, table_dtype: str = "float32",
+                abnormal_source: str = "pseudo") -> dict:
     """Training batches per second of both input paths on a dataset, at the benchmark's batch shape:
     the grain pipeline (reads and resamples on host threads, as pavad-train streams) and the
     device-resident sampler (the resampled table on the device, one jitted gather per step) when
     its table fits data.device_budget_gb."""
-    data, shards = input_data(config, data_dir)
+    data, shards = input_data(config, data_dir, abnormal_source=abnormal_source)
     data.table_dtype = table_dtype
     iterator = pipeline.make_train_iterator(data, shards=shards)
-    result = {"input_data": str(data_dir), "input_videos": len(shards),
+    result = {"input_data": str(data_dir), "input_videos": len(shards), "input_table_dtype": table_dtype,
               "input_grain_batches_per_s": 1.0 / pipeline.time_per_call(lambda: next(iterator), steps)}
     data.device_resident = "auto"
+    result["input_resident_budget_gb"] = pipeline.device_budget_bytes(data) / 2**30
     if pipeline.use_device_resident(data, shards):
         sampler = pipeline.DeviceResidentSampler.from_config(data, shards=shards)
         sample = jax.jit(lambda s, step: s.sample(step))
@@ -400,11 +404,12 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
                   members: str | int = 0, hidden: int = 512, slots: int = 60, steps_per_dispatch: int = 1,
                   torch_baseline_steps: int = 0, device_memory_gb: float | None = None,
                   compute_dtype: str = "float32", crops: int = 1, data_dir: str | None = None,
-                  table_dtype: str = "float32") -> dict:
+                  table_dtype: str = "float32", abnormal_source: str = "pseudo") -> dict:
     """Every figure of the benchmark as a JSON-able dict (torch_baseline_steps > 0: also the torch step).
 
     members: "M" (1, 2, 4, ..., M) or "1,8,64" (those counts); 0 = no sweep. data_dir: also time
-    the training input paths on that dataset (bench_input, the device table stored as `table_dtype`).
+    the training input paths on that dataset (bench_input: the device table stored as `table_dtype`,
+    abnormal rows from `abnormal_source` videos).
     """
     config = bench_config(model, batch_size, segments, feature_dim, hidden=hidden, slots=slots,
                           steps_per_dispatch=steps_per_dispatch, crops=crops)
@@ -432,7 +437,7 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
     result |= train_result
     result["infer_segments_per_s"] = bench_infer(graphdef, params, rest, config, steps)
     if data_dir:
-        result |= bench_input(config, data_dir, steps, table_dtype)
+        result |= bench_input(config, data_dir, steps, table_dtype, abnormal_source)
     peak = matmul_peak()
     result["matmul_n"], result["matmul_peak_flops_per_s"] = peak["n"], peak["flops_per_s"]
     achieved = result["achieved_flops_per_s"]
@@ -509,8 +514,10 @@ def input_lines(result: dict) -> list[str]:
     paths = {"grain": result["input_grain_batches_per_s"], "device-resident": result["input_resident_batches_per_s"]}
     for name, rate in paths.items():
         if rate is None:
-            lines.append(f"    {name:<19s} n/a: its table ({result['input_resident_table_gb']:.2f} GiB) is over "
-                         "data.device_budget_gb (--table-dtype bfloat16 halves it)")
+            halve = "; --table-dtype bfloat16 halves it" if result.get("input_table_dtype") == "float32" else ""
+            lines.append(f"    {name:<19s} n/a: its table ({result['input_resident_table_gb']:.2f} GiB) is over the "
+                         f"budget of {result['input_resident_budget_gb']:.2f} GiB (data.device_budget_gb; on a "
+                         f"CPU at most a quarter of the RAM{halve})")
             continue
         verdict = "the step is the bottleneck" if rate >= steps_per_s else "the input is the bottleneck"
         table = f", table {result['input_resident_table_gb']:.2f} GiB" if name == "device-resident" else ""
@@ -552,6 +559,9 @@ def main(argv=None) -> None:
                              "input paths on its train/ split at this batch shape, beside the step")
     parser.add_argument("--table-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="with --data: data.table_dtype, the storage of the device-resident table")
+    parser.add_argument("--abnormal-source", default="pseudo", choices=("pseudo", "real"),
+                        help="with --data: data.abnormal_source, the videos of the abnormal rows (pseudo for "
+                             "PA-VAD's data; real for UR-DMU's, e.g. pavad-data synthetic --size ucf)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     for name, default in zip(("batch_size", "segments", "feature_dim", "crops"), PAPER_SHAPES[args.model]):
@@ -570,7 +580,7 @@ def main(argv=None) -> None:
     try:
         config = bench_config(args.model, args.batch_size, args.segments, args.feature_dim)
         if args.data:
-            input_data(config, args.data, verify=False)
+            input_data(config, args.data, abnormal_source=args.abnormal_source, verify=False)
     except ValueError as e:
         parser.error(str(e))
     if args.torch_baseline and (args.model, args.hidden, args.slots) != ("urdmu", 512, 60):
@@ -581,7 +591,8 @@ def main(argv=None) -> None:
                            steps_per_dispatch=args.steps_per_dispatch,
                            torch_baseline_steps=args.steps if args.torch_baseline else 0,
                            device_memory_gb=args.device_memory_gb, compute_dtype=args.compute_dtype,
-                           crops=args.crops, data_dir=args.data, table_dtype=args.table_dtype)
+                           crops=args.crops, data_dir=args.data, table_dtype=args.table_dtype,
+                           abnormal_source=args.abnormal_source)
     print(format_report(result))
     if args.json:
         atomic.write_json(args.json, result, indent=2)

@@ -149,10 +149,12 @@ def test_single_device_benchmark_reports_every_figure_and_the_matmul_only_ceilin
 
 def test_input_lines_name_the_bottleneck_and_a_table_over_the_budget():
     result = {"train_step_ms": 100.0, "input_data": "/d", "input_videos": 7, "input_grain_batches_per_s": 4.0,
-              "input_resident_batches_per_s": None, "input_resident_table_gb": 13.2}
+              "input_resident_batches_per_s": None, "input_resident_table_gb": 13.2, "input_resident_budget_gb": 5.9,
+              "input_table_dtype": "float32"}
     text = "\n".join(bench.input_lines(result))
     assert "train steps/s       10.00" in text and "grain               4.00 batches/s: the input is the bottleneck" in text
-    assert "device-resident     n/a: its table (13.20 GiB) is over data.device_budget_gb (--table-dtype bfloat16" in text
+    assert "device-resident     n/a: its table (13.20 GiB) is over the budget of 5.90 GiB" in text
+    assert "--table-dtype bfloat16 halves it" in text
     result |= {"input_grain_batches_per_s": 40.0, "input_resident_batches_per_s": 900.0}
     assert "40.00 batches/s: the step is the bottleneck" in "\n".join(bench.input_lines(result))
 

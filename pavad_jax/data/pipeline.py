@@ -389,7 +389,7 @@ def build_resampled_table(shards: ShardSet, streams: Sequence[np.ndarray], segme
                           tuple(np.asarray(s, np.int64) for s in streams), field_tables, video_rows)
 
 
-def _device_budget_bytes(data_config: ml_collections.ConfigDict) -> int:
+def device_budget_bytes(data_config: ml_collections.ConfigDict) -> int:
     """data.device_budget_gb per device: capped at half its memory, or on CPU at RAM/4 over all devices."""
     budget = int(data_config.device_budget_gb * GIB)
     device = jax.local_devices()[0]
@@ -420,7 +420,7 @@ def use_device_resident(data_config: ml_collections.ConfigDict, shards: ShardSet
     shards = shards if shards is not None else open_split(data_config, data_config.train_split, verify=False)
     nbytes = resampled_table_bytes(shards, select_streams(shards, data_config), data_config.segments,
                                    table_dtype(data_config))
-    return nbytes <= _device_budget_bytes(data_config)
+    return nbytes <= device_budget_bytes(data_config)
 
 
 @jax.tree_util.register_dataclass
