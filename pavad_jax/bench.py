@@ -333,17 +333,15 @@ def bench_input(config, data_dir: str, steps: int, table_dtype: str = "float32",
               "input_grain_batches_per_s": 1.0 / pipeline.time_per_call(lambda: next(iterator), steps)}
     data.device_resident = "auto"
     result["input_resident_budget_gb"] = pipeline.device_budget_bytes(data) / 2**30
+    result["input_resident_table_gb"] = pipeline.resampled_table_bytes(
+        shards, pipeline.select_streams(shards, data), data.segments, pipeline.table_dtype(data)) / 2**30
+    result["input_resident_batches_per_s"] = None
     if pipeline.use_device_resident(data, shards):
         sampler = pipeline.DeviceResidentSampler.from_config(data, shards=shards)
         sample = jax.jit(lambda s, step: s.sample(step))
         step_numbers = iter(range(steps + 1))
         result["input_resident_batches_per_s"] = 1.0 / pipeline.time_per_call(
             lambda: sample(sampler, next(step_numbers)), steps)
-        result["input_resident_table_gb"] = sampler.nbytes / 2**30
-    else:
-        result["input_resident_batches_per_s"] = None
-        result["input_resident_table_gb"] = pipeline.resampled_table_bytes(
-            shards, pipeline.select_streams(shards, data), data.segments, pipeline.table_dtype(data)) / 2**30
     return result
 
 
