@@ -30,9 +30,10 @@ the domain-alignment term, so it feeds 1.5 B rows. Reported (docs/sweeps.md expl
   sweep (--members M)    member-steps per second of the vmapped sweep step for 1, 2, 4, ..., M members,
                          each with XLA's memory estimate; from those, the memory per member and how
                          many members fit in --device-memory-gb (default: the device's own memory)
-  torch (--torch-baseline)  the PyTorch re-implementation's step (benchmarks/torch_step.py, run in a
-                         subprocess before and after the JAX timing: pavad_jax never imports torch) and
-                         the ratio torch_step_ms / train_step_ms
+  torch (--torch-baseline)  the PyTorch re-implementation's step (benchmarks/torch_step.py in a
+                         subprocess: pavad_jax never imports torch), each torch step run right after a
+                         timed JAX step so both see the same load of the machine; torch_over_jax is
+                         the median of the pairs' ratios torch ms / JAX ms, with their quartiles
   input (--data DIR)     training batches/s of the grain pipeline and of the device-resident sampler
                          on that dataset's train/ split at this batch shape, beside the step's steps/s:
                          whether the input or the step bounds training (e.g. on pavad-data synthetic
@@ -50,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 import jax
 import jax.extend
@@ -138,8 +140,9 @@ def random_batches(config, key, steps: int) -> dict:
             "stream": jnp.asarray(np.broadcast_to(stream, (steps, rows))), **extras}
 
 
-def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
-    """Wall seconds of `calls` calls of fn(*args_fn()), each waited for (the first, warm-up, dropped)."""
+def time_calls(fn, args_fn, calls: int, desc: str, between: Callable[[], Any] | None = None) -> list[float]:
+    """Wall seconds of `calls` calls of fn(*args_fn()), each waited for (the first, warm-up, dropped);
+    `between()` runs untimed after each timed call (an interleaved baseline)."""
     out = fn(*args_fn())
     jax.block_until_ready(out)
     times = []
@@ -149,6 +152,8 @@ def time_calls(fn, args_fn, calls: int, desc: str) -> list[float]:
         out = fn(*args)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - start)
+        if between is not None:
+            between()
     return times
 
 
@@ -166,19 +171,65 @@ def members_that_fit(rows: list[dict], memory_gb: float) -> dict:
             "members_fit_per_device": fit}
 
 
-def torch_baseline(batch_size: int, segments: int, feature_dim: int, steps: int) -> dict:
-    """The PyTorch re-implementation's step, timed by benchmarks/torch_step.py in a subprocess."""
-    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "torch_step.py"
-    if not script.is_file():
-        raise SystemExit(f"--torch-baseline needs {script} (a source checkout) and torch installed")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(tmp) / "torch.json"
-        done = subprocess.run([sys.executable, str(script), "--batch-size", str(batch_size), "--segments",
-                               str(segments), "--feature-dim", str(feature_dim), "--steps", str(steps),
-                               "--json", str(out)], capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"--torch-baseline: {script.name} failed:\n{done.stderr[-2000:]}")
-        return json.loads(out.read_text())
+class TorchBaseline:
+    """The PyTorch re-implementation's step (benchmarks/torch_step.py --serve) in a subprocess, run
+    on request: `run(k)` times k steps there. pavad-bench calls it between the JAX step's timed
+    calls, so each pair of figures sees the same load of the machine (on a shared host the speed
+    of both drifts by up to 2x within a minute)."""
+
+    SETTLE_S = 0.01  # before and after each request: the other process's spinning threads go idle
+
+    def __init__(self, batch_size: int, segments: int, feature_dim: int):
+        self.script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "torch_step.py"
+        if not self.script.is_file():
+            raise SystemExit(f"--torch-baseline needs {self.script} (a source checkout) and torch installed")
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [sys.executable, str(self.script), "--serve", "--batch-size", str(batch_size), "--segments",
+             str(segments), "--feature-dim", str(feature_dim)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.settings = self._reply()  # once built and warmed up
+        self.step_s: list[float] = []
+
+    def _reply(self):
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            self.stderr.seek(0)
+            raise SystemExit(f"--torch-baseline: {self.script.name} failed:\n{self.stderr.read()[-2000:]}")
+        return json.loads(line)
+
+    def run(self, steps: int) -> list[float]:
+        """Wall seconds of `steps` reference steps, each timed in the subprocess."""
+        time.sleep(self.SETTLE_S)
+        self.process.stdin.write(f"{steps}\n")
+        self.process.stdin.flush()
+        times = self._reply()
+        time.sleep(self.SETTLE_S)
+        self.step_s.extend(times)
+        return times
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.stderr.close()
+
+    def __enter__(self) -> "TorchBaseline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def torch_comparison(settings: dict, torch_step_s: list[float], jax_step_ms: list[float], k: int) -> dict:
+    """The interleaved timings as figures: each JAX dispatch (k steps, `jax_step_ms` per step) against
+    the k torch steps run right after it; the ratio is torch / JAX per pair, median and quartiles."""
+    torch_ms = [1e3 * statistics.mean(torch_step_s[i * k:(i + 1) * k]) for i in range(len(jax_step_ms))]
+    ratios = sorted(t / j for t, j in zip(torch_ms, jax_step_ms))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"version": settings["torch"], "threads": settings["threads"], "pairs": len(ratios),
+            "step_ms": statistics.median(torch_ms), "step_ms_all": torch_ms,
+            "median_ratio": statistics.median(ratios), "ratio_quartiles": [quartiles[0], quartiles[2]]}
 
 
 def flops_of(compiled) -> float | None:
@@ -264,19 +315,21 @@ def compiled_step(config, members: int, mesh, batches) -> dict:
             "compile_s": time.perf_counter() - start, "memory": evaluate.program_bytes(compiled)}
 
 
-def time_step(step: dict, batches, steps: int, desc: str) -> float:
-    """Median seconds of one dispatch of a compiled step; step["state"] ends as the last state."""
+def time_step(step: dict, batches, steps: int, desc: str, between: Callable[[], Any] | None = None) -> list[float]:
+    """Seconds of each of `steps` dispatches of a compiled step (see time_calls); step["state"] ends
+    as the last state."""
     def run(batches):
         step["state"], terms = step["compiled"](step["state"], batches)
         return terms
 
-    return statistics.median(time_calls(run, lambda: (batches,), steps, desc))
+    return time_calls(run, lambda: (batches,), steps, desc, between)
 
 
-def bench_train(config, steps: int) -> dict:
+def bench_train(config, steps: int, between: Callable[[], Any] | None = None) -> dict:
     """Compile time, step time, FLOPs and memory of the engine's one-member step on random batches.
 
     As pavad-train runs it: the batch split over the "data" axis of every device that divides it.
+    `between()` runs after each timed dispatch (see time_calls).
     """
     k = int(config.train.steps_per_dispatch)
     rows = sum(config.data.batch.values())
@@ -284,7 +337,8 @@ def bench_train(config, steps: int) -> dict:
     mesh = distributed.make_mesh(1, devices)
     batches = jax.device_put(random_batches(config, jax.random.key(1), k), distributed.stacked_batch_sharded(mesh))
     step = compiled_step(config, 1, mesh, batches)
-    step_s = time_step(step, batches, steps, "train step") / k
+    step_times = [t / k for t in time_step(step, batches, steps, "train step", between)]
+    step_s = statistics.median(step_times)
     # XLA's cost analysis counts a while loop's body once, so the FLOPs of one update come from
     # a one-step program (the scan of k steps would report those same FLOPs, not k times them).
     one_step_fn = engine.make_step(step["update"], 1)
@@ -294,6 +348,7 @@ def bench_train(config, steps: int) -> dict:
     matmuls = (bench_matmuls_only(step_matmuls(one_step_fn, step["state"], one_batch), steps)
                if devices == 1 else {"matmul_count": None, "matmul_flops_per_step": None, "matmul_only_ms": None})
     return {"data_devices": devices, "compile_s": step["compile_s"], "train_step_ms": 1e3 * step_s,
+            "train_step_ms_all": [1e3 * t for t in step_times],
             "step_memory_gb": None if step["memory"] is None else step["memory"] / 2**30,
             "batch_gb": sum(x.nbytes for x in jax.tree.leaves(batches)) / 2**30,
             "train_segments_per_s": rows * config.data.segments / step_s,
@@ -393,7 +448,7 @@ def bench_sweep(config, members_spec: str | int, steps: int, device_memory: int 
             results.append(row | {"skipped": f"needs {memory / 2**30:.1f} GiB per device, "
                                               f"over {device_memory / 2**30:.1f} GiB"})
             continue
-        median = time_step(step, batches, steps, f"sweep x{members}")
+        median = statistics.median(time_step(step, batches, steps, f"sweep x{members}"))
         results.append(row | {"dispatch_ms": 1e3 * median, "member_steps_per_s": members * k / median})
     return results
 
@@ -421,16 +476,14 @@ def run_benchmark(model: str, batch_size: int, segments: int, feature_dim: int, 
               "steps": steps, "steps_per_dispatch": steps_per_dispatch, "compute_dtype": compute_dtype,
               "platform": device.platform,
               "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__}
-    torch_runs = []
-    if torch_baseline_steps:  # before and after the JAX step, so a change in the machine's load shows
-        torch_runs.append(torch_baseline(batch_size, segments, feature_dim, torch_baseline_steps))
-    train_result = bench_train(config, steps)
     if torch_baseline_steps:
-        torch_runs.append(torch_baseline(batch_size, segments, feature_dim, torch_baseline_steps))
-        torch_ms = [run["train_step_ms"] for run in torch_runs]
-        result["torch"] = {"version": torch_runs[0]["torch"], "threads": torch_runs[0]["threads"],
-                           "step_ms_before_after": torch_ms, "step_ms": statistics.mean(torch_ms)}
-        result["torch_over_jax"] = result["torch"]["step_ms"] / train_result["train_step_ms"]
+        k = int(config.train.steps_per_dispatch)
+        with TorchBaseline(batch_size, segments, feature_dim) as torch_step:
+            train_result = bench_train(config, steps, between=lambda: torch_step.run(k))
+        result["torch"] = torch_comparison(torch_step.settings, torch_step.step_s, train_result["train_step_ms_all"], k)
+        result["torch_over_jax"] = result["torch"]["median_ratio"]
+    else:
+        train_result = bench_train(config, steps)
     graphdef, params, rest = (train_result.pop(k) for k in ("graphdef", "params", "rest"))
     result |= train_result
     result["infer_segments_per_s"] = bench_infer(graphdef, params, rest, config, steps)
@@ -498,9 +551,10 @@ def format_report(result: dict) -> str:
                      f"per device")
     if "torch" in result:
         t = result["torch"]
+        low, high = t["ratio_quartiles"]
         lines.append(f"  torch step            {t['step_ms']:.2f} ms (torch {t['version']}, {t['threads']} threads; "
-                     f"before / after: {' / '.join(f'{v:.1f}' for v in t['step_ms_before_after'])} ms): "
-                     f"JAX is {result['torch_over_jax']:.2f}x faster")
+                     f"alternated with the JAX step, {t['pairs']} pairs): JAX is {result['torch_over_jax']:.2f}x "
+                     f"faster (median of the pairs' ratios; quartiles {low:.2f}-{high:.2f})")
     return "\n".join(lines)
 
 
@@ -548,8 +602,9 @@ def main(argv=None) -> None:
     parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model.compute_dtype of the benchmarked step (matmul operands)")
     parser.add_argument("--torch-baseline", action="store_true",
-                        help="also time the PyTorch re-implementation's step (benchmarks/torch_step.py, in a "
-                             "subprocess before and after the JAX step; needs torch and a source checkout)")
+                        help="also time the PyTorch re-implementation's step (benchmarks/torch_step.py in a "
+                             "subprocess, alternated with the JAX step's timed calls; needs torch and a "
+                             "source checkout)")
     parser.add_argument("--device-memory-gb", type=float, default=None,
                         help="with --members: memory per device to fit members into (default: the device's own)")
     parser.add_argument("--data", default=None,

@@ -167,9 +167,21 @@ def test_members_that_fit_from_the_sweep_estimates():
     assert "note" in bench.members_that_fit(rows[:1], 10.0)  # one point gives no line
 
 
-def test_torch_baseline_runs_the_reference_step_in_a_subprocess():
-    result = bench.torch_baseline(batch_size=2, segments=8, feature_dim=16, steps=1)
-    assert result["train_step_ms"] > 0 and result["batch_size"] == 2 and result["threads"] >= 1
+def test_torch_baseline_serves_reference_steps_from_a_subprocess():
+    with bench.TorchBaseline(batch_size=2, segments=8, feature_dim=16) as torch_step:
+        assert torch_step.settings["batch_size"] == 2 and torch_step.settings["threads"] >= 1
+        assert len(torch_step.run(2)) == 2 and len(torch_step.run(1)) == 1
+    assert len(torch_step.step_s) == 3 and all(t > 0 for t in torch_step.step_s)
+    assert torch_step.process.returncode == 0  # ended with its input
+
+
+def test_torch_comparison_pairs_each_dispatch_with_the_torch_steps_after_it():
+    # 2 steps per dispatch: torch's steps 0-1 follow dispatch 0, 2-3 dispatch 1, 4-5 dispatch 2.
+    figures = bench.torch_comparison({"torch": "x", "threads": 2}, [0.2, 0.2, 0.3, 0.5, 0.1, 0.1],
+                                     jax_step_ms=[100.0, 200.0, 50.0], k=2)
+    assert figures["step_ms_all"] == pytest.approx([200.0, 400.0, 100.0])
+    assert figures["median_ratio"] == pytest.approx(2.0) and figures["pairs"] == 3
+    assert figures["step_ms"] == pytest.approx(200.0)
 
 
 def test_member_counts_and_a_sweep_over_the_memory_is_not_run():
