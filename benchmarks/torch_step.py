@@ -78,6 +78,9 @@ def serve(batch_size: int, segments: int, feature_dim: int, *, threads: int | No
 
 
 def main(argv=None) -> None:
+    from pavad_jax import host_memory  # pylint: disable=import-outside-toplevel
+
+    host_memory.reuse_freed_memory()  # the allocator settings of pavad-bench's own process: steps against steps
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=8, help="B: B/2 normal + B/2 abnormal rows (default 8)")
     parser.add_argument("--segments", type=int, default=200, help="T (default 200)")

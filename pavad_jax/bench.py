@@ -60,7 +60,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pavad_jax import atomic, distributed, engine, evaluate, train
+from pavad_jax import atomic, distributed, engine, evaluate, host_memory, train
 from pavad_jax.config_base import base_config, default_loss_config, model_defaults
 from pavad_jax.data import pipeline
 from pavad_jax.models import registry
@@ -578,6 +578,7 @@ def input_lines(result: dict) -> list[str]:
 
 
 def main(argv=None) -> None:
+    host_memory.reuse_freed_memory()  # before JAX starts its backend
     parser = argparse.ArgumentParser(prog="pavad-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="urdmu",

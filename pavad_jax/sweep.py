@@ -35,7 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pavad_jax import atomic, distributed, plots, train
+from pavad_jax import atomic, distributed, host_memory, plots, train
 from pavad_jax.checkpoint import MEMBERS_DIR
 from pavad_jax.config_checks import check_training_config
 from pavad_jax.config_loader import ConfigError
@@ -444,6 +444,7 @@ def plot_heatmap(path: pathlib.Path, rows: list[dict], x_axis: str, y_axis: str)
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None):
+    host_memory.reuse_freed_memory()  # before JAX starts its backend
     parser = train.build_parser("pavad-sweep", __doc__,
                                 "sweep config, e.g. configs/sweeps/synthetic_lambda.py:runlocal",
                                 "sweep folder: per-group checkpoints, members/<i>/{best,last}, sweep_results.csv/json, "

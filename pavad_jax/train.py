@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from pavad_jax import atomic, checkpoint, distributed, engine, metric_writers, plots
+from pavad_jax import atomic, checkpoint, distributed, engine, host_memory, metric_writers, plots
 from pavad_jax.config_base import SELECT_BY
 from pavad_jax.config_checks import check_training_config, features_provenance
 from pavad_jax.config_loader import ConfigError, load_config, split_config_args
@@ -429,6 +429,7 @@ def seeds_sweep(config: ml_collections.ConfigDict, seeds: int) -> ml_collections
 
 
 def main(argv=None):
+    host_memory.reuse_freed_memory()  # before JAX starts its backend
     parser = build_parser("pavad-train", __doc__,
                           "config file, e.g. configs/synthetic.py or configs/synthetic.py:runlocal",
                           "run folder: checkpoints, metrics, summary.json; rerun to resume")

@@ -19,7 +19,7 @@ import sys
 
 import ml_collections
 
-from pavad_jax import atomic, plots
+from pavad_jax import atomic, host_memory, plots
 from pavad_jax.config_loader import ConfigError, load_config
 
 PROG = "pavad-occ"
@@ -140,6 +140,7 @@ def cmd_eval(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of pavad-occ."""
+    host_memory.reuse_freed_memory()  # before JAX starts its backend
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
