@@ -2,6 +2,7 @@
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -135,6 +136,8 @@ def test_the_guard_keeps_the_state_of_a_non_finite_step():
     bad = update(*good[:3], jnp.uint32(0), {}, good[3], jnp.int32(1), jnp.asarray([0.0, np.nan, 0.0]))
     assert int(bad[3]) == 2  # the step that went non-finite, numbered as logged (step index 1 + 1)
     np.testing.assert_array_equal(bad[0]["w"], good[0]["w"])
+    for kept, before in zip(jax.tree.leaves(bad[2]), jax.tree.leaves(good[2])):
+        np.testing.assert_array_equal(kept, before)
     after = update(*bad[:3], jnp.uint32(0), {}, bad[3], jnp.int32(2), jnp.zeros(3))
     assert int(after[3]) == 2 and np.array_equal(after[0]["w"], good[0]["w"])  # stays frozen
     assert set(good[4]) == {"total", "fit", "grad_norm"}
