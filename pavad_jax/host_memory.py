@@ -11,7 +11,9 @@ The settings only reach threads that have not allocated yet, i.e. they must be m
 starts its backend: the training entry points (pavad-train, pavad-sweep, pavad-occ, pavad-bench)
 call `reuse_freed_memory()` first thing. The evaluation commands do not: a heap that never unmaps
 is fragmented by their many buffer sizes, and pavad-eval on UCF-Crime's test shapes peaked at
-4.97 GiB instead of 2.55 GiB with it (though 15 % faster: 106.9 against 125.1 s).
+6.3 GiB instead of 2.7 GiB with these settings, no faster (121.3 against 119.2 s back to back).
+pavad-train's periodic evaluations run under them too; at UCF-Crime's test size expect a few GiB
+more host memory than pavad-eval's.
 """
 from __future__ import annotations
 

@@ -175,6 +175,20 @@ def test_torch_baseline_serves_reference_steps_from_a_subprocess():
     assert torch_step.process.returncode == 0  # ended with its input
 
 
+def test_torch_baseline_alternates_with_the_jax_step_dispatch_by_dispatch(monkeypatch):
+    """run_benchmark with the torch baseline at tiny shapes (the reference's hidden 512 and 60 slots):
+    two dispatches of two steps, each followed by two torch steps."""
+    monkeypatch.setattr(bench, "matmul_peak", lambda: QUICK_PEAK(calls=1, min_seconds=0.0))
+    monkeypatch.setattr(bench, "bench_matmuls_only", lambda matmuls, steps: {
+        "matmul_count": len(matmuls), "matmul_flops_per_step": None, "matmul_only_ms": None})
+    result = bench.run_benchmark("urdmu", 2, 8, 16, steps=2, steps_per_dispatch=2, torch_baseline_steps=2)
+    torch = result["torch"]
+    assert torch["pairs"] == 2 and len(torch["step_ms_all"]) == 2 and len(result["train_step_ms_all"]) == 2
+    low, high = torch["ratio_quartiles"]
+    assert low <= result["torch_over_jax"] == torch["median_ratio"] <= high
+    assert "alternated with the JAX step, 2 pairs" in bench.format_report(result)
+
+
 def test_torch_comparison_pairs_each_dispatch_with_the_torch_steps_after_it():
     # 2 steps per dispatch: torch's steps 0-1 follow dispatch 0, 2-3 dispatch 1, 4-5 dispatch 2.
     figures = bench.torch_comparison({"torch": "x", "threads": 2}, [0.2, 0.2, 0.3, 0.5, 0.1, 0.1],
