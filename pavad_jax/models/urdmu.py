@@ -220,8 +220,14 @@ def global_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
         qt, kt, vt = (u.transpose(0, 2, 1, 3) for u in (q, k, v))  # (B, heads, T, d)
         logits = einsum("bhqd,bhkd->bhqk", qt, kt, dtype) * dim**-0.5
         if segment_ids is not None:
-            logits = jnp.where(same_video(ids, ids)[:, None], logits, jnp.finfo(logits.dtype).min)
-        return matmul(jax.nn.softmax(logits, axis=-1), vt, dtype).transpose(0, 2, 1, 3)
+            logits = jnp.where(same_video(ids, ids)[:, None], logits, -jnp.inf)
+        # The softmax's division after the product, on (T, d) instead of (T, T): on XLA:CPU the
+        # exp then feeds the product directly (test scoring of rows <= 512: 4-7 % faster).
+        top = jax.lax.stop_gradient(logits.max(-1, keepdims=True))  # any shift gives the same softmax
+        weights = jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0))  # padding queries: all 0
+        total = weights.sum(-1, keepdims=True)
+        out = matmul(weights, vt, dtype) / jnp.where(total > 0, total, 1.0)
+        return out.transpose(0, 2, 1, 3)
     tiles, tile = _blocks(length, block)
     padded = tiles * tile
 
@@ -374,12 +380,21 @@ class TransformerLayer(nnx.Module):
         """(B, T, d) -> (B, T, d); segment ids describe videos and padding, key drives dropout (None: off)."""
         k_attn, k_ff = split_key(key, 2)
         x = self.attend(x, segment_ids, k_attn, attention_block, dtype)
-        return self.ff(self.ff_norm(x), k_ff, dtype) + x
+        return self.ff(self.norm(self.ff_norm, x, segment_ids), k_ff, dtype) + x
 
     def attend(self, x: jax.Array, segment_ids: jax.Array | None, key: jax.Array | None,
                attention_block: int | None = None, dtype=jnp.float32) -> jax.Array:
         """The residual stream after the attention half: attn(LN(x)) + x."""
-        return self.attn(self.attn_norm(x), segment_ids, key, attention_block, dtype) + x
+        return self.attn(self.norm(self.attn_norm, x, segment_ids), segment_ids, key, attention_block, dtype) + x
+
+    @staticmethod
+    def norm(layer_norm: nnx.LayerNorm, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """layer_norm(x), zero at padding (segment id 0) when segment ids are given. Nothing reads
+        those positions; the select also keeps XLA:CPU from fusing the norm into the next matmul,
+        where its YNNPACK fusion ran the norm several times slower (test scoring 2-5 % faster,
+        scores bit-identical)."""
+        y = layer_norm(x)
+        return y if segment_ids is None else jnp.where((segment_ids > 0)[..., None], y, 0.0)
 
 
 class MemoryUnit(nnx.Module):
@@ -554,7 +569,7 @@ class URDMU(nnx.Module):
             for layer in layers:
                 h = layer(h, ids, None, attention_block, dtype)
             residual = last.attend(h, ids, None, attention_block, dtype)
-            hidden = last.ff.hidden(last.ff_norm(residual), None, dtype)
+            hidden = last.ff.hidden(last.norm(last.ff_norm, residual, ids), None, dtype)
             return self.segment_scores(residual, hidden, dtype).reshape(b, chunk, length).sum(1)
 
         if chunk == crops:
