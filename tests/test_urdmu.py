@@ -11,7 +11,7 @@ from flax import nnx
 from pavad_jax.import_urdmu import detector_from_state_dict
 from pavad_jax.losses import urdmu_loss
 from pavad_jax.models.detector import build_detector, count_parameters, default_model_config, set_active_slots
-from pavad_jax.models.urdmu import (MemoryUnit, global_attention, local_attention, local_attention_matrix,
+from pavad_jax.models.urdmu import (LOCAL_BLOCK, MemoryUnit, global_attention, local_attention, local_attention_matrix,
                                   topk_mean)
 from urdmu_torch_reference import WSAD, ad_loss
 
@@ -215,22 +215,27 @@ def test_blocked_attention_and_banded_local_branch_equal_the_dense_ones():
         np.testing.assert_allclose(tiled[valid], np.asarray(dense)[valid], atol=1e-6)
         assert np.all(tiled[~valid] == 0)  # padding queries attend to nothing
     # The local branch beyond 2 * LOCAL_BLOCK: banded, against each video's own dense matrix.
-    t = jnp.asarray(rng.normal(size=(3, 300, 8)), jnp.float32)
+    first, second = LOCAL_BLOCK + 140, LOCAL_BLOCK + 100  # both videos cross block boundaries
+    long_ids = jnp.asarray(np.repeat([[1] * first + [2] * second + [0] * 60], 3, axis=0), jnp.int32)
+    assert long_ids.shape[1] > 2 * LOCAL_BLOCK
+    t = jnp.asarray(rng.normal(size=(3, long_ids.shape[1], 8)), jnp.float32)
     for column_norm in (True, False):
-        banded = np.asarray(local_attention(t, ids, column_norm))
-        for start, length in ((0, 140), (140, 100)):
+        banded = np.asarray(local_attention(t, long_ids, column_norm))
+        for start, length in ((0, first), (first, second)):
             alone = local_attention_matrix(length, column_norm=column_norm) @ t[:, start:start + length]
             np.testing.assert_allclose(banded[:, start:start + length], alone, atol=1e-6)
-        assert np.all(banded[:, 240:] == 0)
+        assert np.all(banded[:, first + second:] == 0)
 
 
 def test_packed_videos_and_crop_chunks_give_each_video_its_own_scores():
     detector = build_detector(small_config(), seed=4)
     rng = np.random.default_rng(4)
-    lengths = [130, 90, 45, 3]  # one row of 270 + padding: attention and local branch past one block
+    # One row of 568 + padding: attention past one tile, the local branch banded (> 2 * LOCAL_BLOCK).
+    lengths = [330, 190, 45, 3]
     videos = [rng.normal(size=(1, 4, t, 24)).astype(np.float16) for t in lengths]
-    row = np.full((1, 4, 320, 24), 7.0, np.float16)  # padding holds garbage
-    ids = np.zeros((1, 320), np.int32)
+    row = np.full((1, 4, 620, 24), 7.0, np.float16)  # padding holds garbage
+    assert row.shape[2] > 2 * LOCAL_BLOCK
+    ids = np.zeros((1, 620), np.int32)
     start = 0
     for slot, (t, x) in enumerate(zip(lengths, videos)):
         row[0, :, start:start + t], ids[0, start:start + t] = x[0], slot + 1

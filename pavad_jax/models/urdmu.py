@@ -116,8 +116,10 @@ def same_video(ids_q: jax.Array, ids_k: jax.Array) -> jax.Array:
 # The local branch's weights exp(-|i - j| / e) fall below float32 resolution (relative to the
 # diagonal's 1) beyond LOCAL_HALO: exp(-64 / e) = 6e-11, so for long sequences they are applied
 # as a band of half-width LOCAL_HALO, in blocks of LOCAL_BLOCK queries (2 * LOCAL_HALO <= block).
+# Blocks of 256 (windows of 384 keys) against 128 (256 keys): a third fewer FLOPs, larger
+# products; test scoring of 1,024-6,784 rows 2-7 % faster (2-core EPYC).
 LOCAL_HALO = 64
-LOCAL_BLOCK = 128
+LOCAL_BLOCK = 256
 
 
 def _local_raw(rows: int, cols: int, offset: int = 0) -> np.ndarray:
