@@ -406,7 +406,7 @@ def bench_infer(graphdef, params, rest, config, steps: int) -> float:
     rows = config.data.batch.normal + config.data.batch.abnormal
     batch = jax.tree.map(lambda x: x[0, :rows], random_batches(config, jax.random.key(2), 1))
     segment_ids = jnp.ones((rows, config.data.segments), jnp.int32)
-    scorer = evaluate.Scorer(graphdef, config.train.eval_precision)
+    scorer = evaluate.Scorer(graphdef, config.train.eval_precision, int(config.data.get("eval_crop_chunk", 0)))
     extras = {name: batch[name] for name in registry.extra_fields(config)}
     times = time_calls(lambda *a: scorer(*a, extras=extras), lambda: (params, rest, batch["features"], segment_ids),
                        steps, "inference")

@@ -82,8 +82,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.eval_max_padding = 0.125
     # Memory (GiB) the scorer may use per device (XLA's estimates of the compiled programs in
     # flight); 0 = 10 % of the host memory on CPU, half of the device memory on accelerators.
-    # Crops are scored a few at a time when all of them do not fit.
+    # Fewer crops per pass (eval_crop_chunk below) when all of them do not fit.
     c.eval_memory_gb = 0.0
+    # Most crops scored in one pass of the scoring program (the largest divisor of the crop count
+    # up to this that fits the memory budget); 0 = one on CPU (faster: a crop's activations stay
+    # in cache), all on accelerators.
+    c.eval_crop_chunk = 0
     # Evaluation batches scored at once, each on its own thread (0 = 2 on a one-device CPU mesh,
     # else 1; always 1 across several processes). Each gets eval_memory_gb / eval_concurrency.
     c.eval_concurrency = 0

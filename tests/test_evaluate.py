@@ -51,6 +51,40 @@ def test_a_failed_compilation_reaches_every_thread_that_waits_for_it(monkeypatch
             scorer(params, rest, features, ids)
 
 
+def _scored_chunk(scorer, params, rest, features, ids, budget=None) -> tuple[int, np.ndarray]:
+    """(crop chunk the scorer chose for this batch shape, its scores)."""
+    out = np.asarray(scorer(params, rest, features, ids, budget))
+    (chunk,) = scorer.chunks.values()
+    return chunk, out
+
+
+def test_crops_per_pass_default_to_one_on_cpu_and_follow_the_config_and_the_budget():
+    detector = urdmu.URDMU(tiny_config("unused").model, rngs=urdmu.nnx.Rngs(0))
+    graphdef, params, rest = evaluate.stacked_model(detector)
+    features = np.random.default_rng(0).normal(size=(2, 4, 24, DIM)).astype(np.float16)
+    ids = np.ones((2, 24), np.int32)
+    direct = np.asarray(detector.scores(features.astype(np.float32)))
+
+    one, scores_one = _scored_chunk(evaluate.Scorer(graphdef), params, rest, features, ids)
+    assert one == 1  # the automatic choice on CPU
+    three, scores_three = _scored_chunk(evaluate.Scorer(graphdef, crop_chunk=3), params, rest, features, ids)
+    assert three == 2  # the largest divisor of the 4 crops up to 3
+    every, scores_every = _scored_chunk(evaluate.Scorer(graphdef, crop_chunk=4), params, rest, features, ids)
+    assert every == 4
+    for scores in (scores_one, scores_three, scores_every):
+        np.testing.assert_allclose(scores[0], direct, atol=1e-6)
+
+    # A budget under the 4-crop program's estimate but over the 2-crop one's: 2 crops per pass.
+    scorer = evaluate.Scorer(graphdef, crop_chunk=4)
+    need = {c: evaluate.program_bytes(scorer._jit.lower(params, rest, features, ids, {}, c).compile()) for c in (2, 4)}
+    assert need[2] < need[4]
+    fitted, scores_fitted = _scored_chunk(scorer, params, rest, features, ids, budget=(need[2] + need[4]) // 2)
+    assert fitted == 2
+    np.testing.assert_allclose(scores_fitted[0], direct, atol=1e-6)
+    with pytest.raises(ValueError, match="config.data.eval_crop_chunk must be >= 0"):
+        evaluate.Scorer(graphdef, crop_chunk=-1)
+
+
 def test_concurrency_is_two_on_a_one_device_cpu_mesh_and_one_elsewhere():
     config = default_data_config()
     assert pipeline.eval_concurrency(config, distributed.make_mesh(1, 1)) == 2
