@@ -79,8 +79,10 @@ if torch_step:
 for row in sweep["sweep"]:
     what = row.get("skipped") or f"{row['member_steps_per_s']:.2f} member-steps/s"
     print(f"sweep {row['members']:3d} members   {what}")
-if sweep.get("member_memory"):
-    m = sweep["member_memory"]
+m = sweep.get("member_memory")
+if m and "note" in m:
+    print(f"members that fit    n/a: {m['note']}")
+elif m:
     print(f"members that fit    {m['members_fit_per_device']} per device ({m['memory_per_member_gb']:.2f} GiB each "
           f"+ {m['shared_memory_gb']:.2f} shared, of {m['device_memory_gb']:.0f} GiB)")
 j = ev["pavad_eval"]
