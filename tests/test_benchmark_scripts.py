@@ -14,7 +14,7 @@ from conftest import xla_flags
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run(command: list[str], tmp_path: pathlib.Path) -> str:
+def run(command: list[str]) -> str:
     """Run a benchmark as a user would (one CPU device); its stdout."""
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": xla_flags(None)})
@@ -25,7 +25,7 @@ def run(command: list[str], tmp_path: pathlib.Path) -> str:
 def test_ucf_eval_small_scores_like_the_torch_loop_and_reports_both_sides(tmp_path):
     out = tmp_path / "figures.json"
     printed = run([sys.executable, "benchmarks/ucf_eval.py", "--size", "small", "--work", str(tmp_path),
-                   "--json", str(out)], tmp_path)
+                   "--json", str(out)])
     figures = json.loads(out.read_text())
     # pavad-eval (packed rows, crop chunks, a converted checkpoint) against the PyTorch
     # re-implementation scoring one crop per forward, on the same features and weights.
@@ -38,7 +38,7 @@ def test_ucf_eval_small_scores_like_the_torch_loop_and_reports_both_sides(tmp_pa
 
 
 def test_accelerator_script_runs_its_tiny_form_on_cpu_and_summarises_every_figure(tmp_path):
-    printed = run(["bash", "benchmarks/accelerator.sh", "--tiny", "--out", str(tmp_path)], tmp_path)
+    printed = run(["bash", "benchmarks/accelerator.sh", "--tiny", "--out", str(tmp_path)])
     for name in ("step_float32", "step_bfloat16", "sweep", "ucf_eval", "torch_step"):
         assert (tmp_path / f"{name}.json").is_file(), name
     summary = printed[printed.index("== summary"):]
