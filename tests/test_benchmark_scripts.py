@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -37,6 +39,9 @@ def test_ucf_eval_small_scores_like_the_torch_loop_and_reports_both_sides(tmp_pa
     assert "pavad-eval / torch time" in printed
 
 
+# ~70 s (five processes, each compiling its programs). Its parts run by default: pavad-bench's
+# reports (test_bench.py), the evaluation benchmark (above) and the torch step (test_bench.py).
+@pytest.mark.slow
 def test_accelerator_script_runs_its_tiny_form_on_cpu_and_summarises_every_figure(tmp_path):
     printed = run(["bash", "benchmarks/accelerator.sh", "--tiny", "--out", str(tmp_path)])
     for name in ("step_float32", "step_bfloat16", "sweep", "ucf_eval", "torch_step"):
